@@ -1,0 +1,1 @@
+"""The workstation side: PyTorch model -> checked ONNX bundle (model.onnx + manifest + parity)."""

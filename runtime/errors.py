@@ -1,0 +1,19 @@
+"""One exception type for every problem a user can fix.
+
+The command-line front ends print a ``VlaError`` as a single line and exit non-zero; anything else
+is a bug in this project and is reported as such (still one line unless ``VLA_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+
+class VlaError(Exception):
+    """A problem with the user's input (model, bundle, camera, command); the message says what to do."""
+
+
+class ManifestError(VlaError):
+    """A manifest that is malformed or disagrees with the graph it describes."""
+
+
+class CameraError(VlaError):
+    """A camera URI that cannot be opened, or a camera that stopped delivering frames."""
