@@ -1,0 +1,70 @@
+"""A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``.
+
+It is written to a temporary folder beside the target and renamed into place, so a failed or
+interrupted export never leaves a half-written bundle where a vehicle could pick it up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from vla.runtime.errors import VlaError
+from vla.runtime.manifest import METADATA_KEY
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+PARITY_FILE = "parity.json"
+
+
+def model_hash(model: onnx.ModelProto) -> str:
+    """sha256 of the model without its metadata_props, so embedding the manifest does not change it."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.metadata_props[:]
+    return "sha256:" + hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+
+
+def embed_manifest(model: onnx.ModelProto, manifest_json: str) -> None:
+    """Put the manifest in metadata_props, so a bare .onnx carries its own contract."""
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=manifest_json)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("vla-runtime", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any]) -> None:
+    """Write the three files atomically into ``out`` (replacing an earlier bundle there)."""
+    if out.exists() and not (out / MANIFEST_FILE).exists() and any(out.iterdir()):
+        raise VlaError(f"-o {out}: folder exists and is not a bundle; choose another path or empty it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        onnx.save_model(model, str(tmp / MODEL_FILE))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,252 @@
+"""The manifest: what each tensor of a driving model is, and who fills it at run time.
+
+Schema version 1 is documented in ``manifest.schema.json`` (JSON Schema, validated with the
+``jsonschema`` library); the checks a schema cannot express (state pairing, camera shapes, the
+vocabulary) are in ``_cross_check``. ``check_against_graph`` compares a manifest with the tensors a
+backend actually found, so a manifest that disagrees with its graph is refused before any tick runs.
+All functions here are pure: they take dicts and return values or raise ``ManifestError``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .errors import ManifestError
+
+SCHEMA_VERSION = 1
+#: Key under which the manifest is embedded in an ONNX model's metadata_props.
+METADATA_KEY = "vla.manifest"
+#: Elements: numpy/ONNX dtype names the manifest may use.
+DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its contract plus the role-specific details (``detail``)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. ``raw`` is the JSON document it came from (kept for writing back)."""
+
+    raw: dict[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.raw["model"]["name"]
+
+    @property
+    def model_hash(self) -> str | None:
+        return self.raw["model"].get("hash")
+
+    @property
+    def vocabulary(self) -> dict[str, Any] | None:
+        return self.raw.get("vocabulary")
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    def inputs_with(self, role: str) -> list[TensorSpec]:
+        return [t for t in self.inputs if t.role == role]
+
+    def outputs_with(self, role: str) -> list[TensorSpec]:
+        return [t for t in self.outputs if t.role == role]
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [n for t in self.inputs_with("camera") for n in t.detail["names"]]
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2, sort_keys=False)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads((Path(__file__).with_name("manifest.schema.json")).read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return path.lstrip(".") or "(top level)"
+
+
+def _schema_error(error: jsonschema.ValidationError) -> ManifestError:
+    # oneOf over roles reports "not valid under any"; the deepest sub-error names the real problem.
+    best = jsonschema.exceptions.best_match([error]) if error.context else error
+    while best.context:
+        best = jsonschema.exceptions.best_match(best.context)
+    return ManifestError(f"manifest {_where(best)}: {best.message}")
+
+
+def parse_manifest(raw: dict[str, Any]) -> Manifest:
+    """Validate a manifest document (schema + cross checks) and return it typed."""
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest: expected a JSON object at the top level")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"manifest: schema_version {version!r} is not supported by this runtime "
+            f"(it reads version {SCHEMA_VERSION}); re-export the model with this version of vla-export"
+        )
+    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise _schema_error(errors[0])
+    manifest = Manifest(
+        raw=raw,
+        inputs=tuple(_spec(t) for t in raw["inputs"]),
+        outputs=tuple(_spec(t) for t in raw["outputs"]),
+    )
+    _cross_check(manifest)
+    return manifest
+
+
+def parse_manifest_text(text: str | bytes, origin: str) -> Manifest:
+    """Parse manifest JSON text; ``origin`` names the file or model it came from, for errors."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{origin}: manifest is not valid JSON ({exc})") from None
+    try:
+        return parse_manifest(raw)
+    except ManifestError as exc:
+        raise ManifestError(f"{origin}: {exc}") from None
+
+
+def _spec(t: dict[str, Any]) -> TensorSpec:
+    role = t["role"]
+    return TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), role, dict(t.get(role, {})))
+
+
+def _cross_check(m: Manifest) -> None:
+    """What JSON Schema cannot say: names unique, state pairs closed, shapes consistent."""
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        names = [t.name for t in specs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ManifestError(f"manifest: duplicate {kind} name(s) {sorted(dup)}")
+    outs = {t.name: t for t in m.outputs}
+    ins = {t.name: t for t in m.inputs}
+
+    for t in m.inputs_with("state"):
+        src = outs.get(t.detail["from_output"])
+        if src is None or src.role != "state":
+            raise ManifestError(
+                f"manifest: state input '{t.name}' reads output '{t.detail['from_output']}', "
+                "which is not a state output"
+            )
+        if (src.dtype, src.shape) != (t.dtype, t.shape):
+            raise ManifestError(
+                f"manifest: state '{src.name}' -> '{t.name}' changes dtype/shape "
+                f"{src.dtype}{list(src.shape)} -> {t.dtype}{list(t.shape)}"
+            )
+    for t in m.outputs_with("state"):
+        dst = ins.get(t.detail["to_input"])
+        if dst is None or dst.role != "state" or dst.detail["from_output"] != t.name:
+            raise ManifestError(
+                f"manifest: state output '{t.name}' feeds '{t.detail['to_input']}', "
+                "which is not a state input reading it back"
+            )
+
+    for t in m.inputs_with("camera"):
+        c = t.detail
+        channels = 1 if c["color"] == "GRAY" else 3
+        per_cam = (channels, c["height"], c["width"]) if c["layout"] == "NCHW" else (
+            c["height"], c["width"], channels)
+        want = (len(c["names"]), *per_cam)
+        if len(t.shape) != 5 or tuple(t.shape[1:]) != want:
+            raise ManifestError(
+                f"manifest: camera input '{t.name}' has shape {list(t.shape)}, but its camera block "
+                f"describes [batch, {', '.join(map(str, want))}]"
+            )
+        norm = c.get("normalization")
+        if norm and not (len(norm["mean"]) == len(norm["std"]) == channels):
+            raise ManifestError(f"manifest: camera input '{t.name}': mean/std need {channels} values")
+    cams = m.camera_names
+    if len(set(cams)) != len(cams):
+        raise ManifestError(f"manifest: camera names repeat across inputs: {cams}")
+
+    trajs = m.outputs_with("trajectory")
+    if len(trajs) != 1:
+        raise ManifestError(f"manifest: exactly one output must have role 'trajectory' (found {len(trajs)})")
+    traj = trajs[0]
+    if len(traj.shape) != 4 or traj.shape[-1] != len(traj.detail["fields"]):
+        raise ManifestError(
+            f"manifest: trajectory '{traj.name}' must be [batch, modes, points, {len(traj.detail['fields'])}] "
+            f"for fields {traj.detail['fields']}, got {list(traj.shape)}"
+        )
+    for s in m.outputs_with("score"):
+        if tuple(s.shape) != tuple(traj.shape[:2]):
+            raise ManifestError(
+                f"manifest: score '{s.name}' shape {list(s.shape)} must be [batch, modes] = {list(traj.shape[:2])}"
+            )
+
+    if m.inputs_with("command") or m.inputs_with("text"):
+        vocab = m.vocabulary
+        if vocab is None:
+            raise ManifestError("manifest: command/text inputs need a 'vocabulary'")
+        if vocab["pad"] not in vocab["tokens"]:
+            raise ManifestError(f"manifest: vocabulary pad token {vocab['pad']!r} is not in its tokens")
+        ids = [c["id"] for c in vocab["commands"]]
+        if len(set(ids)) != len(ids):
+            raise ManifestError("manifest: vocabulary command ids repeat")
+        text_ids = [t for t in m.inputs_with("text") if t.detail["kind"] == "ids"]
+        masks = [t for t in m.inputs_with("text") if t.detail["kind"] == "mask"]
+        if len(text_ids) > 1 or len(masks) > 1:
+            raise ManifestError("manifest: at most one text 'ids' input and one text 'mask' input")
+        if text_ids and masks and text_ids[0].shape != masks[0].shape:
+            raise ManifestError("manifest: text ids and text mask shapes differ")
+
+
+def check_against_graph(
+    m: Manifest,
+    graph_inputs: dict[str, tuple[str, tuple[int | str | None, ...]]],
+    graph_outputs: dict[str, tuple[str, tuple[int | str | None, ...]]],
+    origin: str,
+) -> None:
+    """Refuse a manifest that disagrees with the graph's real tensors (name, dtype, shape).
+
+    ``graph_*`` map tensor names to (dtype name, shape); a non-integer dim is a symbolic one and
+    matches any size the manifest fixes.
+    """
+    for kind, specs, graph in (("input", m.inputs, graph_inputs), ("output", m.outputs, graph_outputs)):
+        declared = {t.name for t in specs}
+        missing = sorted(declared - graph.keys())
+        if missing:
+            raise ManifestError(f"{origin}: manifest {kind}(s) {missing} are not in the graph (it has {sorted(graph)})")
+        if kind == "input":
+            undeclared = sorted(graph.keys() - declared)
+            if undeclared:
+                raise ManifestError(f"{origin}: graph input(s) {undeclared} are not described by the manifest")
+        for t in specs:
+            dtype, shape = graph[t.name]
+            if dtype != t.dtype:
+                raise ManifestError(f"{origin}: {kind} '{t.name}' is {dtype} in the graph but {t.dtype} in the manifest")
+            fixed = all(isinstance(d, int) for d in shape)
+            same = len(shape) == len(t.shape) and all(
+                not isinstance(g, int) or g == d for g, d in zip(shape, t.shape, strict=False)
+            )
+            if not same:
+                shown = [d if isinstance(d, int) else "?" for d in shape] if not fixed else list(shape)
+                raise ManifestError(
+                    f"{origin}: {kind} '{t.name}' has shape {shown} in the graph but {list(t.shape)} in the manifest"
+                )
