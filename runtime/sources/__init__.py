@@ -1,0 +1,119 @@
+"""Camera sources by URI: one grammar for every kind of camera, mapped onto the model's cameras.
+
+``--camera`` takes ``[NAME=]URI``. Served here:
+
+==========================  ====================================================================
+``synthetic://[?k=v&…]``    built-in procedural road scene, its own process (``synthetic.py``)
+``PATH`` / ``file://PATH``  a video file, decoded by OpenCV's FFmpeg backend (``video.py``)
+==========================  ====================================================================
+
+Mapping onto the manifest's camera names: named URIs go to their camera; a single unnamed URI
+feeds every camera (``synthetic://`` then renders a synchronised rig, one view per camera name);
+several unnamed URIs are taken in the manifest's camera order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from ..errors import CameraError
+from .base import CameraSource, Frame
+
+_LATER = {"v4l2", "csi", "gst", "rtsp", "rtsps", "http", "https", "lavfi"}
+
+
+def parse_camera_arg(arg: str) -> tuple[str | None, str]:
+    """``front=synthetic://`` -> ("front", "synthetic://"); ``clip.mp4`` -> (None, "clip.mp4")."""
+    head, sep, tail = arg.partition("=")
+    if sep and head and "://" not in head and "/" not in head and "?" not in head:
+        return head, tail
+    return None, arg
+
+
+def assign_cameras(args: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """Camera name -> URI for every camera of the model; a pure function of the arguments."""
+    pairs = [parse_camera_arg(a) for a in args] or [(None, "synthetic://")]
+    named = {n: u for n, u in pairs if n is not None}
+    unnamed = [u for n, u in pairs if n is None]
+    known = ", ".join(names)
+    for n in named:
+        if n not in names:
+            raise CameraError(f"--camera {n}=…: the model has no camera '{n}' (its cameras: {known})")
+    if len(named) != sum(1 for n, _ in pairs if n is not None):
+        raise CameraError("--camera: the same camera name is given twice")
+    free = [n for n in names if n not in named]
+    if len(unnamed) == 1 and not named:
+        return dict.fromkeys(names, unnamed[0])
+    if len(unnamed) > len(free):
+        raise CameraError(f"--camera: {len(unnamed)} unnamed URIs but only {len(free)} camera(s) left "
+                          f"({', '.join(free) or 'none'}); name them: --camera NAME=URI")
+    if len(unnamed) < len(free):
+        missing = free[len(unnamed):]
+        raise CameraError(f"--camera: no source for camera(s) {', '.join(missing)}; "
+                          f"add --camera {missing[0]}=URI (the model's cameras: {known})")
+    return {**named, **dict(zip(free, unnamed, strict=True))}
+
+
+def scheme_of(uri: str) -> str:
+    if "://" not in uri:
+        return "file"
+    return urlsplit(uri).scheme.lower()
+
+
+def open_cameras(args: Sequence[str], names: Sequence[str]) -> dict[str, CameraSource]:
+    """Open a source for every model camera; on any failure, close what was opened and raise."""
+    plan = assign_cameras(args, names)
+    opened: dict[str, CameraSource] = {}
+    try:
+        by_uri: dict[str, list[str]] = {}
+        for name, uri in plan.items():
+            by_uri.setdefault(uri, []).append(name)
+        for uri, cams in by_uri.items():
+            for src in _open_uri(uri, cams):
+                opened[src.name] = src
+        return {n: opened[n] for n in names}
+    except BaseException:
+        for src in opened.values():
+            src.close()
+        raise
+
+
+def _open_uri(uri: str, names: list[str]) -> list[CameraSource]:
+    scheme = scheme_of(uri)
+    if scheme == "synthetic":
+        from .synthetic import open_synthetic
+
+        return open_synthetic(uri, names)
+    if scheme == "file":
+        from .video import VideoFileSource
+
+        parts = urlsplit(uri) if "://" in uri else None
+        path = parts.path if parts else uri.split("?", 1)[0]
+        loop = "loop=1" in (parts.query if parts else uri.partition("?")[2])
+        first = VideoFileSource(names[0], uri, path, loop=loop)
+        return [first, *(_Alias(first, n) for n in names[1:])]
+    if scheme in _LATER:
+        raise CameraError(f"camera URI {uri!r}: '{scheme}://' sources are not available in this version "
+                          "(served now: synthetic://, video files)")
+    raise CameraError(f"camera URI {uri!r}: unknown scheme '{scheme}://' "
+                      "(use synthetic://, a video file path, or file://PATH)")
+
+
+class _Alias(CameraSource):
+    """One source feeding a second camera name (a single video for every camera of the model)."""
+
+    def __init__(self, source: CameraSource, name: str) -> None:
+        self.source, self.name, self.uri = source, name, source.uri
+
+    def newest(self) -> Frame | None:
+        return self.source.newest()
+
+    def ended(self) -> str | None:
+        return self.source.ended()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+__all__ = ["CameraSource", "Frame", "assign_cameras", "open_cameras", "parse_camera_arg"]

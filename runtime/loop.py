@@ -1,0 +1,252 @@
+"""The real-time loop: newest frames -> preprocess -> engine -> decode -> publish, every tick.
+
+One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
+
+1. take the newest frame of every camera; a camera with no new frame since the last tick, a
+   stalled one (newest frame older than ``stall_ms``) or an ended one makes the tick a fallback;
+2. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
+   the noise; run the engine; pick the best of K (``decode``);
+3. publish: ``ok``; ``late`` when publish time > capture time + budget (published, marked);
+   ``fallback`` when the model's trajectory cannot be used (no fresh frames, engine error, NaN/inf):
+   the last good trajectory shifted to now (``fallback.py``), with the reason.
+
+Recurrent state rule: state outputs are copied into their inputs only after a tick that ran the
+model on fresh frames and produced a finite trajectory (``ok`` or ``late``). Fallback ticks leave the
+state untouched, so memory only ever holds scene tokens of frames the model really saw, in order,
+and ``memory_valid`` counts committed ticks.
+
+Dropped frames are counted per camera as ticks at which that camera had no new frame (the
+model could not run on fresh input), openpilot's notion of a frame drop at the model's rate.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend
+from .commands import encode_command
+from .decode import decode
+from .ego import EgoHistory
+from .errors import CameraError, VlaError
+from .fallback import fallback_trajectory
+from .preprocess import Preprocessor
+from .schedule import next_tick
+from .sources.base import CameraSource
+from .stats import summarize
+
+RECORD_SCHEMA = "vla.tick/1"
+STAGES = ("preprocess", "engine", "decode", "e2e")
+
+
+@dataclass
+class RunConfig:
+    rate_hz: float = 10.0
+    budget_ms: float = 100.0
+    max_ticks: int | None = None
+    duration_s: float | None = None
+    command: str | None = None  # None: the vocabulary's first command
+    seed: int = 0
+    stall_ms: float = 500.0
+    first_frame_timeout_s: float = 15.0
+
+
+class Runner:
+    """Runs the loop; iterate it for the published records, ``stop()`` from any thread."""
+
+    def __init__(self, backend: Backend, cameras: dict[str, CameraSource], config: RunConfig) -> None:
+        self.backend, self.cameras, self.cfg = backend, cameras, config
+        m = backend.manifest
+        if any(t.shape and t.shape[0] != 1 for t in m.inputs):
+            raise VlaError("the loop feeds batch 1; export the model with batch 1")
+        self._stop = threading.Event()
+        self._pre: list[tuple[str, Preprocessor]] = []
+        for spec in m.inputs_with("camera"):
+            buf = backend.feed(spec.name)[0]
+            for i, name in enumerate(spec.detail["names"]):
+                self._pre.append((name, Preprocessor(spec.detail["color"], buf[i], spec.detail["layout"])))
+        self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
+        for t in m.inputs_with("state"):
+            backend.feed(t.name)[...] = t.detail["initial"]
+        ego = m.inputs_with("ego")
+        self._ego_buf = backend.feed(ego[0].name)[0] if ego else None
+        self._ego = EgoHistory(ego[0].shape[1], ego[0].detail["rate_hz"]) if ego else None
+        self._noise = [(backend.feed(t.name), float(t.detail.get("std", 1.0))) for t in m.inputs_with("noise")]
+        self._rng = np.random.default_rng(config.seed)
+        self.command_name = self.set_command(config.command)
+        traj = m.outputs_with("trajectory")[0]
+        self._traj_name, self._dt = traj.name, float(traj.detail["dt"])
+        self._points = traj.shape[2]
+        scores = m.outputs_with("score")
+        self._score_name = scores[0].name if scores else None
+        self._last_good = np.zeros((self._points, traj.shape[3]), dtype=np.float32)
+        self._last_good_time: float | None = None
+        self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
+        self.ticks = self.skipped_ticks = 0
+        self.status_counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.times: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.end_reason = ""
+
+    # ---- control --------------------------------------------------------------------------------
+    def set_command(self, text: str | None) -> str:
+        """Encode a route command into the command/text inputs; returns the nav command's name."""
+        m = self.backend.manifest
+        cmd_inputs, text_inputs = m.inputs_with("command"), m.inputs_with("text")
+        if not cmd_inputs and not text_inputs:
+            return ""
+        vocab = m.vocabulary
+        ids = [t for t in text_inputs if t.detail["kind"] == "ids"]
+        length = ids[0].shape[-1] if ids else 1
+        enc = encode_command(text or vocab["commands"][0]["phrases"][0], vocab, length)
+        for t in cmd_inputs:
+            self.backend.feed(t.name)[...] = enc.nav_id
+        for t in text_inputs:
+            self.backend.feed(t.name)[0] = enc.token_ids if t.detail["kind"] == "ids" else enc.mask
+        return enc.nav_name
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self._stop.is_set():
+            self.end_reason = reason
+        self._stop.set()
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def _wait_first_frames(self) -> None:
+        deadline = time.monotonic() + self.cfg.first_frame_timeout_s
+        for name, src in self.cameras.items():
+            while src.newest() is None:
+                if src.ended() or time.monotonic() > deadline:
+                    why = src.ended() or f"no frame within {self.cfg.first_frame_timeout_s:g} s"
+                    raise CameraError(f"camera '{name}' ({src.uri}): {why}")
+                if self._stop.wait(0.01):
+                    return
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._wait_first_frames()
+        self.backend.run()  # warm-up: first runs allocate and pick kernels; keep that off tick 0
+        gc.collect()
+        gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
+        period = 1.0 / self.cfg.rate_hz
+        start = time.monotonic() + period
+        index = -1
+        while not self._stop.is_set():
+            new_index, due = next_tick(start, period, time.monotonic(), index)
+            if index >= 0:
+                self.skipped_ticks += new_index - index - 1
+            index = new_index
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            yield self._tick()
+            if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
+                self.stop(f"{self.ticks} ticks done")
+            elif self.cfg.duration_s is not None and time.monotonic() - start >= self.cfg.duration_s:
+                self.stop(f"{self.cfg.duration_s:g} s done")
+
+    def _tick(self) -> dict[str, Any]:
+        t_start = time.monotonic()
+        problem, frames = None, {}
+        for name, src in self.cameras.items():
+            frame, ended = src.newest(), src.ended()
+            if ended:
+                self.stop(f"camera '{name}' ended: {ended}")
+            if frame is None or frame.seq == self._last_seq[name]:
+                self.dropped[name] += 1
+                problem = problem or (f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'")
+            elif (t_start - frame.capture_time) * 1000.0 > self.cfg.stall_ms:
+                problem = problem or f"camera '{name}' stalled: newest frame is {(t_start - frame.capture_time) * 1000:.0f} ms old"
+            if frame is not None:
+                frames[name] = frame
+        capture = min((f.capture_time for f in frames.values()), default=t_start)
+        lat: dict[str, float] = {}
+        decoded = None
+        if problem is None:
+            t = time.monotonic()
+            for name, pre in self._pre:
+                pre(frames[name])
+                self._last_seq[name] = frames[name].seq
+            if self._ego is not None:
+                ego = next((f.ego for f in frames.values() if f.ego is not None), None)
+                if ego is None:  # no vehicle-state source: the model sees a standing vehicle
+                    self._ego.update(capture, 0.0, 0.0, 0.0)
+                else:
+                    self._ego.update(capture, ego.speed, ego.accel, ego.yaw_rate)
+                self._ego.fill(self._ego_buf, capture)
+            for buf, std in self._noise:
+                self._rng.standard_normal(out=buf, dtype=np.float32)
+                if std != 1.0:
+                    buf *= std
+            lat["preprocess"] = (time.monotonic() - t) * 1000.0
+            t = time.monotonic()
+            try:
+                out = self.backend.run()
+            except Exception as exc:  # an engine failure is a fallback tick, never a crash
+                problem = f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            lat["engine"] = (time.monotonic() - t) * 1000.0
+            if problem is None:
+                t = time.monotonic()
+                decoded = decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
+                problem = decoded.problem
+                if problem is None:
+                    for dst, src in self._states:
+                        np.copyto(self.backend.feed(dst), out[src])
+                    np.copyto(self._last_good, decoded.points)
+                    self._last_good_time = capture
+                lat["decode"] = (time.monotonic() - t) * 1000.0
+        publish = time.monotonic()
+        lat["e2e"] = (publish - capture) * 1000.0
+        if problem is not None:
+            status = "fallback"
+            age = None if self._last_good_time is None else publish - self._last_good_time
+            points = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points)
+            self.reasons[problem.split(":")[0]] += 1
+        else:
+            status = "late" if lat["e2e"] > self.cfg.budget_ms else "ok"
+            points, age = decoded.points, None
+        self.ticks += 1
+        self.status_counts[status] += 1
+        for k, v in lat.items():
+            self.times[k].append(v)
+        return {
+            "schema": RECORD_SCHEMA,
+            "tick": self.ticks - 1,
+            "status": status,
+            "reason": problem,
+            "frame_id": {n: f.seq for n, f in frames.items()},
+            "capture_time": round(capture, 6),
+            "publish_time": round(publish, 6),
+            "latency_ms": {k: round(v, 3) for k, v in lat.items()},
+            "fallback_age_ms": None if age is None else round(age * 1000.0, 1),
+            "command": self.command_name,
+            "mode": None if decoded is None or problem else decoded.mode,
+            "score": None if decoded is None or problem else round(decoded.score, 5),
+            "dt": self._dt,
+            "trajectory": np.round(points.astype(np.float64), 3).tolist(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""
+        return {
+            "ticks": self.ticks,
+            "status": dict(self.status_counts),
+            "deadline_misses": self.status_counts.get("late", 0),
+            "skipped_ticks": self.skipped_ticks,
+            "dropped_frames": dict(self.dropped),
+            "fallback_reasons": dict(self.reasons),
+            "latency_ms": {s: summarize(v) for s, v in self.times.items() if v},
+            "budget_ms": self.cfg.budget_ms,
+            "rate_hz": self.cfg.rate_hz,
+            "ended": self.end_reason,
+        }
+
+    def close(self) -> None:
+        for src in self.cameras.values():
+            src.close()
+        self.backend.close()

@@ -1,0 +1,80 @@
+"""Video files as a camera (OpenCV's FFmpeg backend), paced at the file's frame rate.
+
+A capture thread decodes in real time and keeps only the newest frame, like a live camera, so a
+slow loop sees frames dropped rather than a growing queue. ``?loop=1`` rewinds at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import CameraError
+from .base import CameraSource, Frame
+
+
+class VideoFileSource(CameraSource):
+    def __init__(self, name: str, uri: str, path: str, loop: bool = False) -> None:
+        self.name, self.uri, self.path, self.loop = name, uri, path, loop
+        if not Path(path).is_file():
+            raise CameraError(f"camera '{name}': {path}: no such video file")
+        self._cap = cv2.VideoCapture(path)
+        ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+        if not ok or first is None or first.ndim != 3:
+            self._cap.release()
+            raise CameraError(f"camera '{name}': {path}: not a video OpenCV/FFmpeg can decode")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 1.0 <= fps <= 1000.0 else 30.0
+        self._lock = threading.Lock()
+        self._latest = first.copy()
+        self._latest_seq, self._latest_time = 0, time.monotonic()
+        self._out = np.empty_like(first)
+        self._frame: Frame | None = None
+        self._ended: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._capture, name=f"video-{name}", daemon=True)
+        self._thread.start()
+
+    def _capture(self) -> None:
+        seq, start = 0, self._latest_time
+        while not self._stop.is_set():
+            due = start + (seq + 1) / self.fps
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            ok, img = self._cap.read()
+            if not ok and self.loop:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, img = self._cap.read()
+            if not ok:
+                self._ended = f"end of video file after {seq + 1} frames"
+                break
+            seq += 1
+            with self._lock:
+                if img.shape == self._latest.shape:
+                    np.copyto(self._latest, img)
+                else:  # a stream that changes size mid-file: keep it, the consumer re-plans
+                    self._latest = img
+                self._latest_seq, self._latest_time = seq, time.monotonic()
+
+    def newest(self) -> Frame | None:
+        with self._lock:
+            if self._out.shape != self._latest.shape:
+                self._out = np.empty_like(self._latest)
+            np.copyto(self._out, self._latest)
+            seq, t = self._latest_seq, self._latest_time
+        h, w = self._out.shape[:2]
+        return Frame(self.name, self._out, "bgr", w, h, seq, t)
+
+    def ended(self) -> str | None:
+        return self._ended
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        self._cap.release()

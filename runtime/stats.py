@@ -1,0 +1,42 @@
+"""Latency statistics defined exactly as trtexec defines them, so figures compare one to one.
+
+- median: the middle value, or the mean of the two middle values for an even count;
+- percentile p: ``sorted[max(N - 1 - int((1 - p/100) * N), 0)]`` (trtexec's ``findPercentile``);
+- coefficient of variation: population standard deviation / mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """trtexec's percentile of already-sorted values (NaN when empty)."""
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    return sorted_values[max(n - 1 - int((1.0 - p / 100.0) * n), 0)]
+
+
+def median(sorted_values: Sequence[float]) -> float:
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    mid = n // 2
+    return sorted_values[mid] if n % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
+
+
+def summarize(values: Sequence[float], percentiles: Sequence[float] = (50, 90, 95, 99, 99.9)) -> dict[str, float]:
+    """min, max, mean, median, std, cv and the requested percentiles (keys ``p50``, ``p99.9``)."""
+    s = sorted(values)
+    n = len(s)
+    if n == 0:
+        return {"count": 0}
+    mean = sum(s) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in s) / n)
+    out = {"count": n, "min": s[0], "max": s[-1], "mean": mean, "median": median(s), "std": std,
+           "cv": std / mean if mean else math.nan}
+    for p in percentiles:
+        out[f"p{p:g}"] = percentile(s, p)
+    return out
