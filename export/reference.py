@@ -97,7 +97,7 @@ class Attention(nn.Module):
 
     def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = ctx.shape
-        k, v = self.kv(ctx).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        k, v = self.kv(ctx).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
     def forward(

@@ -1,7 +1,7 @@
 """Latency statistics defined exactly as trtexec defines them, so figures compare one to one.
 
 - median: the middle value, or the mean of the two middle values for an even count;
-- percentile p: ``sorted[max(N - 1 - int((1 - p/100) * N), 0)]`` (trtexec's ``findPercentile``);
+- percentile p: ``sorted[max(N - 1 - int((1 - p/100) * N), 0)]`` in float32 (trtexec's ``findPercentile``);
 - coefficient of variation: population standard deviation / mean.
 """
 
@@ -10,13 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """trtexec's percentile of already-sorted values (NaN when empty)."""
     n = len(sorted_values)
     if n == 0:
         return math.nan
-    return sorted_values[max(n - 1 - int((1.0 - p / 100.0) * n), 0)]
+    # trtexec computes this in float32 (`float percentile`); in float64 p90 of 100 values would pick
+    # the 91st value instead of the 90th, and p99 of 100 values the 99th instead of the 100th.
+    exclude = int(np.float32(np.float32(1.0) - np.float32(p) / np.float32(100.0)) * np.float32(n))
+    return sorted_values[max(n - 1 - exclude, 0)]
 
 
 def median(sorted_values: Sequence[float]) -> float:

@@ -1,0 +1,481 @@
+"""``synthetic://`` cameras: the procedural road scene rendered by a rig in its own process.
+
+Why a process: a real camera captures on its own clock, whatever the consumer does, and rendering
+three 720p views at 30 fps costs about a third of a core that must not steal the GIL from the
+inference loop. The child renders every camera of the rig from one clock (a synchronised rig: all
+views of a rig frame share ``seq`` and ``capture_time``) straight into shared-memory slots; the
+sources in the parent only copy the newest slot out, so ``newest()`` never blocks.
+
+URI grammar (every parameter optional)::
+
+    synthetic://[?size=1280x720&fps=30&format=yuyv&seed=0&hfov=100
+                 &drop_every=K&stall_after=N&stall_ms=M]
+
+Frame clock: frame ``seq`` (1, 2, ...) is exposed at ``capture_time = t0 + (seq - 1) / fps`` on
+``time.monotonic()`` (CLOCK_MONOTONIC, shared by all processes on Linux) and published once
+rendered. ``seq`` counts sensor frames, so every lost frame shows up as a gap: ``drop_every=K``
+loses the frames whose ``seq`` is a multiple of K; ``stall_after=N`` delivers nothing after frame N
+for ``stall_ms`` milliseconds (default: for good; the process stays alive, like a hung driver) and
+then resumes on the same clock; a renderer that falls behind skips to the current frame.
+
+Shared memory: a header (index of the newest published slot) and a ring of slots, each holding
+the frame metadata (seq, capture time, ego speed/accel/yaw rate, the 64x3 ground-truth future
+path) and one image per camera. Each slot is a seqlock: the writer makes its generation odd,
+writes, makes it even, then publishes the slot; a reader copies and retries if the generation
+moved. Stores from separate Python statements are far apart in time compared with any CPU's store
+buffer, and a slot is only reused three frames after it was published.
+
+Processes are started with the 'spawn' method (never fork: the parent may hold ONNX Runtime and
+OpenCV threads), so scripts using this must guard their entry point with
+``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+
+from ..errors import CameraError
+from .base import PIXEL_FORMATS, CameraSource, EgoState, Frame
+from .scene import Rig, Road, SceneRenderer, frame_shape
+
+TRUTH_STEPS, TRUTH_DT = 64, 0.1  # ground-truth horizon: 6.4 s at 10 Hz
+N_SLOTS = 4
+_HEADER_BYTES = 64
+_META_BYTES = 1024  # per slot: 2 int64 + 6 float64 + truth (64x3 float32 = 768 B)
+_ALIGN = 64
+_PARAMS = ("size", "fps", "format", "seed", "hfov", "drop_every", "stall_after", "stall_ms")
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """A parsed ``synthetic://`` URI."""
+
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    fmt: str = "yuyv"
+    seed: int = 0
+    hfov: float = 100.0
+    drop_every: int | None = None
+    stall_after: int | None = None
+    stall_ms: float | None = None  # None: the stall lasts for good
+
+
+def parse_uri(uri: str) -> SyntheticParams:
+    """Parse and validate a ``synthetic://`` URI; every mistake is a CameraError naming the key."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "synthetic":
+        raise CameraError(f"camera URI {uri!r} is not a synthetic:// URI")
+    if parts.netloc or parts.path not in ("", "/") or parts.fragment:
+        raise CameraError(
+            f"camera URI {uri!r}: synthetic:// takes only query parameters, "
+            "e.g. synthetic://?size=1280x720&fps=30"
+        )
+    seen: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _PARAMS:
+            raise CameraError(
+                f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_PARAMS)}"
+            )
+        if key in seen:
+            raise CameraError(f"camera URI {uri!r}: parameter {key!r} is given twice")
+        seen[key] = value
+
+    def bad(key: str, accepted: str) -> CameraError:
+        return CameraError(f"camera URI {uri!r}: {key}={seen[key]!r} is not valid; accepted: {accepted}")
+
+    def number(key: str, kind: type, lo: float, hi: float, accepted: str) -> Any:
+        try:
+            v = kind(seen[key])
+        except ValueError:
+            raise bad(key, accepted) from None
+        if not (lo <= v <= hi) or (kind is float and not math.isfinite(v)):
+            raise bad(key, accepted)
+        return v
+
+    kw: dict[str, Any] = {}
+    if "size" in seen:
+        m = re.fullmatch(r"(\d{1,5})x(\d{1,5})", seen["size"])
+        accepted = "WIDTHxHEIGHT, e.g. 1280x720 (16..8192, width even; height even for nv12/i420)"
+        if not m:
+            raise bad("size", accepted)
+        kw["width"], kw["height"] = int(m[1]), int(m[2])
+        if not (16 <= kw["width"] <= 8192 and 16 <= kw["height"] <= 8192):
+            raise bad("size", accepted)
+    if "fps" in seen:
+        kw["fps"] = number("fps", float, 0.5, 240.0, "a frame rate in 0.5..240")
+    if "format" in seen:
+        if seen["format"].lower() not in PIXEL_FORMATS:
+            raise bad("format", ", ".join(PIXEL_FORMATS))
+        kw["fmt"] = seen["format"].lower()
+    if "seed" in seen:
+        kw["seed"] = number("seed", int, 0, 2**32 - 1, "an integer in 0..4294967295")
+    if "hfov" in seen:
+        kw["hfov"] = number("hfov", float, 10.0, 170.0, "horizontal field of view in degrees, 10..170")
+    if "drop_every" in seen:
+        kw["drop_every"] = number("drop_every", int, 2, 10**9, "an integer >= 2 (every K-th frame is lost)")
+    if "stall_after" in seen:
+        kw["stall_after"] = number("stall_after", int, 1, 10**9, "a frame count >= 1")
+    if "stall_ms" in seen:
+        if "stall_after" not in seen:
+            raise CameraError(f"camera URI {uri!r}: stall_ms needs stall_after=N (the frame the stall follows)")
+        kw["stall_ms"] = number("stall_ms", float, 0.0, 1e9, "a duration in milliseconds >= 0")
+    params = SyntheticParams(**kw)
+    try:
+        frame_shape(params.fmt, params.width, params.height)
+    except CameraError as exc:
+        raise CameraError(f"camera URI {uri!r}: {exc}") from None
+    return params
+
+
+# ==================================================================================================
+# Shared-memory layout (both processes build the same views from the same numbers)
+# ==================================================================================================
+
+
+class _Layout:
+    """Offsets of the header, the slots and each camera's image inside the shared block."""
+
+    def __init__(self, params: SyntheticParams, n_cams: int) -> None:
+        self.shape = frame_shape(params.fmt, params.width, params.height)
+        self.image_bytes = int(np.prod(self.shape))
+        self.image_stride = _align(self.image_bytes)
+        self.slot_bytes = _META_BYTES + n_cams * self.image_stride
+        self.n_cams = n_cams
+        self.size = _HEADER_BYTES + N_SLOTS * self.slot_bytes
+
+    def views(self, buf: memoryview) -> dict[str, Any]:
+        """Numpy views of every field (the only references the shared block ever exports)."""
+        latest = np.ndarray((1,), np.int64, buf, 0)
+        slots = []
+        for k in range(N_SLOTS):
+            base = _HEADER_BYTES + k * self.slot_bytes
+            slots.append(
+                {
+                    "ints": np.ndarray((2,), np.int64, buf, base),  # gen, seq
+                    "floats": np.ndarray((6,), np.float64, buf, base + 16),  # t, v, a, yaw rate, scene t
+                    "truth": np.ndarray((TRUTH_STEPS, 3), np.float32, buf, base + 64),
+                    "images": [
+                        np.ndarray(self.shape, np.uint8, buf, base + _META_BYTES + c * self.image_stride)
+                        for c in range(self.n_cams)
+                    ],
+                }
+            )
+        return {"latest": latest, "slots": slots}
+
+
+# ==================================================================================================
+# Child process
+# ==================================================================================================
+
+
+def _child_main(
+    shm_name: str, params: SyntheticParams, names: list[str], stop: Any, conn: Connection
+) -> None:
+    """Entry point of the rig process: report any failure as one line, then exit non-zero."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one core, beside the model
+        shm = SharedMemory(name=shm_name)
+        _child_run(shm, params, names, stop)
+        shm.close()
+    except Exception as exc:
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        try:
+            conn.send(f"synthetic camera process failed: {msg}")
+        except OSError:
+            pass
+        os._exit(1)  # no interpreter teardown: the traceback may still hold shared-memory views
+
+
+def _child_run(shm: SharedMemory, params: SyntheticParams, names: list[str], stop: Any) -> None:
+    """Render frames on the real-time clock until told to stop or the parent disappears."""
+    road = Road(params.seed)
+    renderer = SceneRenderer(road, Rig(names, params.width, params.height, params.hfov), params.fmt)
+    views = _Layout(params, len(names)).views(shm.buf)
+    latest, slots = views["latest"], views["slots"]
+    outputs = [dict(zip(names, slot["images"], strict=True)) for slot in slots]
+    parent = mp.parent_process()
+    period = 1.0 / params.fps
+
+    def sleep_until(when: float) -> bool:
+        """Wait for a monotonic time; True when the rig must stop instead."""
+        while True:
+            delay = when - time.monotonic()
+            if stop.wait(min(max(delay, 0.0), 0.25)) or (parent is not None and not parent.is_alive()):
+                return True
+            if delay <= 0.25:
+                return False
+
+    stall_pending = params.stall_after is not None
+    slot, seq = -1, 0
+    t0 = time.monotonic()
+    while True:
+        seq += 1
+        now = time.monotonic()
+        if now - (t0 + (seq - 1) * period) > period:  # fell behind: skip to the current frame
+            seq = int((now - t0) / period) + 1
+        if stall_pending and seq > params.stall_after:  # type: ignore[operator]
+            stall_pending = False
+            if params.stall_ms is None:  # stalled for good: stay alive, deliver nothing
+                sleep_until(math.inf)
+                return
+            # Resume with the first frame exposed at least stall_ms after frame N.
+            end = (params.stall_after - 1) * period + params.stall_ms / 1000.0  # type: ignore[operator]
+            seq = max(seq, math.ceil(end / period - 1e-9) + 1)
+        if params.drop_every is not None and seq % params.drop_every == 0:
+            continue  # lost by the camera: the seq is used up, nothing is delivered
+        capture = t0 + (seq - 1) * period
+        if sleep_until(capture):
+            return
+        slot = (slot + 1) % N_SLOTS
+        ints, floats = slots[slot]["ints"], slots[slot]["floats"]
+        ints[0] += 1  # odd: being written
+        scene_t = (seq - 1) * period
+        pose = renderer.render(scene_t, outputs[slot])
+        slots[slot]["truth"][...] = road.future_path(scene_t, TRUTH_STEPS, TRUTH_DT)
+        ints[1] = seq
+        floats[:5] = (capture, pose.speed, pose.accel, pose.yaw_rate, scene_t)
+        ints[0] += 1  # even: complete
+        latest[0] = slot
+
+
+# ==================================================================================================
+# Parent side
+# ==================================================================================================
+
+
+class _Resources:
+    """Everything shutting the rig down needs; deliberately holds no reference to the rig."""
+
+    def __init__(self, proc: Any, stop: Any, shm: SharedMemory, conn: Connection, views: dict) -> None:
+        self.proc, self.stop, self.shm, self.conn, self.views = proc, stop, shm, conn, views
+        self.error: str | None = None
+
+    def poll_error(self) -> str | None:
+        """A failure message the child sent, if any (kept once read)."""
+        if self.error is None:
+            try:
+                if self.conn.poll():
+                    self.error = str(self.conn.recv())
+            except (EOFError, OSError):
+                pass
+        return self.error
+
+
+def _shutdown(res: _Resources) -> None:
+    """Stop the child promptly, then release and unlink the shared memory. Safe to call twice."""
+    proc = res.proc
+    res.stop.set()
+    proc.join(timeout=2.0)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(timeout=1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=1.0)
+    res.views.clear()
+    res.conn.close()
+    try:
+        res.shm.close()
+    except BufferError:  # a view escaped somewhere; the mapping goes when it does
+        pass
+    try:
+        res.shm.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class _SyntheticRig:
+    """One child process and its shared memory, shared by the rig's sources (refcounted)."""
+
+    def __init__(self, uri: str, params: SyntheticParams, names: list[str]) -> None:
+        self.uri, self.params, self.names = uri, params, names
+        self.layout = _Layout(params, len(names))
+        _check_shm_space(self.layout.size)
+        ctx = mp.get_context("spawn")
+        shm = SharedMemory(create=True, size=self.layout.size)
+        views = self.layout.views(shm.buf)
+        views["latest"][0] = -1
+        for slot in views["slots"]:
+            slot["ints"][:] = 0
+        stop = ctx.Event()
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_child_main,
+            args=(shm.name, params, names, stop, writer),
+            name=f"synthetic-rig-{shm.name}",
+            daemon=True,
+        )
+        self.res = _Resources(proc, stop, shm, reader, views)
+        self._finalizer = weakref.finalize(self, _shutdown, self.res)
+        try:
+            proc.start()
+        except BaseException:
+            self._finalizer()
+            raise
+        writer.close()  # the child holds the only writer: a dead child reads as EOF
+        self._lock = threading.Lock()
+        self._open = len(names)
+
+    @property
+    def views(self) -> dict:
+        return self.res.views
+
+    def wait_first_frame(self, timeout_s: float) -> None:
+        """Block until the first frame is published; raise a one-line CameraError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.views["latest"][0] >= 0:
+                return
+            err = self.res.poll_error()
+            if err is not None:
+                self.shutdown()
+                raise CameraError(err)
+            code = self.res.proc.exitcode
+            if code is not None:
+                self.shutdown()
+                raise CameraError(f"synthetic camera process exited with code {code} before its first frame")
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise CameraError(f"synthetic camera did not start within {timeout_s:g} s ({self.uri})")
+            time.sleep(0.005)
+
+    def ended(self) -> str | None:
+        if not self._finalizer.alive:
+            return "synthetic camera closed"
+        err = self.res.poll_error()
+        code = self.res.proc.exitcode
+        if code is None:
+            return None
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return err or f"synthetic camera process {how}"
+
+    def release(self) -> None:
+        """One source closed; the last one stops the child."""
+        with self._lock:
+            self._open -= 1
+            last = self._open <= 0
+        if last:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self._finalizer()  # runs _shutdown once, whoever calls first
+
+
+def _check_shm_space(size: int) -> None:
+    """Fail clearly instead of SIGBUS later when /dev/shm (often 64 MB in containers) is too small."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise CameraError(
+            f"synthetic camera needs {size / 2**20:.0f} MiB of shared memory but /dev/shm has "
+            f"{free / 2**20:.0f} MiB free; use a smaller size/format or enlarge /dev/shm"
+        )
+
+
+class SyntheticSource(CameraSource):
+    """One camera of a synthetic rig; ``newest()`` copies the newest slot without blocking."""
+
+    def __init__(self, rig: _SyntheticRig, index: int) -> None:
+        self._rig, self._index = rig, index
+        self.name, self.uri = rig.names[index], rig.uri
+        p = rig.params
+        self._fmt, self._w, self._h = p.fmt, p.width, p.height
+        self._data = np.empty(rig.layout.shape, dtype=np.uint8)
+        self._truth = np.empty((TRUTH_STEPS, 3), dtype=np.float32)
+        self._floats = np.empty(6, dtype=np.float64)
+        self._frame: Frame | None = None
+        self._closed = False
+
+    def newest(self) -> Frame | None:
+        """The newest frame (copied into this source's own buffer), or None before the first."""
+        views = self._rig.views
+        if self._closed or not views:
+            return self._frame
+        latest = views["latest"]
+        for _ in range(100):
+            k = int(latest[0])
+            if k < 0:
+                return None
+            slot = views["slots"][k]
+            ints = slot["ints"]
+            gen = int(ints[0])
+            if gen & 1:  # being rewritten: the writer lapped us; look again
+                continue
+            seq = int(ints[1])
+            if self._frame is not None and seq == self._frame.seq and int(ints[0]) == gen:
+                return self._frame  # nothing new: no copy
+            np.copyto(self._data, slot["images"][self._index])
+            np.copyto(self._truth, slot["truth"])
+            np.copyto(self._floats, slot["floats"])
+            if int(ints[0]) != gen or int(ints[1]) != seq:
+                continue  # overwritten while copying
+            f = self._floats
+            self._frame = Frame(
+                camera=self.name,
+                data=self._data,
+                fmt=self._fmt,
+                width=self._w,
+                height=self._h,
+                seq=seq,
+                capture_time=float(f[0]),
+                ego=EgoState(speed=float(f[1]), accel=float(f[2]), yaw_rate=float(f[3])),
+                truth=self._truth,
+            )
+            return self._frame
+        return self._frame  # pathological contention: keep the previous frame
+
+    def ended(self) -> str | None:
+        """Why no more frames will come (the rig process died or was closed), else None."""
+        return self._rig.ended()
+
+    def close(self) -> None:
+        """Release this camera; closing the rig's last open camera stops the process."""
+        if self._closed:
+            return
+        self._closed = True
+        self._rig.release()
+
+    @property
+    def pid(self) -> int | None:
+        """The rig process's id (for monitoring its CPU use)."""
+        return self._rig.res.proc.pid
+
+
+def open_synthetic(uri: str, names: list[str], *, start_timeout_s: float = 30.0) -> list[SyntheticSource]:
+    """Start one rig process rendering ``names`` and return one source per camera, in order.
+
+    Blocks until the first rig frame is published, so ``newest()`` returns a frame at once; a
+    process that fails or takes longer than ``start_timeout_s`` raises a one-line CameraError.
+    """
+    params = parse_uri(uri)
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise CameraError(f"camera URI {uri!r}: camera names must be non-empty and unique, got {names}")
+    rig = _SyntheticRig(uri, params, names)
+    rig.wait_first_frame(start_timeout_s)
+    return [SyntheticSource(rig, i) for i in range(len(names))]

@@ -1,0 +1,129 @@
+"""Pure decision functions: statistics, tick schedule, commands, ego history, decode, fallback."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vla.runtime.commands import encode_command
+from vla.runtime.decode import decode
+from vla.runtime.ego import EgoHistory
+from vla.runtime.errors import VlaError
+from vla.runtime.fallback import fallback_trajectory, shift_trajectory
+from vla.runtime.schedule import next_tick
+from vla.runtime.stats import median, percentile, summarize
+
+
+def test_trtexec_percentiles():
+    s = [float(v) for v in range(1, 101)]  # 1..100
+    # trtexec: sorted[max(N-1-int((1-p/100)*N), 0)] in float32. (1-0.99f)*100 = 0.99999 -> 0, so
+    # p99 of exactly 100 values is the maximum; p90 is s[89] (float64 would give s[90] = 91).
+    assert percentile(s, 99) == 100.0
+    assert percentile(s, 90) == 90.0
+    assert percentile(s, 50) == 50.0
+    assert percentile(s + [101.0], 99) == 100.0  # N=101: exclude int(1.0099) = 1 -> s[99]
+    assert percentile(s, 99.9) == 100.0
+    assert percentile(s[:10], 99) == 10.0
+    assert percentile([], 50) != percentile([], 50)  # NaN
+    assert median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    assert median([3.0, 1.0, 2.0][:1]) == 3.0
+    st = summarize([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
+    assert st["mean"] == 5.0 and st["std"] == 2.0 and st["cv"] == pytest.approx(0.4)
+    assert st["min"] == 2.0 and st["max"] == 9.0 and st["median"] == 4.5
+
+
+def test_schedule_keeps_grid_and_skips_missed_ticks():
+    assert next_tick(10.0, 0.1, 9.0, -1) == (0, 10.0)
+    idx, t = next_tick(10.0, 0.1, 10.05, 0)
+    assert idx == 1 and t == pytest.approx(10.1)
+    idx, t = next_tick(10.0, 0.1, 10.37, 1)  # overran: ticks 2 and 3 have passed
+    assert idx == 4 and t == pytest.approx(10.4)
+
+
+VOCAB = {
+    "tokens": ["<pad>", "turn", "left", "right", "at", "the", "next", "intersection", "follow", "road", "go", "straight"],
+    "pad": "<pad>",
+    "commands": [
+        {"id": 0, "name": "follow", "phrases": ["follow the road", "follow"]},
+        {"id": 1, "name": "straight", "phrases": ["go straight"]},
+        {"id": 2, "name": "left", "phrases": ["turn left", "left"]},
+        {"id": 3, "name": "right", "phrases": ["turn right"]},
+    ],
+}
+
+
+def test_command_tokenisation():
+    enc = encode_command("Turn LEFT at the next intersection", VOCAB, 8)
+    assert (enc.nav_id, enc.nav_name) == (2, "left")
+    assert enc.token_ids.tolist() == [1, 2, 4, 5, 6, 7, 0, 0]
+    assert enc.mask.tolist() == [True] * 6 + [False] * 2
+    assert encode_command("go straight", VOCAB, 8).nav_id == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("turn lft", "['lft']"), ("the road", "names none of the model's commands"), ("", "is empty"),
+     ("turn left " * 5, "at most 8")],
+)
+def test_command_errors(text, needle):
+    with pytest.raises(VlaError) as info:
+        encode_command(text, VOCAB, 8)
+    assert needle in str(info.value)
+
+
+def test_ego_history_straight_and_turning():
+    h = EgoHistory(steps=16, rate_hz=10)
+    for i in range(30):
+        h.update(i * 0.1, 10.0, 0.0, 0.0)
+    out = np.zeros((16, 6))
+    h.fill(out)
+    np.testing.assert_allclose(out[:, 0], 10.0 * 0.1 * np.arange(-15, 1), atol=1e-9)
+    np.testing.assert_allclose(out[:, 1:3], 0.0, atol=1e-12)
+    np.testing.assert_allclose(out[:, 3], 10.0)
+    # A constant left turn: past positions lie behind and to the right... of a circle of radius v/w.
+    h = EgoHistory(steps=16, rate_hz=10)
+    v, w = 10.0, 0.2
+    for i in range(40):
+        h.update(i * 0.05, v, 0.0, w)
+    h.fill(out)
+    assert out[-1, :3].tolist() == [0.0, 0.0, 0.0]
+    r = np.hypot(out[:, 0], out[:, 1] - v / w)  # centre of the turn is at (0, v/w) in the ego frame
+    np.testing.assert_allclose(r, v / w, rtol=1e-3)
+    np.testing.assert_allclose(out[:, 2], w * 0.1 * np.arange(-15, 1), atol=1e-9)
+
+
+def test_ego_history_without_samples_is_zero():
+    out = np.ones((16, 6))
+    EgoHistory(16, 10).fill(out)
+    assert not out.any()
+
+
+def test_decode_picks_best_mode_and_flags_non_finite():
+    traj = np.zeros((1, 3, 4, 3), dtype=np.float32)
+    traj[0, 1] = 1.0
+    score = np.array([[0.2, 0.5, 0.3]], dtype=np.float32)
+    d = decode(traj, score)
+    assert d.mode == 1 and d.score == pytest.approx(0.5) and d.problem is None
+    traj[0, 1, 2, 0] = np.nan
+    assert decode(traj, score).problem == "non-finite trajectory"
+    score[0, 0] = np.inf
+    assert decode(traj, score).problem == "non-finite score"
+
+
+def test_fallback_shifts_to_now():
+    dt = 0.1
+    t = dt * np.arange(1, 65)
+    straight = np.stack([10.0 * t, np.zeros(64), np.zeros(64)], axis=1).astype(np.float32)
+    shifted = shift_trajectory(straight, dt, age=0.3)
+    np.testing.assert_allclose(shifted[:61, 0], 10.0 * t[:61], atol=1e-4)  # same path, 3 m further on
+    np.testing.assert_allclose(shifted[61:, 0], 10.0 * (6.4 - 0.3), atol=1e-4)  # holds the final pose
+    # A trajectory turning left: seen later, the remaining path starts at the origin with yaw 0.
+    w = 0.2
+    yaw = w * t
+    arc = np.stack([np.sin(yaw) * 10 / w, (1 - np.cos(yaw)) * 10 / w, yaw], axis=1).astype(np.float32)
+    later = shift_trajectory(arc, dt, age=1.0)
+    np.testing.assert_allclose(later[0], [math.sin(w * dt) * 10 / w, (1 - math.cos(w * dt)) * 10 / w, w * dt],
+                               atol=2e-3)
+    assert not fallback_trajectory(None, dt, 0.5, 64).any()
