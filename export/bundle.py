@@ -6,6 +6,7 @@ interrupted export never leaves a half-written bundle where a vehicle could pick
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -44,10 +45,8 @@ def embed_manifest(model: onnx.ModelProto, manifest_json: str) -> None:
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("vla-runtime", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

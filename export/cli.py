@@ -83,7 +83,8 @@ def export(args: argparse.Namespace) -> int:
                                      "fde_m": parity["trajectory"]["fde_m"]}}
     parse_manifest(manifest)  # what we write must load
     traj = parity["trajectory"]
-    summary = f"parity over {parity['inputs']} input sets: trajectory ADE {traj['ade_m']:.2e} m, FDE {traj['fde_m']:.2e} m"
+    summary = (f"parity over {parity['inputs']} input sets: "
+               f"trajectory ADE {traj['ade_m']:.2e} m, FDE {traj['fde_m']:.2e} m")
     if not parity["passed"]:
         problems = "; ".join(parity["failures"])
         if not args.force:

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: all cores this process may use)")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
+    p.add_argument("--sync", choices=("frame", "clock"), default="frame",
+                   help="frame: when a tick is due, run on the primary camera's next frame (default); "
+                   "clock: run at once on the newest frames")
     return p
 
 
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
-                       duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms)
+                       duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
+                       sync=args.sync)
     cameras = open_cameras(args.camera, backend.manifest.camera_names)
     try:
         runner = Runner(backend, cameras, config)

@@ -2,6 +2,9 @@
 
 One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
 
+0. with ``sync="frame"`` (the default), wait (at most ``frame_wait_ms``) for the next frame of the
+   primary camera (the manifest's first), so the model runs on a frame just delivered rather than
+   one up to a camera period old: openpilot's modeld also runs on frame arrival;
 1. take the newest frame of every camera; a camera with no new frame since the last tick, a
    stalled one (newest frame older than ``stall_ms``) or an ended one makes the tick a fallback;
 2. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
@@ -55,6 +58,8 @@ class RunConfig:
     command: str | None = None  # None: the vocabulary's first command
     seed: int = 0
     stall_ms: float = 500.0
+    sync: str = "frame"  # "frame": run on the primary camera's next frame after the tick is due; "clock"
+    frame_wait_ms: float = 50.0
     first_frame_timeout_s: float = 15.0
 
 
@@ -144,11 +149,25 @@ class Runner:
             index = new_index
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 break
+            if self.cfg.sync == "frame":
+                self._await_next_frame(self.cfg.frame_wait_ms / 1000.0)
             yield self._tick()
             if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
                 self.stop(f"{self.ticks} ticks done")
             elif self.cfg.duration_s is not None and time.monotonic() - start >= self.cfg.duration_s:
                 self.stop(f"{self.cfg.duration_s:g} s done")
+
+    def _await_next_frame(self, timeout: float) -> None:
+        """Poll the primary camera until a frame newer than the one it has now arrives (bounded)."""
+        src = next(iter(self.cameras.values()))
+        first = src.newest()
+        seq = first.seq if first is not None else -1
+        end = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < end and not src.ended():
+            frame = src.newest()
+            if frame is not None and frame.seq != seq:
+                return
+            time.sleep(0.0005)
 
     def _tick(self) -> dict[str, Any]:
         t_start = time.monotonic()
@@ -159,9 +178,10 @@ class Runner:
                 self.stop(f"camera '{name}' ended: {ended}")
             if frame is None or frame.seq == self._last_seq[name]:
                 self.dropped[name] += 1
-                problem = problem or (f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'")
-            elif (t_start - frame.capture_time) * 1000.0 > self.cfg.stall_ms:
-                problem = problem or f"camera '{name}' stalled: newest frame is {(t_start - frame.capture_time) * 1000:.0f} ms old"
+                why = f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'"
+                problem = problem or why
+            elif (age_ms := (t_start - frame.capture_time) * 1000.0) > self.cfg.stall_ms:
+                problem = problem or f"camera '{name}' stalled: newest frame is {age_ms:.0f} ms old"
             if frame is not None:
                 frames[name] = frame
         capture = min((f.capture_time for f in frames.values()), default=t_start)

@@ -23,7 +23,7 @@ def test_trtexec_percentiles():
     assert percentile(s, 99) == 100.0
     assert percentile(s, 90) == 90.0
     assert percentile(s, 50) == 50.0
-    assert percentile(s + [101.0], 99) == 100.0  # N=101: exclude int(1.0099) = 1 -> s[99]
+    assert percentile([*s, 101.0], 99) == 100.0  # N=101: exclude int(1.0099) = 1 -> s[99]
     assert percentile(s, 99.9) == 100.0
     assert percentile(s[:10], 99) == 10.0
     assert percentile([], 50) != percentile([], 50)  # NaN
@@ -43,7 +43,8 @@ def test_schedule_keeps_grid_and_skips_missed_ticks():
 
 
 VOCAB = {
-    "tokens": ["<pad>", "turn", "left", "right", "at", "the", "next", "intersection", "follow", "road", "go", "straight"],
+    "tokens": ["<pad>", "turn", "left", "right", "at", "the", "next", "intersection", "follow", "road", "go",
+               "straight"],
     "pad": "<pad>",
     "commands": [
         {"id": 0, "name": "follow", "phrases": ["follow the road", "follow"]},

@@ -57,7 +57,11 @@ class CameraSource(ABC):
 
     @abstractmethod
     def newest(self) -> Frame | None:
-        """The newest captured frame, or None if none has arrived yet. Never blocks."""
+        """The newest captured frame, or None if none has arrived yet. Never blocks.
+
+        Returns the same Frame object, without copying, while no newer frame has arrived, so the
+        loop may poll it cheaply while it waits for the next frame.
+        """
 
     def ended(self) -> str | None:
         """Why the source will deliver no more frames (end of file, process died), else None."""

@@ -63,12 +63,15 @@ class VideoFileSource(CameraSource):
 
     def newest(self) -> Frame | None:
         with self._lock:
+            if self._frame is not None and self._frame.seq == self._latest_seq:
+                return self._frame  # nothing new: no copy, so polling is cheap
             if self._out.shape != self._latest.shape:
                 self._out = np.empty_like(self._latest)
             np.copyto(self._out, self._latest)
             seq, t = self._latest_seq, self._latest_time
         h, w = self._out.shape[:2]
-        return Frame(self.name, self._out, "bgr", w, h, seq, t)
+        self._frame = Frame(self.name, self._out, "bgr", w, h, seq, t)
+        return self._frame
 
     def ended(self) -> str | None:
         return self._ended

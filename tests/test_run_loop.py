@@ -1,0 +1,159 @@
+"""vla-run end to end on the reference bundle with real synthetic cameras (own process, shared memory)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import VLA_RUN, run_cli
+from vla.runtime.engine import open_engine
+from vla.runtime.loop import RunConfig, Runner
+from vla.runtime.sources import open_cameras
+
+SMALL_CAM = "synthetic://?size=640x360&fps=30"
+
+
+def _records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def _check_record(r: dict) -> None:
+    assert r["schema"] == "vla.tick/1"
+    assert r["status"] in ("ok", "late", "fallback")
+    assert (r["reason"] is None) == (r["status"] != "fallback")
+    assert set(r["frame_id"]) == {"front", "left", "right"}
+    assert r["publish_time"] >= r["capture_time"]
+    assert r["latency_ms"]["e2e"] == pytest.approx((r["publish_time"] - r["capture_time"]) * 1000, abs=0.01)
+    traj = np.asarray(r["trajectory"])
+    assert traj.shape == (64, 3) and np.isfinite(traj).all()
+    assert r["dt"] == 0.1
+
+
+def test_vla_run_synthetic_end_to_end(reference_bundle, tmp_path):
+    out = tmp_path / "run.jsonl"
+    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", SMALL_CAM, "--frames", "12",
+                   "--command", "turn left", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    records = _records(out.read_text())
+    assert len(records) == 12
+    for r in records:
+        _check_record(r)
+    assert [r["tick"] for r in records] == list(range(12))
+    assert all(r["command"] == "left" for r in records)
+    ok = [r for r in records if r["status"] != "fallback"]
+    assert len(ok) >= 10, [r["reason"] for r in records]
+    front_ids = [r["frame_id"]["front"] for r in ok]
+    assert front_ids == sorted(front_ids) and len(set(front_ids)) == len(front_ids)  # always a newer frame
+    assert all(0 <= r["mode"] < 3 and 0 < r["score"] < 1 for r in ok)
+    assert "summary: 12 ticks" in proc.stderr and "e2e" in proc.stderr and "p99" in proc.stderr
+
+
+def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
+    backend = open_engine(str(reference_bundle))
+    real_run, seen = backend.run, {}
+
+    def run_and_capture():
+        # The real engine runs; the test only keeps a copy of what went in and came out.
+        seen["memory_in"] = backend.feed("memory").copy()
+        out = real_run()
+        seen["new_memory"] = out["new_memory"].copy()
+        return out
+
+    backend.run = run_and_capture
+    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(max_ticks=6))
+    memory, valid = backend.feed("memory"), backend.feed("memory_valid")
+    assert not valid.any() and not memory.any()  # initial values from the manifest
+    committed = 0
+    try:
+        for rec in runner:
+            if rec["status"] != "fallback":
+                committed += 1
+                # The model's new memory is the next tick's input, and it is the old one shifted.
+                np.testing.assert_array_equal(memory, seen["new_memory"])
+                np.testing.assert_array_equal(memory[0, :3], seen["memory_in"][0, 1:])
+                assert np.abs(memory[0, 3]).sum() > 0
+            n = min(committed, 4)
+            assert valid[0].tolist() == [False] * (4 - n) + [True] * n
+    finally:
+        runner.close()
+    assert committed >= 5
+
+
+def test_nan_output_falls_back_and_keeps_state(reference_bundle):
+    backend = open_engine(str(reference_bundle))
+    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(max_ticks=4))
+    real_run = backend.run
+    calls = {"n": 0}
+
+    def poisoned():
+        # The real engine runs; its output is then corrupted as a faulty engine's would be.
+        out = real_run()
+        calls["n"] += 1
+        if calls["n"] == 4:  # warm-up run + 2 good ticks, then a NaN on tick 3
+            out["trajectory"][0, :, 5, 1] = np.nan
+        return out
+
+    backend.run = poisoned
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+    assert [r["status"] != "fallback" for r in records[:2]] == [True, True]
+    bad = records[2]
+    assert bad["status"] == "fallback" and bad["reason"] == "non-finite trajectory"
+    assert bad["fallback_age_ms"] > 0 and np.isfinite(np.asarray(bad["trajectory"])).all()
+    assert backend.feed("memory_valid")[0].tolist() == [False, True, True, True]  # 3 commits, not 4
+    assert runner.summary()["fallback_reasons"] == {"non-finite trajectory": 1}
+
+
+def test_stalled_camera_gives_fallback_then_recovers(reference_bundle):
+    uri = "synthetic://?size=320x180&fps=30&stall_after=8&stall_ms=700"
+    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", uri, "--frames", "16", "--stall-ms", "200")
+    assert proc.returncode == 0, proc.stderr
+    records = _records(proc.stdout)
+    statuses = [r["status"] for r in records]
+    assert "fallback" in statuses, statuses
+    first_fb = statuses.index("fallback")
+    assert any(s != "fallback" for s in statuses[first_fb:]), statuses  # recovers after the stall
+    reasons = {r["reason"].split(":")[0] for r in records if r["reason"]}
+    assert reasons <= {"no new frame from camera 'front'", "camera 'front' stalled"}, reasons
+    assert "dropped frames" in proc.stderr
+
+
+def test_video_file_camera(reference_bundle, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 180))
+    for i in range(60):
+        img = np.full((180, 320, 3), 60, np.uint8)
+        cv2.line(img, (160 + i, 180), (160, 90), (255, 255, 255), 3)
+        writer.write(img)
+    writer.release()
+    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", clip, "--frames", "5")
+    assert proc.returncode == 0, proc.stderr
+    for r in _records(proc.stdout):
+        _check_record(r)
+
+
+def test_sigterm_stops_cleanly_with_summary(reference_bundle):
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(reference_bundle), "--camera", SMALL_CAM],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # wait for a first tick
+        assert json.loads(first)["schema"] == "vla.tick/1"
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "summary:" in err and "ended: signal SIGTERM" in err
+    lines = [first, *out.splitlines()]
+    assert all(json.loads(line)["schema"] == "vla.tick/1" for line in lines if line.strip())
