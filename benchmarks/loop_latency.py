@@ -36,11 +36,13 @@ def main() -> int:
     p.add_argument("--ticks", type=int, default=300)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--budget-ms", type=float, default=100.0)
+    p.add_argument("--sync", choices=("frame", "clock"), default="frame", help="vla-run --sync")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args()
 
     cmd = [sys.executable, "-m", "vla.runtime.cli", "--engine", args.engine, "--camera", args.camera,
-           "--frames", str(args.ticks), "--rate", str(args.rate), "--budget-ms", str(args.budget_ms)]
+           "--frames", str(args.ticks), "--rate", str(args.rate), "--budget-ms", str(args.budget_ms),
+           "--sync", args.sync]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0

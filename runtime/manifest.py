@@ -240,7 +240,8 @@ def check_against_graph(
         for t in specs:
             dtype, shape = graph[t.name]
             if dtype != t.dtype:
-                raise ManifestError(f"{origin}: {kind} '{t.name}' is {dtype} in the graph but {t.dtype} in the manifest")
+                raise ManifestError(
+                    f"{origin}: {kind} '{t.name}' is {dtype} in the graph but {t.dtype} in the manifest")
             fixed = all(isinstance(d, int) for d in shape)
             same = len(shape) == len(t.shape) and all(
                 not isinstance(g, int) or g == d for g, d in zip(shape, t.shape, strict=False)

@@ -19,7 +19,7 @@ class JsonLinesSink:
             self._stream: IO[str] = sys.stdout
         else:
             try:
-                self._stream = Path(target).open("w", encoding="utf-8")
+                self._stream = Path(target).open("w", encoding="utf-8")  # noqa: SIM115 - lives as long as the sink
             except OSError as exc:
                 raise VlaError(f"--output {target}: cannot open for writing ({exc.strerror})") from None
 

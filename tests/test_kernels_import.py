@@ -42,3 +42,12 @@ def test_build_contains_cuda_when_nvcc_was_found():
         # so a CUDA compile error can never pass silently.
         assert kernels.cuda_compiled(), kernels.cuda_report()
         assert "87" in kernels.cuda_report()["architectures"]
+
+
+def test_vehicle_runtime_does_not_need_pytorch():
+    """`pip install .` (no export extra) must be able to run bundles: the runtime never imports torch."""
+    code = ("import sys, vla.runtime.cli, vla.runtime.loop, vla.runtime.engine, vla.runtime.sources.synthetic; "
+            "from vla.runtime import Runner; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -73,9 +73,7 @@ SKY_ZENITH = (88.0, 138.0, 206.0)
 CLOUD = (244.0, 244.0, 248.0)
 
 # BT.601 limited range: rows Y, U, V applied to RGB in 0..255, then the offsets.
-_YUV_M = np.array(
-    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]
-) / 255.0
+_YUV_M = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
 _YUV_OFF = np.array([16.0, 128.0, 128.0])
 _LUMA_FULL = np.array([[0.299, 0.587, 0.114]])
 
@@ -361,16 +359,11 @@ class Rig:
         unknown = [n for n in names if n.lower() not in KNOWN_YAWS]
         cams = []
         for name in names:
-            if name.lower() in KNOWN_YAWS:
-                yaw = KNOWN_YAWS[name.lower()]
-            else:  # spread evenly around the car, the first one looking forward
-                yaw = 360.0 * unknown.index(name) / len(unknown)
+            # Unknown names are spread evenly around the car, the first one looking forward.
+            spread = 360.0 * unknown.index(name) / len(unknown) if name in unknown else 0.0
+            yaw = KNOWN_YAWS.get(name.lower(), spread)
             yaw = (yaw + 180.0) % 360.0 - 180.0
-            cams.append(
-                Camera(
-                    name, math.radians(yaw), math.radians(pitch_deg), focal, width, height, mount_height
-                )
-            )
+            cams.append(Camera(name, math.radians(yaw), math.radians(pitch_deg), focal, width, height, mount_height))
         self.cameras: tuple[Camera, ...] = tuple(cams)
         self.width, self.height, self.hfov_deg = int(width), int(height), float(hfov_deg)
 
@@ -434,9 +427,7 @@ class SceneRenderer:
         self._min_w = np.minimum(wy, MARK_WIDTH).astype(np.float32)
         ax = np.abs(self._xs)
         self._wx_row = np.maximum(cell_x, np.maximum(ax / focal, ax * ax / (focal * h)))
-        box = np.maximum(
-            np.maximum(X / BEV_X[1], X / BEV_X[0]), np.abs(Y) / BEV_Y
-        )  # 0 at the ego, 1 at the edge
+        box = np.maximum(np.maximum(X / BEV_X[1], X / BEV_X[0]), np.abs(Y) / BEV_Y)  # 0 at the ego, 1 at the edge
         clear = np.exp(-d / FOG_DIST) * (1.0 - _smoothstep((box - 0.8) / 0.2))
         self._clear = clear.astype(np.float32)
         haze = mat @ np.array(SKY_HORIZON)
@@ -452,9 +443,7 @@ class SceneRenderer:
         # Atlas: BEV at [0:ROWS, 0:COLS], sky at [0:SKY_ROWS, COLS+1 : COLS+2+SKY_COLS]; one spare
         # row and column so bilinear taps at the last texel stay inside the image.
         self._sky_c0 = BEV_COLS + 1
-        self._atlas = np.zeros(
-            (max(BEV_ROWS, SKY_ROWS) + 1, self._sky_c0 + SKY_COLS + 2, self._nch), dtype=np.uint8
-        )
+        self._atlas = np.zeros((max(BEV_ROWS, SKY_ROWS) + 1, self._sky_c0 + SKY_COLS + 2, self._nch), dtype=np.uint8)
         self._el_max = self._max_elevation()
         self._sky = self._sky_texture(mat, off, rng)
 
@@ -483,8 +472,10 @@ class SceneRenderer:
         dens = np.zeros((SKY_ROWS, SKY_COLS))
         for _ in range(6):  # periodic in azimuth: integer harmonics
             k = rng.integers(2, 14)
-            dens += rng.uniform(0.3, 1.0) * np.sin(k * az + rng.uniform(0, 2 * np.pi)) * np.sin(
-                rng.uniform(6.0, 20.0) * el + rng.uniform(0, 2 * np.pi)
+            dens += (
+                rng.uniform(0.3, 1.0)
+                * np.sin(k * az + rng.uniform(0, 2 * np.pi))
+                * np.sin(rng.uniform(6.0, 20.0) * el + rng.uniform(0, 2 * np.pi))
             )
         cover = _smoothstep((dens - 0.4) / 0.9) * _smoothstep((el - 0.03) / 0.08)
         rgb = rgb * (1.0 - 0.85 * cover[..., None]) + np.array(CLOUD) * (0.85 * cover[..., None])
@@ -559,9 +550,7 @@ class SceneRenderer:
     def _row_shades(self, sr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Asphalt and grass brightness per BEV row (texture fixed to the road, so it moves)."""
         pa = sum(np.sin(2 * np.pi * sr / p + f) for p, f in zip(self._tex_per, self._tex_ph[0], strict=True))
-        pg = sum(
-            np.sin(2 * np.pi * sr / (1.7 * p) + f) for p, f in zip(self._tex_per, self._tex_ph[1], strict=True)
-        )
+        pg = sum(np.sin(2 * np.pi * sr / (1.7 * p) + f) for p, f in zip(self._tex_per, self._tex_ph[1], strict=True))
         return (0.93 + 0.023 * pa).astype(np.float32), (0.86 + 0.045 * pg).astype(np.float32)
 
     def _render_bev(self, pose: EgoPose) -> None:
@@ -582,12 +571,14 @@ class SceneRenderer:
         np.subtract(f32(hw + SHOULDER), t1, out=t2)
         np.multiply(t2, self._inv_wy, out=t2)
         np.add(t2, f32(0.5), out=t2)
-        np.clip(t2, 0.0, 1.0, out=t2)  # t2 = road
+        np.maximum(t2, f32(0.0), out=t2)  # (max/min: np.clip's wrapper costs more than the work)
+        np.minimum(t2, f32(1.0), out=t2)  # t2 = road
         # Nearest line k and the distance to it.
         np.add(t0, f32(hw), out=t3)  # q = lat + hw
         np.multiply(t3, f32(1.0 / LANE_WIDTH), out=t4)
         np.rint(t4, out=t4)
-        np.clip(t4, 0, nl, out=t4)  # t4 = k
+        np.maximum(t4, f32(0.0), out=t4)
+        np.minimum(t4, f32(nl), out=t4)  # t4 = k
         np.multiply(t4, f32(LANE_WIDTH), out=t5)
         np.subtract(t3, t5, out=t3)
         np.abs(t3, out=t3)  # t3 = |dist to line|
@@ -595,7 +586,8 @@ class SceneRenderer:
         idx += self._row_index
         dash = np.take(table, idx)
         np.subtract(self._half_sum, t3, out=t5)
-        np.clip(t5, 0.0, self._min_w, out=t5)
+        np.maximum(t5, f32(0.0), out=t5)
+        np.minimum(t5, self._min_w, out=t5)
         np.multiply(t5, self._inv_wy, out=t5)
         np.multiply(t5, dash, out=t5)  # t5 = paint coverage
         # Darker wheel paths 0.85 m either side of each lane centre.
@@ -624,16 +616,16 @@ class SceneRenderer:
             np.add(t0, t1, out=t0)
             np.copyto(self._atlas[:BEV_ROWS, :BEV_COLS, p], t0, casting="unsafe")
 
-        # Sky: the world-fixed texture shifted by the ego's yaw, sub-texel, wrapping around.
+        # Sky: column c (ego-relative azimuth) shows world azimuth c + yaw; sub-texel, wrapping.
         shift = (pose.yaw / (2.0 * np.pi)) * SKY_COLS
-        m = np.float32([[1.0, 0.0, shift], [0.0, 1.0, 0.0]])
+        m = np.float32([[1.0, 0.0, shift], [0.0, 1.0, 0.0]])  # destination -> source
         dst = self._atlas[:SKY_ROWS, self._sky_c0 : self._sky_c0 + SKY_COLS + 1]
         cv2.warpAffine(
             self._sky,
             m,
             (SKY_COLS + 1, SKY_ROWS),
             dst=dst if self._nch > 1 else dst[..., 0],
-            flags=cv2.INTER_LINEAR,
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_WRAP,
         )
 

@@ -26,22 +26,27 @@ moved. Stores from separate Python statements are far apart in time compared wit
 buffer, and a slot is only reused three frames after it was published.
 
 Processes are started with the 'spawn' method (never fork: the parent may hold ONNX Runtime and
-OpenCV threads), so scripts using this must guard their entry point with
-``if __name__ == "__main__":``.
+OpenCV threads). The child's entry point lives in this module, so the parent's ``__main__`` is hidden
+while it starts: a user's script, notebook or ``python - <<EOF`` needs no ``if __name__ ==
+"__main__":`` guard to open a synthetic camera.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
+from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -86,15 +91,12 @@ def parse_uri(uri: str) -> SyntheticParams:
         raise CameraError(f"camera URI {uri!r} is not a synthetic:// URI")
     if parts.netloc or parts.path not in ("", "/") or parts.fragment:
         raise CameraError(
-            f"camera URI {uri!r}: synthetic:// takes only query parameters, "
-            "e.g. synthetic://?size=1280x720&fps=30"
+            f"camera URI {uri!r}: synthetic:// takes only query parameters, e.g. synthetic://?size=1280x720&fps=30"
         )
     seen: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in _PARAMS:
-            raise CameraError(
-                f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_PARAMS)}"
-            )
+            raise CameraError(f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_PARAMS)}")
         if key in seen:
             raise CameraError(f"camera URI {uri!r}: parameter {key!r} is given twice")
         seen[key] = value
@@ -187,9 +189,7 @@ class _Layout:
 # ==================================================================================================
 
 
-def _child_main(
-    shm_name: str, params: SyntheticParams, names: list[str], stop: Any, conn: Connection
-) -> None:
+def _child_main(shm_name: str, params: SyntheticParams, names: list[str], conn: Connection) -> None:
     """Entry point of the rig process: report any failure as one line, then exit non-zero."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
@@ -197,37 +197,32 @@ def _child_main(
 
         cv2.setNumThreads(1)  # one core, beside the model
         shm = SharedMemory(name=shm_name)
-        _child_run(shm, params, names, stop)
+        _child_run(shm, params, names, conn)
         shm.close()
     except Exception as exc:
         msg = " ".join(f"{type(exc).__name__}: {exc}".split())
-        try:
+        with contextlib.suppress(OSError):
             conn.send(f"synthetic camera process failed: {msg}")
-        except OSError:
-            pass
         os._exit(1)  # no interpreter teardown: the traceback may still hold shared-memory views
 
 
-def _child_run(shm: SharedMemory, params: SyntheticParams, names: list[str], stop: Any) -> None:
-    """Render frames on the real-time clock until told to stop or the parent disappears."""
+def _child_run(shm: SharedMemory, params: SyntheticParams, names: list[str], conn: Connection) -> None:
+    """Render frames on the real-time clock until the parent closes its end of ``conn`` or dies."""
     road = Road(params.seed)
     renderer = SceneRenderer(road, Rig(names, params.width, params.height, params.hfov), params.fmt)
     views = _Layout(params, len(names)).views(shm.buf)
     latest, slots = views["latest"], views["slots"]
     outputs = [dict(zip(names, slot["images"], strict=True)) for slot in slots]
     parent = mp.parent_process()
+    watch: list[Any] = [conn] if parent is None else [conn, parent.sentinel]
     period = 1.0 / params.fps
 
     def sleep_until(when: float) -> bool:
-        """Wait for a monotonic time; True when the rig must stop instead."""
-        while True:
-            delay = when - time.monotonic()
-            if stop.wait(min(max(delay, 0.0), 0.25)) or (parent is not None and not parent.is_alive()):
-                return True
-            if delay <= 0.25:
-                return False
+        """Wait for a monotonic time; True when the rig must stop instead (stop or parent gone)."""
+        timeout = None if when == math.inf else max(when - time.monotonic(), 0.0)
+        return bool(mp_wait(watch, timeout=timeout))
 
-    stall_pending = params.stall_after is not None
+    stall_after = math.inf if params.stall_after is None else params.stall_after
     slot, seq = -1, 0
     t0 = time.monotonic()
     while True:
@@ -235,14 +230,14 @@ def _child_run(shm: SharedMemory, params: SyntheticParams, names: list[str], sto
         now = time.monotonic()
         if now - (t0 + (seq - 1) * period) > period:  # fell behind: skip to the current frame
             seq = int((now - t0) / period) + 1
-        if stall_pending and seq > params.stall_after:  # type: ignore[operator]
-            stall_pending = False
+        if seq > stall_after:
             if params.stall_ms is None:  # stalled for good: stay alive, deliver nothing
                 sleep_until(math.inf)
                 return
-            # Resume with the first frame exposed at least stall_ms after frame N.
-            end = (params.stall_after - 1) * period + params.stall_ms / 1000.0  # type: ignore[operator]
+            # Resume with the first frame exposed at least stall_ms after frame N (the stall is once).
+            end = (stall_after - 1) * period + params.stall_ms / 1000.0
             seq = max(seq, math.ceil(end / period - 1e-9) + 1)
+            stall_after = math.inf
         if params.drop_every is not None and seq % params.drop_every == 0:
             continue  # lost by the camera: the seq is used up, nothing is delivered
         capture = t0 + (seq - 1) * period
@@ -268,8 +263,8 @@ def _child_run(shm: SharedMemory, params: SyntheticParams, names: list[str], sto
 class _Resources:
     """Everything shutting the rig down needs; deliberately holds no reference to the rig."""
 
-    def __init__(self, proc: Any, stop: Any, shm: SharedMemory, conn: Connection, views: dict) -> None:
-        self.proc, self.stop, self.shm, self.conn, self.views = proc, stop, shm, conn, views
+    def __init__(self, proc: BaseProcess, shm: SharedMemory, conn: Connection, views: dict[str, Any]) -> None:
+        self.proc, self.shm, self.conn, self.views = proc, shm, conn, views
         self.error: str | None = None
 
     def poll_error(self) -> str | None:
@@ -284,26 +279,48 @@ class _Resources:
 
 
 def _shutdown(res: _Resources) -> None:
-    """Stop the child promptly, then release and unlink the shared memory. Safe to call twice."""
+    """Stop the child promptly, then release and unlink the shared memory.
+
+    Closing our end of the socket pair is the stop signal: unlike a multiprocessing.Event, it can
+    never block on a child that was killed while waiting.
+    """
     proc = res.proc
-    res.stop.set()
-    proc.join(timeout=2.0)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(timeout=1.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(timeout=1.0)
-    res.views.clear()
     res.conn.close()
-    try:
+    if proc.pid is not None:
+        proc.join(timeout=2.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1.0)
+    res.views.clear()
+    with contextlib.suppress(BufferError):  # a view escaped somewhere; the mapping goes when it does
         res.shm.close()
-    except BufferError:  # a view escaped somewhere; the mapping goes when it does
-        pass
-    try:
+    with contextlib.suppress(FileNotFoundError):
         res.shm.unlink()
-    except FileNotFoundError:
-        pass
+
+
+@contextlib.contextmanager
+def _main_hidden_from_spawn():
+    """Stop 'spawn' from re-running the parent's main script in the child.
+
+    spawn re-imports ``__main__`` (by ``__spec__`` name or ``__file__``) before it calls the target;
+    an unguarded script would then open cameras recursively, and ``<stdin>`` cannot be imported
+    at all. The target here needs nothing from ``__main__``.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None  # spawn reads the attribute, so it must exist
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 class _SyntheticRig:
@@ -314,32 +331,34 @@ class _SyntheticRig:
         self.layout = _Layout(params, len(names))
         _check_shm_space(self.layout.size)
         ctx = mp.get_context("spawn")
-        shm = SharedMemory(create=True, size=self.layout.size)
+        shm = SharedMemory(create=True, size=self.layout.size)  # zero-filled: no slot published
         views = self.layout.views(shm.buf)
         views["latest"][0] = -1
-        for slot in views["slots"]:
-            slot["ints"][:] = 0
-        stop = ctx.Event()
-        reader, writer = ctx.Pipe(duplex=False)
+        # One socket pair: the child reports failures on it and stops when our end closes (EOF).
+        ours, theirs = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=_child_main,
-            args=(shm.name, params, names, stop, writer),
+            args=(shm.name, params, names, theirs),
             name=f"synthetic-rig-{shm.name}",
             daemon=True,
         )
-        self.res = _Resources(proc, stop, shm, reader, views)
+        self.res = _Resources(proc, shm, ours, views)
+        # Runs at the last close, when the rig is garbage-collected, or at interpreter exit.
         self._finalizer = weakref.finalize(self, _shutdown, self.res)
         try:
-            proc.start()
+            with _main_hidden_from_spawn():
+                proc.start()
         except BaseException:
             self._finalizer()
+            theirs.close()
             raise
-        writer.close()  # the child holds the only writer: a dead child reads as EOF
+        theirs.close()  # the child holds the only copy: a dead child reads as EOF
         self._lock = threading.Lock()
         self._open = len(names)
 
     @property
-    def views(self) -> dict:
+    def views(self) -> dict[str, Any]:
+        """The shared-memory views; empty once the rig is shut down."""
         return self.res.views
 
     def wait_first_frame(self, timeout_s: float) -> None:
@@ -362,6 +381,7 @@ class _SyntheticRig:
             time.sleep(0.005)
 
     def ended(self) -> str | None:
+        """Why the rig delivers no more frames (closed, failed, killed), else None."""
         if not self._finalizer.alive:
             return "synthetic camera closed"
         err = self.res.poll_error()
@@ -380,6 +400,7 @@ class _SyntheticRig:
             self.shutdown()
 
     def shutdown(self) -> None:
+        """Stop the child and free the shared memory now (idempotent)."""
         self._finalizer()  # runs _shutdown once, whoever calls first
 
 
