@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -90,8 +91,6 @@ def export(args: argparse.Namespace) -> int:
         if not args.force:
             raise VlaError(f"{summary}; FAILED ({problems}); no bundle written (--force writes it anyway)")
         print(f"vla-export: warning: parity FAILED ({problems}); writing anyway because of --force", file=sys.stderr)
-    import json
-
     bundle.embed_manifest(model, json.dumps(manifest, separators=(",", ":")))
     bundle.write_bundle(args.output, model, manifest, parity)
     print(f"vla-export: {summary}", file=sys.stderr)

@@ -36,13 +36,13 @@ import numpy as np
 
 from .backends.base import Backend
 from .commands import encode_command
-from .decode import decode
+from .decode import Decoded, decode
 from .ego import EgoHistory
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
 from .preprocess import Preprocessor
 from .schedule import next_tick
-from .sources.base import CameraSource
+from .sources.base import CameraSource, Frame
 from .stats import summarize
 
 RECORD_SCHEMA = "vla.tick/1"
@@ -170,66 +170,24 @@ class Runner:
             time.sleep(0.0005)
 
     def _tick(self) -> dict[str, Any]:
-        t_start = time.monotonic()
-        problem, frames = None, {}
-        for name, src in self.cameras.items():
-            frame, ended = src.newest(), src.ended()
-            if ended:
-                self.stop(f"camera '{name}' ended: {ended}")
-            if frame is None or frame.seq == self._last_seq[name]:
-                self.dropped[name] += 1
-                why = f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'"
-                problem = problem or why
-            elif (age_ms := (t_start - frame.capture_time) * 1000.0) > self.cfg.stall_ms:
-                problem = problem or f"camera '{name}' stalled: newest frame is {age_ms:.0f} ms old"
-            if frame is not None:
-                frames[name] = frame
-        capture = min((f.capture_time for f in frames.values()), default=t_start)
+        frames, problem = self._gather_frames()
+        capture = min((f.capture_time for f in frames.values()), default=time.monotonic())
         lat: dict[str, float] = {}
         decoded = None
         if problem is None:
-            t = time.monotonic()
-            for name, pre in self._pre:
-                pre(frames[name])
-                self._last_seq[name] = frames[name].seq
-            if self._ego is not None:
-                ego = next((f.ego for f in frames.values() if f.ego is not None), None)
-                if ego is None:  # no vehicle-state source: the model sees a standing vehicle
-                    self._ego.update(capture, 0.0, 0.0, 0.0)
-                else:
-                    self._ego.update(capture, ego.speed, ego.accel, ego.yaw_rate)
-                self._ego.fill(self._ego_buf, capture)
-            for buf, std in self._noise:
-                self._rng.standard_normal(out=buf, dtype=np.float32)
-                if std != 1.0:
-                    buf *= std
-            lat["preprocess"] = (time.monotonic() - t) * 1000.0
-            t = time.monotonic()
-            try:
-                out = self.backend.run()
-            except Exception as exc:  # an engine failure is a fallback tick, never a crash
-                problem = f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
-            lat["engine"] = (time.monotonic() - t) * 1000.0
-            if problem is None:
-                t = time.monotonic()
-                decoded = decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
-                problem = decoded.problem
-                if problem is None:
-                    for dst, src in self._states:
-                        np.copyto(self.backend.feed(dst), out[src])
-                    np.copyto(self._last_good, decoded.points)
-                    self._last_good_time = capture
-                lat["decode"] = (time.monotonic() - t) * 1000.0
+            decoded, problem = self._run_model(frames, capture, lat)
         publish = time.monotonic()
         lat["e2e"] = (publish - capture) * 1000.0
+        age = None
         if problem is not None:
             status = "fallback"
             age = None if self._last_good_time is None else publish - self._last_good_time
             points = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points)
             self.reasons[problem.split(":")[0]] += 1
+            decoded = None
         else:
             status = "late" if lat["e2e"] > self.cfg.budget_ms else "ok"
-            points, age = decoded.points, None
+            points = decoded.points
         self.ticks += 1
         self.status_counts[status] += 1
         for k, v in lat.items():
@@ -245,11 +203,65 @@ class Runner:
             "latency_ms": {k: round(v, 3) for k, v in lat.items()},
             "fallback_age_ms": None if age is None else round(age * 1000.0, 1),
             "command": self.command_name,
-            "mode": None if decoded is None or problem else decoded.mode,
-            "score": None if decoded is None or problem else round(decoded.score, 5),
+            "mode": None if decoded is None else decoded.mode,
+            "score": None if decoded is None else round(decoded.score, 5),
             "dt": self._dt,
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
         }
+
+    def _gather_frames(self) -> tuple[dict[str, Frame], str | None]:
+        """The newest frame of every camera, and why the model cannot run on them (None if it can)."""
+        now = time.monotonic()
+        problem, frames = None, {}
+        for name, src in self.cameras.items():
+            frame, ended = src.newest(), src.ended()
+            if ended:
+                self.stop(f"camera '{name}' ended: {ended}")
+            if frame is None or frame.seq == self._last_seq[name]:
+                self.dropped[name] += 1
+                why = f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'"
+                problem = problem or why
+            elif (age_ms := (now - frame.capture_time) * 1000.0) > self.cfg.stall_ms:
+                problem = problem or f"camera '{name}' stalled: newest frame is {age_ms:.0f} ms old"
+            if frame is not None:
+                frames[name] = frame
+        return frames, problem
+
+    def _run_model(self, frames: dict[str, Frame], capture: float,
+                   lat: dict[str, float]) -> tuple[Decoded | None, str | None]:
+        """Fill the inputs, run the engine, decode; commit state only for a usable trajectory."""
+        t = time.monotonic()
+        for name, pre in self._pre:
+            pre(frames[name])
+            self._last_seq[name] = frames[name].seq
+        if self._ego is not None:
+            ego = next((f.ego for f in frames.values() if f.ego is not None), None)
+            if ego is None:  # no vehicle-state source: the model sees a standing vehicle
+                self._ego.update(capture, 0.0, 0.0, 0.0)
+            else:
+                self._ego.update(capture, ego.speed, ego.accel, ego.yaw_rate)
+            self._ego.fill(self._ego_buf, capture)
+        for buf, std in self._noise:
+            self._rng.standard_normal(out=buf, dtype=np.float32)
+            if std != 1.0:
+                buf *= std
+        lat["preprocess"] = (time.monotonic() - t) * 1000.0
+        t = time.monotonic()
+        try:
+            out = self.backend.run()
+        except Exception as exc:  # an engine failure is a fallback tick, never a crash
+            lat["engine"] = (time.monotonic() - t) * 1000.0
+            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        lat["engine"] = (time.monotonic() - t) * 1000.0
+        t = time.monotonic()
+        decoded = decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
+        if decoded.problem is None:
+            for dst, src in self._states:
+                np.copyto(self.backend.feed(dst), out[src])
+            np.copyto(self._last_good, decoded.points)
+            self._last_good_time = capture
+        lat["decode"] = (time.monotonic() - t) * 1000.0
+        return decoded, decoded.problem
 
     def summary(self) -> dict[str, Any]:
         """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""
