@@ -341,7 +341,8 @@ class ReferenceVLA(nn.Module):
             ],
             "outputs": [
                 {"name": "trajectory", "dtype": "float32", "role": "trajectory", "shape": traj,
-                 "trajectory": {"dt": c.dt, "frame": "ego", "fields": ["x", "y", "yaw"]}},
+                 "trajectory": {"dt": c.dt, "horizon_s": round(c.dt * c.waypoints, 9), "frame": "ego",
+                                "fields": ["x", "y", "yaw"]}},
                 {"name": "score", "dtype": "float32", "role": "score", "shape": traj[:2],
                  "score": {"kind": "probability"}},
                 {"name": "next_latent", "dtype": "float32", "role": "aux", "shape": [batch, c.scene_tokens, c.dim],

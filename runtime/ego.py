@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .geometry import to_frame
+
 FIELDS = ("x", "y", "yaw", "v", "a", "yaw_rate")
 
 
@@ -52,11 +54,6 @@ class EgoHistory:
         t_now = b[-1, 0] if now is None else now
         times = t_now + self._grid
         cols = [np.interp(times, b[:, 0], b[:, k]) for k in range(1, 7)]
-        x, y, yaw = cols[0], cols[1], cols[2]
-        # Into the ego frame at the newest grid point.
-        c, s = math.cos(yaw[-1]), math.sin(yaw[-1])
-        dx, dy = x - x[-1], y - y[-1]
-        out[:, 0] = c * dx + s * dy
-        out[:, 1] = -s * dx + c * dy
-        out[:, 2] = yaw - yaw[-1]
+        poses = np.stack(cols[:3], axis=1)
+        to_frame(poses, poses[-1], out=out[:, :3])  # into the ego frame at the newest grid point
         out[:, 3], out[:, 4], out[:, 5] = cols[3], cols[4], cols[5]

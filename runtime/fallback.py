@@ -8,9 +8,9 @@ Pure functions: arrays in, arrays out.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from .geometry import to_frame
 
 
 def shift_trajectory(points: np.ndarray, dt: float, age: float) -> np.ndarray:
@@ -20,15 +20,9 @@ def shift_trajectory(points: np.ndarray, dt: float, age: float) -> np.ndarray:
     src_t = np.concatenate([[0.0], times])
     src = np.vstack([np.zeros((1, points.shape[1])), points])
     query = np.clip(times + age, 0.0, times[-1])
-    here = np.array([np.interp(age, src_t, src[:, k]) for k in range(3)])
+    here = [np.interp(age, src_t, src[:, k]) for k in range(3)]
     moved = np.stack([np.interp(query, src_t, src[:, k]) for k in range(3)], axis=1)
-    c, s = math.cos(here[2]), math.sin(here[2])
-    dx, dy = moved[:, 0] - here[0], moved[:, 1] - here[1]
-    out = np.empty_like(points, dtype=np.float32)
-    out[:, 0] = c * dx + s * dy
-    out[:, 1] = -s * dx + c * dy
-    out[:, 2] = moved[:, 2] - here[2]
-    return out
+    return to_frame(moved, here, out=np.empty((n, 3), dtype=np.float32))
 
 
 def fallback_trajectory(last_good: np.ndarray | None, dt: float, age: float, points: int) -> np.ndarray:

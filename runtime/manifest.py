@@ -194,6 +194,11 @@ def _cross_check(m: Manifest) -> None:
             f"manifest: trajectory '{traj.name}' must be [batch, modes, points, {len(traj.detail['fields'])}] "
             f"for fields {traj.detail['fields']}, got {list(traj.shape)}"
         )
+    horizon = traj.detail["dt"] * traj.shape[2]
+    if abs(traj.detail["horizon_s"] - horizon) > 1e-6 * max(1.0, horizon):
+        raise ManifestError(
+            f"manifest: trajectory '{traj.name}' horizon_s {traj.detail['horizon_s']} != dt x points = {horizon:g}"
+        )
     for s in m.outputs_with("score"):
         if tuple(s.shape) != tuple(traj.shape[:2]):
             raise ManifestError(

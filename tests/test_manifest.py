@@ -48,6 +48,7 @@ def test_reference_spec_is_valid(spec):
         (lambda r: r["outputs"][0].update(role="aux"), "exactly one output"),
         (lambda r: r["outputs"][1].update(shape=[1, 4]), "score 'score'"),
         (lambda r: r["outputs"][0]["trajectory"].update(fields=["x", "y"]), "trajectory 'trajectory'"),
+        (lambda r: r["outputs"][0]["trajectory"].update(horizon_s=5.0), "horizon_s 5.0 != dt x points = 6.4"),
         (lambda r: r.update(extra_field=1), "Additional properties"),
     ],
 )

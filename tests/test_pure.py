@@ -128,3 +128,12 @@ def test_fallback_shifts_to_now():
     np.testing.assert_allclose(later[0], [math.sin(w * dt) * 10 / w, (1 - math.cos(w * dt)) * 10 / w, w * dt],
                                atol=2e-3)
     assert not fallback_trajectory(None, dt, 0.5, 64).any()
+
+
+def test_to_frame():
+    from vla.runtime.geometry import to_frame
+
+    poses = np.array([[1.0, 1.0, 0.5], [2.0, 1.0, math.pi / 2 + 0.1]])
+    rel = to_frame(poses, (1.0, 1.0, math.pi / 2))  # origin facing +y (world "north")
+    np.testing.assert_allclose(rel[0], [0.0, 0.0, 0.5 - math.pi / 2], atol=1e-12)
+    np.testing.assert_allclose(rel[1], [0.0, -1.0, 0.1], atol=1e-12)  # 1 m east of a north-facing car: right

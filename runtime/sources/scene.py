@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from ..errors import CameraError
+from ..geometry import to_frame
 from .base import PIXEL_FORMATS
 
 # --- Road geometry --------------------------------------------------------------------------------
@@ -293,19 +294,12 @@ class Road:
     def future_path(self, t: float, n: int = 64, dt: float = 0.1) -> np.ndarray:
         """Ground-truth future poses at t+dt .. t+n*dt in the ego frame at ``t``: (n, 3) float32.
 
-        Columns are x (forward), y (left), yaw (wrapped to [-pi, pi)); this is exactly what a perfect
+        Columns are x (forward), y (left), yaw (continuous, not wrapped); this is exactly what a perfect
         trajectory-predicting model would output for the frame captured at ``t``.
         """
         ts = float(t) + dt * np.arange(0, n + 1)
         p = self.ego_poses(ts)
-        x0, y0, yaw0 = p[0]
-        c, s = math.cos(yaw0), math.sin(yaw0)
-        dx, dy = p[1:, 0] - x0, p[1:, 1] - y0
-        out = np.empty((n, 3), dtype=np.float32)
-        out[:, 0] = c * dx + s * dy
-        out[:, 1] = -s * dx + c * dy
-        out[:, 2] = (p[1:, 2] - yaw0 + np.pi) % (2.0 * np.pi) - np.pi
-        return out
+        return to_frame(p[1:], p[0], out=np.empty((n, 3), dtype=np.float32))
 
 
 # ==================================================================================================
