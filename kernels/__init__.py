@@ -1,5 +1,9 @@
 """Native kernels (`vla.kernels`): C++ always, CUDA when the extension was built with nvcc.
 
+Each kernel's arithmetic is written once (``kernels/src/<kernel>.h``) and compiled twice: into a
+multi-threaded CPU twin, run for NumPy arrays, and a CUDA kernel, run for device arrays
+(``__cuda_array_interface__``) on a given stream.
+
 The extension links the CUDA runtime statically, so it imports on a machine with no GPU and no
 driver; ``cuda_available()`` is then False and ``cuda_status()`` says why.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _core
+from .preprocess import FORMATS, preprocess
 
 # cudaErrorInsufficientDriver / cudaErrorNoDevice: the two ways "no GPU here" shows up.
 _NO_DRIVER = 35
@@ -50,4 +55,4 @@ def cuda_status() -> str:
     return f"CUDA available: {r['device_name']} (sm_{major}{minor}), {r['device_count']} device(s)"
 
 
-__all__ = ["cuda_available", "cuda_compiled", "cuda_report", "cuda_status"]
+__all__ = ["FORMATS", "cuda_available", "cuda_compiled", "cuda_report", "cuda_status", "preprocess"]

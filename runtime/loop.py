@@ -76,7 +76,7 @@ class Runner:
         for spec in m.inputs_with("camera"):
             buf = backend.feed(spec.name)[0]
             for i, name in enumerate(spec.detail["names"]):
-                self._pre.append((name, Preprocessor(spec.detail["color"], buf[i], spec.detail["layout"])))
+                self._pre.append((name, Preprocessor(spec.detail, buf[i])))
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
         for t in m.inputs_with("state"):
             backend.feed(t.name)[...] = t.detail["initial"]
@@ -232,8 +232,12 @@ class Runner:
         """Fill the inputs, run the engine, decode; commit state only for a usable trajectory."""
         t = time.monotonic()
         for name, pre in self._pre:
-            pre(frames[name])
             self._last_seq[name] = frames[name].seq
+            try:
+                pre(frames[name])
+            except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
+                lat["preprocess"] = (time.monotonic() - t) * 1000.0
+                return None, str(exc)
         if self._ego is not None:
             ego = next((f.ego for f in frames.values() if f.ego is not None), None)
             if ego is None:  # no vehicle-state source: the model sees a standing vehicle

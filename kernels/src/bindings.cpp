@@ -1,13 +1,37 @@
-// pybind11 module `vla.kernels._core`. Later issues add the fused preprocess/decode kernels here.
+// pybind11 module `vla.kernels._core`: the CUDA runtime report, and each kernel's bindings.
 #include <pybind11/pybind11.h>
 
 #include <string>
+
+#include "array_args.h"
 
 #ifdef VLA_HAVE_CUDA
 #include "cuda_runtime_info.h"
 #endif
 
 namespace py = pybind11;
+
+namespace vla {
+
+void bind_preprocess(py::module_& m);
+void bind_decode(py::module_& m);
+
+std::string cuda_unavailable_reason() {
+#ifdef VLA_HAVE_CUDA
+  const CudaRuntimeInfo info = query_cuda_runtime();
+  if (info.error_code == 35) return "no NVIDIA driver on this machine (cudaErrorInsufficientDriver, 35)";
+  if (info.error_code == 100) return "the driver reports no CUDA device (cudaErrorNoDevice, 100)";
+  if (info.error_code != 0) {
+    return std::string(info.error_name) + " (" + std::to_string(info.error_code) + "): " + info.error_text;
+  }
+  if (info.device_count == 0) return "no CUDA device";
+  return "";
+#else
+  return "this build has no CUDA code (nvcc was not found when it was built)";
+#endif
+}
+
+}  // namespace vla
 
 namespace {
 
@@ -43,4 +67,6 @@ PYBIND11_MODULE(_core, m) {
 #else
   m.attr("cuda_compiled") = false;
 #endif
+  vla::bind_preprocess(m);
+  vla::bind_decode(m);
 }

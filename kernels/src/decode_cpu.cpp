@@ -1,0 +1,1 @@
+// Placeholder until decode_trajectory lands.

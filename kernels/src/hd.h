@@ -1,0 +1,51 @@
+// Shared by the CPU and CUDA builds of every kernel: the per-element arithmetic is written once,
+// as VLA_HD inline functions, and compiled by g++ (CPU twin) and nvcc (CUDA kernel).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define VLA_HD __host__ __device__ __forceinline__
+#else
+#define VLA_HD inline
+#endif
+
+namespace vla {
+
+VLA_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+VLA_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// IEEE float -> half bits, round to nearest even (same as NumPy's astype(float16)); one function
+// for both builds so the CPU twin and the CUDA kernel give bit-identical fp16 outputs.
+VLA_HD uint16_t float_to_half_bits(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } v{f};
+  const uint32_t x = v.u;
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) {  // inf or NaN
+    return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
+  }
+  if (absx >= 0x477ff000u) {  // rounds to >= 65520: overflow to inf
+    return static_cast<uint16_t>(sign | 0x7c00u);
+  }
+  if (absx < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+    if (absx < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to 0
+    const uint32_t e = absx >> 23;
+    const uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;  // 14..24
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u);
+    const uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = ((absx - 0x38000000u) >> 13);  // rebias exponent 127 -> 15
+  const uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+}  // namespace vla

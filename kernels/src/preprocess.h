@@ -1,0 +1,181 @@
+// One-pass camera preprocessing: raw frame -> engine input slot, read once, written once.
+//
+// For every output pixel: map its centre to the source (an affine ROI/resize or a 3x3 homography),
+// fetch the source pixels it needs (nearest, or the 2x2 for bilinear) in their raw format,
+// convert each to RGB (BT.601/BT.709, limited or full range, clamped to [0, 255] like OpenCV's
+// cvtColor), blend, normalise ((v - mean) / std as v * scale + bias), and store as uint8, float32
+// or float16 at any strides (planar CHW or interleaved HWC, a slot of a batched tensor).
+//
+// This header is the only place the arithmetic exists: preprocess_cpu.cpp (the CPU twin) and
+// preprocess_cuda.cu (the CUDA kernel) both instantiate preprocess_pixel<> from it.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "hd.h"
+
+namespace vla {
+
+enum PixelFormat : int { FMT_YUYV = 0, FMT_UYVY, FMT_NV12, FMT_I420, FMT_RGB, FMT_BGR, FMT_GRAY, FMT_COUNT };
+enum OutType : int { OUT_U8 = 0, OUT_F32, OUT_F16 };
+
+struct PreprocessParams {
+  int fmt = FMT_YUYV;
+  int src_w = 0, src_h = 0;
+  const uint8_t* plane0 = nullptr;  // Y plane, or the packed/interleaved image
+  int64_t pitch0 = 0;               // bytes between rows
+  const uint8_t* plane1 = nullptr;  // NV12: interleaved UV; I420: U
+  int64_t pitch1 = 0;
+  const uint8_t* plane2 = nullptr;  // I420: V
+  int64_t pitch2 = 0;
+  float m[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};  // output pixel (x, y, 1) -> source pixel, row-major
+  int affine = 1;                             // m[6] = m[7] = 0 and m[8] = 1: no divide
+  int bilinear = 1;
+  float border[3] = {0, 0, 0};  // RGB for samples outside the frame (only a homography gets there)
+  // YUV -> RGB: Y' = ys * (Y - yo); R = Y' + rv V'; G = Y' + gu U' + gv V'; B = Y' + bu U' (U' = U - 128)
+  float yo = 16.f, ys = 255.f / 219.f, rv = 0, gu = 0, gv = 0, bu = 0;
+  int out_w = 0, out_h = 0;
+  int out_type = OUT_F32;
+  int swap_rb = 0;                        // write channels in BGR order
+  float scale[3] = {1, 1, 1}, bias[3] = {0, 0, 0};  // per output channel: v * scale + bias
+  void* out = nullptr;
+  int64_t os_c = 0, os_y = 0, os_x = 0;  // output strides in elements
+};
+
+VLA_HD void yuv_to_rgb(const PreprocessParams& p, float y, float u, float v, float* rgb) {
+  const float yy = p.ys * (y - p.yo);
+  u -= 128.f;
+  v -= 128.f;
+  rgb[0] = clampf(yy + p.rv * v, 0.f, 255.f);
+  rgb[1] = clampf(yy + p.gu * u + p.gv * v, 0.f, 255.f);
+  rgb[2] = clampf(yy + p.bu * u, 0.f, 255.f);
+}
+
+// The RGB value of source pixel (x, y), which must be inside the frame. Chroma is taken from the
+// pixel's own 2x1 (4:2:2) or 2x2 (4:2:0) block, as cvtColor and V4L2 consumers do.
+template <int FMT>
+VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
+  const uint8_t* row = p.plane0 + y * p.pitch0;
+  if (FMT == FMT_YUYV || FMT == FMT_UYVY) {
+    const uint8_t* pair = row + 4 * (x >> 1);
+    const int yi = FMT == FMT_YUYV ? 2 * (x & 1) : 2 * (x & 1) + 1;
+    const int ui = FMT == FMT_YUYV ? 1 : 0;
+    yuv_to_rgb(p, pair[yi], pair[ui], pair[ui + 2], rgb);
+  } else if (FMT == FMT_NV12) {
+    const uint8_t* uv = p.plane1 + (y >> 1) * p.pitch1 + 2 * (x >> 1);
+    yuv_to_rgb(p, row[x], uv[0], uv[1], rgb);
+  } else if (FMT == FMT_I420) {
+    const int64_t c = (y >> 1);
+    yuv_to_rgb(p, row[x], p.plane1[c * p.pitch1 + (x >> 1)], p.plane2[c * p.pitch2 + (x >> 1)], rgb);
+  } else if (FMT == FMT_RGB || FMT == FMT_BGR) {
+    const uint8_t* px = row + 3 * x;
+    rgb[0] = px[FMT == FMT_RGB ? 0 : 2];
+    rgb[1] = px[1];
+    rgb[2] = px[FMT == FMT_RGB ? 2 : 0];
+  } else {  // GRAY: full-range luma, as a mono sensor gives it
+    rgb[0] = rgb[1] = rgb[2] = row[x];
+  }
+}
+
+template <int FMT, bool BILINEAR>
+VLA_HD void sample_rgb(const PreprocessParams& p, float sx, float sy, float* rgb) {
+  // Beyond half a pixel outside the frame there is nothing to sample (a homography looking past
+  // the image); inside it, edge pixels repeat (OpenCV's resize does the same).
+  if (!(sx >= -0.5f && sy >= -0.5f && sx <= p.src_w - 0.5f && sy <= p.src_h - 0.5f)) {
+    rgb[0] = p.border[0];
+    rgb[1] = p.border[1];
+    rgb[2] = p.border[2];
+    return;
+  }
+  if (!BILINEAR) {
+    fetch_rgb<FMT>(p, clampi(static_cast<int>(floorf(sx + 0.5f)), 0, p.src_w - 1),
+                   clampi(static_cast<int>(floorf(sy + 0.5f)), 0, p.src_h - 1), rgb);
+    return;
+  }
+  const float fx = floorf(sx), fy = floorf(sy);
+  const float ax = sx - fx, ay = sy - fy;
+  const int x0 = clampi(static_cast<int>(fx), 0, p.src_w - 1), x1 = clampi(static_cast<int>(fx) + 1, 0, p.src_w - 1);
+  const int y0 = clampi(static_cast<int>(fy), 0, p.src_h - 1), y1 = clampi(static_cast<int>(fy) + 1, 0, p.src_h - 1);
+  float a[3], b[3], c[3], d[3];
+  fetch_rgb<FMT>(p, x0, y0, a);
+  fetch_rgb<FMT>(p, x1, y0, b);
+  fetch_rgb<FMT>(p, x0, y1, c);
+  fetch_rgb<FMT>(p, x1, y1, d);
+  for (int k = 0; k < 3; ++k) {
+    const float top = a[k] + ax * (b[k] - a[k]);
+    const float bot = c[k] + ax * (d[k] - c[k]);
+    rgb[k] = top + ay * (bot - top);
+  }
+}
+
+template <int OUT>
+VLA_HD void store_pixel(const PreprocessParams& p, int ox, int oy, const float* rgb) {
+  const int64_t base = oy * p.os_y + ox * p.os_x;
+  for (int c = 0; c < 3; ++c) {
+    const float v = rgb[p.swap_rb ? 2 - c : c] * p.scale[c] + p.bias[c];
+    const int64_t i = base + c * p.os_c;
+    if (OUT == OUT_U8) {
+      static_cast<uint8_t*>(p.out)[i] = static_cast<uint8_t>(clampf(v, 0.f, 255.f) + 0.5f);
+    } else if (OUT == OUT_F32) {
+      static_cast<float*>(p.out)[i] = v;
+    } else {
+      static_cast<uint16_t*>(p.out)[i] = float_to_half_bits(v);
+    }
+  }
+}
+
+// Everything one output pixel needs; the CPU twin and the CUDA kernel both call exactly this.
+template <int FMT, bool BILINEAR, int OUT>
+VLA_HD void preprocess_pixel(const PreprocessParams& p, int ox, int oy) {
+  const float x = static_cast<float>(ox), y = static_cast<float>(oy);
+  float sx = p.m[0] * x + p.m[1] * y + p.m[2];
+  float sy = p.m[3] * x + p.m[4] * y + p.m[5];
+  if (!p.affine) {
+    const float w = p.m[6] * x + p.m[7] * y + p.m[8];
+    if (w > 1e-12f) {
+      sx /= w;
+      sy /= w;
+    } else {
+      sx = sy = -1e30f;  // behind the camera: border
+    }
+  }
+  float rgb[3];
+  sample_rgb<FMT, BILINEAR>(p, sx, sy, rgb);
+  store_pixel<OUT>(p, ox, oy, rgb);
+}
+
+// Calls Launcher::template run<FMT, BILINEAR, OUT>(p, args...) for the run-time choices, so each
+// combination is its own instantiation with no per-pixel switch.
+template <class Launcher, class... Args>
+auto dispatch_preprocess(const PreprocessParams& p, Args&&... args) {
+#define VLA_OUT(F, B)                                                                  \
+  switch (p.out_type) {                                                                \
+    case OUT_U8: return Launcher::template run<F, B, OUT_U8>(p, args...);              \
+    case OUT_F16: return Launcher::template run<F, B, OUT_F16>(p, args...);            \
+    default: return Launcher::template run<F, B, OUT_F32>(p, args...);                 \
+  }
+#define VLA_FMT(F)    \
+  if (p.bilinear) {   \
+    VLA_OUT(F, true)  \
+  } else {            \
+    VLA_OUT(F, false) \
+  }
+  switch (p.fmt) {
+    case FMT_YUYV: VLA_FMT(FMT_YUYV)
+    case FMT_UYVY: VLA_FMT(FMT_UYVY)
+    case FMT_NV12: VLA_FMT(FMT_NV12)
+    case FMT_I420: VLA_FMT(FMT_I420)
+    case FMT_RGB: VLA_FMT(FMT_RGB)
+    case FMT_BGR: VLA_FMT(FMT_BGR)
+    default: VLA_FMT(FMT_GRAY)
+  }
+#undef VLA_FMT
+#undef VLA_OUT
+}
+
+// Host entry points (defined in preprocess_cpu.cpp / preprocess_cuda.cu).
+void preprocess_cpu(const PreprocessParams& p, int threads);
+int preprocess_cuda(const PreprocessParams& p, uintptr_t stream);  // returns a cudaError_t
+
+}  // namespace vla
