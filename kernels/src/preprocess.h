@@ -52,16 +52,34 @@ VLA_HD void yuv_to_rgb(const PreprocessParams& p, float y, float u, float v, flo
   rgb[2] = clampf(yy + p.bu * u, 0.f, 255.f);
 }
 
+// The 4 bytes of a YUYV/UYVY pixel pair, byte k in bits 8k..8k+7. On the CPU one 32-bit load
+// (x86 gathers 32-bit words, not bytes, so this is what lets the row loop vectorise); on the GPU
+// byte loads, since a padded row pitch can leave the word unaligned. A pair never crosses its row.
+VLA_HD uint32_t load_pair(const uint8_t* pair) {
+#if defined(__CUDA_ARCH__)
+  return pair[0] | (pair[1] << 8) | (pair[2] << 16) | (static_cast<uint32_t>(pair[3]) << 24);
+#else
+  typedef uint32_t __attribute__((may_alias, aligned(1))) unaligned_u32;
+  uint32_t word = *reinterpret_cast<const unaligned_u32*>(pair);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  word = __builtin_bswap32(word);
+#endif
+  return word;
+#endif
+}
+
 // The RGB value of source pixel (x, y), which must be inside the frame. Chroma is taken from the
 // pixel's own 2x1 (4:2:2) or 2x2 (4:2:0) block, as cvtColor and V4L2 consumers do.
 template <int FMT>
 VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
   const uint8_t* row = p.plane0 + y * p.pitch0;
   if (FMT == FMT_YUYV || FMT == FMT_UYVY) {
-    const uint8_t* pair = row + 4 * (x >> 1);
+    // A 32-bit offset from the plane (frames are far below 2 GiB): the form x86 gathers take.
+    const uint32_t w = load_pair(p.plane0 + (y * static_cast<int>(p.pitch0) + 4 * (x >> 1)));
     const int yi = FMT == FMT_YUYV ? 2 * (x & 1) : 2 * (x & 1) + 1;
     const int ui = FMT == FMT_YUYV ? 1 : 0;
-    yuv_to_rgb(p, pair[yi], pair[ui], pair[ui + 2], rgb);
+    yuv_to_rgb(p, static_cast<float>((w >> (8 * yi)) & 0xffu), static_cast<float>((w >> (8 * ui)) & 0xffu),
+               static_cast<float>((w >> (8 * (ui + 2))) & 0xffu), rgb);
   } else if (FMT == FMT_NV12) {
     const uint8_t* uv = p.plane1 + (y >> 1) * p.pitch1 + 2 * (x >> 1);
     yuv_to_rgb(p, row[x], uv[0], uv[1], rgb);
@@ -78,16 +96,10 @@ VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
   }
 }
 
+// Samples at (sx, sy), which the caller has clamped into [-0.5, size - 0.5]: edge pixels repeat
+// (OpenCV's resize does the same). Branch-free, so the CPU loop over a row vectorises.
 template <int FMT, bool BILINEAR>
 VLA_HD void sample_rgb(const PreprocessParams& p, float sx, float sy, float* rgb) {
-  // Beyond half a pixel outside the frame there is nothing to sample (a homography looking past
-  // the image); inside it, edge pixels repeat (OpenCV's resize does the same).
-  if (!(sx >= -0.5f && sy >= -0.5f && sx <= p.src_w - 0.5f && sy <= p.src_h - 0.5f)) {
-    rgb[0] = p.border[0];
-    rgb[1] = p.border[1];
-    rgb[2] = p.border[2];
-    return;
-  }
   if (!BILINEAR) {
     fetch_rgb<FMT>(p, clampi(static_cast<int>(floorf(sx + 0.5f)), 0, p.src_w - 1),
                    clampi(static_cast<int>(floorf(sy + 0.5f)), 0, p.src_h - 1), rgb);
@@ -110,38 +122,52 @@ VLA_HD void sample_rgb(const PreprocessParams& p, float sx, float sy, float* rgb
 }
 
 template <int OUT>
-VLA_HD void store_pixel(const PreprocessParams& p, int ox, int oy, const float* rgb) {
-  const int64_t base = oy * p.os_y + ox * p.os_x;
-  for (int c = 0; c < 3; ++c) {
-    const float v = rgb[p.swap_rb ? 2 - c : c] * p.scale[c] + p.bias[c];
-    const int64_t i = base + c * p.os_c;
-    if (OUT == OUT_U8) {
-      static_cast<uint8_t*>(p.out)[i] = static_cast<uint8_t>(clampf(v, 0.f, 255.f) + 0.5f);
-    } else if (OUT == OUT_F32) {
-      static_cast<float*>(p.out)[i] = v;
-    } else {
-      static_cast<uint16_t*>(p.out)[i] = float_to_half_bits(v);
-    }
+VLA_HD void store_value(const PreprocessParams& p, int64_t i, float v) {
+  if (OUT == OUT_U8) {
+    static_cast<uint8_t*>(p.out)[i] = static_cast<uint8_t>(clampf(v, 0.f, 255.f) + 0.5f);
+  } else if (OUT == OUT_F32) {
+    static_cast<float*>(p.out)[i] = v;
+  } else {
+    static_cast<uint16_t*>(p.out)[i] = float_to_half_bits(v);
   }
 }
 
-// Everything one output pixel needs; the CPU twin and the CUDA kernel both call exactly this.
+template <int OUT>
+VLA_HD void store_pixel(const PreprocessParams& p, int ox, int oy, const float* rgb) {
+  const int64_t base = oy * p.os_y + ox * p.os_x;
+  const float first = p.swap_rb ? rgb[2] : rgb[0], last = p.swap_rb ? rgb[0] : rgb[2];
+  store_value<OUT>(p, base, first * p.scale[0] + p.bias[0]);
+  store_value<OUT>(p, base + p.os_c, rgb[1] * p.scale[1] + p.bias[1]);
+  store_value<OUT>(p, base + 2 * p.os_c, last * p.scale[2] + p.bias[2]);
+}
+
+// The RGB (0..255, before normalisation) of output pixel (ox, oy).
+template <int FMT, bool BILINEAR>
+VLA_HD void pixel_rgb(const PreprocessParams& p, int ox, int oy, float* rgb) {
+  const float x = static_cast<float>(ox), y = static_cast<float>(oy);
+  // For an affine map w is exactly 1, so the divide changes nothing; doing it always keeps the
+  // code branch-free. w <= 0 is behind the camera: border.
+  const float w = p.m[6] * x + p.m[7] * y + p.m[8];
+  const bool front = w > 1e-12f;
+  const float inv = 1.f / (front ? w : 1.f);
+  const float sx = (p.m[0] * x + p.m[1] * y + p.m[2]) * inv;
+  const float sy = (p.m[3] * x + p.m[4] * y + p.m[5]) * inv;
+  // Beyond half a pixel outside the frame there is nothing to sample (a homography looking past
+  // the image): sample the clamped position, then replace it with the border colour.
+  const float lim_x = p.src_w - 0.5f, lim_y = p.src_h - 0.5f;
+  const bool inside = front & (sx >= -0.5f) & (sy >= -0.5f) & (sx <= lim_x) & (sy <= lim_y);  // no short circuit: no branch
+  sample_rgb<FMT, BILINEAR>(p, clampf(sx, -0.5f, lim_x), clampf(sy, -0.5f, lim_y), rgb);
+  rgb[0] = inside ? rgb[0] : p.border[0];
+  rgb[1] = inside ? rgb[1] : p.border[1];
+  rgb[2] = inside ? rgb[2] : p.border[2];
+}
+
+// Everything one output pixel needs; the CUDA kernel calls exactly this, and the CPU twin the same
+// two steps over a chunk of a row (pixel_rgb for each pixel, then store_value per channel).
 template <int FMT, bool BILINEAR, int OUT>
 VLA_HD void preprocess_pixel(const PreprocessParams& p, int ox, int oy) {
-  const float x = static_cast<float>(ox), y = static_cast<float>(oy);
-  float sx = p.m[0] * x + p.m[1] * y + p.m[2];
-  float sy = p.m[3] * x + p.m[4] * y + p.m[5];
-  if (!p.affine) {
-    const float w = p.m[6] * x + p.m[7] * y + p.m[8];
-    if (w > 1e-12f) {
-      sx /= w;
-      sy /= w;
-    } else {
-      sx = sy = -1e30f;  // behind the camera: border
-    }
-  }
   float rgb[3];
-  sample_rgb<FMT, BILINEAR>(p, sx, sy, rgb);
+  pixel_rgb<FMT, BILINEAR>(p, ox, oy, rgb);
   store_pixel<OUT>(p, ox, oy, rgb);
 }
 
