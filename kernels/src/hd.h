@@ -15,9 +15,10 @@ namespace vla {
 VLA_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 VLA_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// IEEE float -> half bits, round to nearest even (same as NumPy's astype(float16)); one function
-// for both builds so the CPU twin and the CUDA kernel give bit-identical fp16 outputs.
-VLA_HD uint16_t float_to_half_bits(float f) {
+// IEEE float -> half bits, round to nearest even (same as NumPy's astype(float16)). The CUDA
+// kernel and CPUs without F16C use this function; CPUs with F16C use the hardware conversion,
+// which follows the same IEEE rule (so results are bit-identical) and vectorises.
+VLA_HD uint16_t float_to_half_bits_soft(float f) {
   union {
     float f;
     uint32_t u;
@@ -46,6 +47,17 @@ VLA_HD uint16_t float_to_half_bits(float f) {
   const uint32_t rem = absx & 0x1fffu;
   if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
   return static_cast<uint16_t>(sign | h);
+}
+
+VLA_HD uint16_t float_to_half_bits(float f) {
+#if !defined(__CUDA_ARCH__) && defined(__F16C__) && defined(__FLT16_MAX__)
+  const _Float16 h = static_cast<_Float16>(f);
+  uint16_t bits;
+  __builtin_memcpy(&bits, &h, 2);
+  return bits;
+#else
+  return float_to_half_bits_soft(f);
+#endif
 }
 
 }  // namespace vla

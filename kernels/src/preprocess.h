@@ -68,11 +68,24 @@ VLA_HD uint32_t load_pair(const uint8_t* pair) {
 #endif
 }
 
+// Byte `off` of a plane, via a 32-bit load that stays inside its row of `row_bytes` (>= 4) bytes:
+// x86 gathers words, not bytes. `off` is a 32-bit offset from the plane (frames are far below
+// 2 GiB), the form gathers take. On the GPU: a plain byte load.
+VLA_HD uint32_t plane_byte(const uint8_t* plane, int row_start, int col, int row_bytes) {
+#if defined(__CUDA_ARCH__)
+  (void)row_bytes;
+  return plane[row_start + col];
+#else
+  const int start = col < row_bytes - 4 ? col : row_bytes - 4;
+  return (load_pair(plane + (row_start + start)) >> (8 * (col - start))) & 0xffu;
+#endif
+}
+
 // The RGB value of source pixel (x, y), which must be inside the frame. Chroma is taken from the
 // pixel's own 2x1 (4:2:2) or 2x2 (4:2:0) block, as cvtColor and V4L2 consumers do.
 template <int FMT>
 VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
-  const uint8_t* row = p.plane0 + y * p.pitch0;
+  const int row0 = y * static_cast<int>(p.pitch0);
   if (FMT == FMT_YUYV || FMT == FMT_UYVY) {
     // A 32-bit offset from the plane (frames are far below 2 GiB): the form x86 gathers take.
     const uint32_t w = load_pair(p.plane0 + (y * static_cast<int>(p.pitch0) + 4 * (x >> 1)));
@@ -81,18 +94,44 @@ VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
     yuv_to_rgb(p, static_cast<float>((w >> (8 * yi)) & 0xffu), static_cast<float>((w >> (8 * ui)) & 0xffu),
                static_cast<float>((w >> (8 * (ui + 2))) & 0xffu), rgb);
   } else if (FMT == FMT_NV12) {
-    const uint8_t* uv = p.plane1 + (y >> 1) * p.pitch1 + 2 * (x >> 1);
-    yuv_to_rgb(p, row[x], uv[0], uv[1], rgb);
+    const int w = p.src_w, c0 = (y >> 1) * static_cast<int>(p.pitch1);
+    yuv_to_rgb(p, static_cast<float>(plane_byte(p.plane0, row0, x, w)),
+               static_cast<float>(plane_byte(p.plane1, c0, 2 * (x >> 1), w)),
+               static_cast<float>(plane_byte(p.plane1, c0, 2 * (x >> 1) + 1, w)), rgb);
   } else if (FMT == FMT_I420) {
-    const int64_t c = (y >> 1);
-    yuv_to_rgb(p, row[x], p.plane1[c * p.pitch1 + (x >> 1)], p.plane2[c * p.pitch2 + (x >> 1)], rgb);
+    const int w = p.src_w, half = p.src_w >> 1;
+    const int c1 = (y >> 1) * static_cast<int>(p.pitch1), c2 = (y >> 1) * static_cast<int>(p.pitch2);
+    // Chroma rows are half a row wide; below 4 bytes a word would not fit: read the byte itself.
+    const float u = half >= 4 ? static_cast<float>(plane_byte(p.plane1, c1, x >> 1, half)) : p.plane1[c1 + (x >> 1)];
+    const float v = half >= 4 ? static_cast<float>(plane_byte(p.plane2, c2, x >> 1, half)) : p.plane2[c2 + (x >> 1)];
+    yuv_to_rgb(p, static_cast<float>(plane_byte(p.plane0, row0, x, w)), u, v, rgb);
   } else if (FMT == FMT_RGB || FMT == FMT_BGR) {
-    const uint8_t* px = row + 3 * x;
-    rgb[0] = px[FMT == FMT_RGB ? 0 : 2];
-    rgb[1] = px[1];
-    rgb[2] = px[FMT == FMT_RGB ? 2 : 0];
+#if defined(__CUDA_ARCH__)
+    const uint8_t* px = p.plane0 + row0 + 3 * x;  // byte loads on the GPU
+    const float c0 = px[0], c1 = px[1], c2 = px[2];
+#else
+    // One word that holds the pixel's 3 bytes and stays inside the row (a row has >= 3 bytes;
+    // below 4 the word would not fit, so such tiny frames read bytes).
+    const int w3 = 3 * p.src_w;
+    float c0, c1, c2;
+    if (w3 >= 4) {
+      const int start = 3 * x < w3 - 4 ? 3 * x : w3 - 4;
+      const uint32_t word = load_pair(p.plane0 + (row0 + start));
+      const int sh = 8 * (3 * x - start);
+      c0 = static_cast<float>((word >> sh) & 0xffu);
+      c1 = static_cast<float>((word >> (sh + 8)) & 0xffu);
+      c2 = static_cast<float>((word >> (sh + 16)) & 0xffu);
+    } else {
+      const uint8_t* px = p.plane0 + row0 + 3 * x;
+      c0 = px[0], c1 = px[1], c2 = px[2];
+    }
+#endif
+    rgb[0] = FMT == FMT_RGB ? c0 : c2;
+    rgb[1] = c1;
+    rgb[2] = FMT == FMT_RGB ? c2 : c0;
   } else {  // GRAY: full-range luma, as a mono sensor gives it
-    rgb[0] = rgb[1] = rgb[2] = row[x];
+    rgb[0] = rgb[1] = rgb[2] = p.src_w >= 4 ? static_cast<float>(plane_byte(p.plane0, row0, x, p.src_w))
+                                            : static_cast<float>(p.plane0[row0 + x]);
   }
 }
 
