@@ -14,7 +14,8 @@ Data flow, one tick::
     nav_cmd [B] ─ embedding ───────────────────────────────────────────────────┘
     context ─ world head ─► next_latent [B,64,D]
     noise [B,K,64,3] ─ N Euler steps of the flow-matching action expert (unrolled in the graph)
-        ─► trajectory [B,K,64,3] = constant-turn-rate prior from ego + integrated residual; score [B,K]
+        ─► trajectory [B,K,64,3] = constant-turn-rate prior from ego + residual accelerations
+           integrated twice (yaw rate once); score [B,K]
     memory shifted by one slot, scene tokens appended ─► new_memory, new_memory_valid (state)
 """
 
@@ -50,8 +51,11 @@ IMAGE_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EGO_FIELDS = ("x", "y", "yaw", "v", "a", "yaw_rate")
 # Typical magnitudes of the ego fields over 1.5 s of history, to bring them near unit scale.
 _EGO_SCALE = (20.0, 2.0, 0.3, 15.0, 2.0, 0.3)
-# Per-waypoint residual step (x m, y m, yaw rad) the action expert's unit output stands for.
-_RESIDUAL_STEP = (0.05, 0.05, 0.004)
+# The action expert's unit output, per waypoint: an acceleration-like step for x and y (m per
+# step², integrated twice, so even untrained weights give physically smooth paths: ≈0.4 m/s² per
+# unit) and a yaw-rate step (rad per step, integrated once).
+_RESIDUAL_ACCEL = (0.004, 0.004, 0.0)
+_RESIDUAL_YAW_RATE = (0.0, 0.0, 0.002)
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ class ReferenceVLA(nn.Module):
         self.act_norm = nn.LayerNorm(d)
         self.act_out = nn.Linear(d, chunk)
         self.score_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
-        self.register_buffer("residual_step", torch.tensor(_RESIDUAL_STEP), persistent=False)
+        self.register_buffer("residual_accel", torch.tensor(_RESIDUAL_ACCEL), persistent=False)
+        self.register_buffer("residual_yaw_rate", torch.tensor(_RESIDUAL_YAW_RATE), persistent=False)
 
     # ---- stages -------------------------------------------------------------------------------
     def encode_cameras(self, images: torch.Tensor) -> torch.Tensor:
@@ -296,7 +301,8 @@ class ReferenceVLA(nn.Module):
         for i in range(c.euler_steps):
             vel, h = self.velocity(x, i / c.euler_steps, kvs, ctx_mask)
             x = x + vel / c.euler_steps
-        trajectory = self.prior(ego) + torch.cumsum(x * self.residual_step, dim=2)
+        residual = torch.cumsum(torch.cumsum(x * self.residual_accel, dim=2), dim=2)
+        trajectory = self.prior(ego) + residual + torch.cumsum(x * self.residual_yaw_rate, dim=2)
         mode_feat = h.view(x.shape[0], c.modes, -1, c.dim).mean(2)
         score = torch.softmax(self.score_head(mode_feat).squeeze(-1), dim=-1)
         new_memory = torch.cat([memory[:, 1:], scene[:, None]], dim=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _core
+from .decode import DecodedTrajectory, decode_trajectory
 from .preprocess import FORMATS, preprocess
 
 # cudaErrorInsufficientDriver / cudaErrorNoDevice: the two ways "no GPU here" shows up.
@@ -55,4 +56,13 @@ def cuda_status() -> str:
     return f"CUDA available: {r['device_name']} (sm_{major}{minor}), {r['device_count']} device(s)"
 
 
-__all__ = ["FORMATS", "cuda_available", "cuda_compiled", "cuda_report", "cuda_status", "preprocess"]
+__all__ = [
+    "FORMATS",
+    "DecodedTrajectory",
+    "cuda_available",
+    "cuda_compiled",
+    "cuda_report",
+    "cuda_status",
+    "decode_trajectory",
+    "preprocess",
+]

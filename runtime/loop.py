@@ -8,9 +8,11 @@ One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
 1. take the newest frame of every camera; a camera with no new frame since the last tick, a
    stalled one (newest frame older than ``stall_ms``) or an ended one makes the tick a fallback;
 2. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
-   the noise; run the engine; pick the best of K (``decode``);
+   the noise; run the engine; ``vla.kernels.decode_trajectory`` picks the best of K, derives speed,
+   acceleration and curvature, and checks them against the limits;
 3. publish: ``ok``; ``late`` when publish time > capture time + budget (published, marked);
-   ``fallback`` when the model's trajectory cannot be used (no fresh frames, engine error, NaN/inf):
+   ``fallback`` when the model's trajectory cannot be used (no fresh frames, engine error, NaN/inf,
+   implausible curvature/acceleration/speed):
    the last good trajectory shifted to now (``fallback.py``), with the reason.
 
 Recurrent state rule: state outputs are copied into their inputs only after a tick that ran the
@@ -34,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, decode_trajectory, new_result_buffer
+
 from .backends.base import Backend
 from .commands import encode_command
-from .decode import Decoded, decode
 from .ego import EgoHistory
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
@@ -60,6 +63,9 @@ class RunConfig:
     stall_ms: float = 500.0
     sync: str = "frame"  # "frame": run on the primary camera's next frame after the tick is due; "clock"
     frame_wait_ms: float = 50.0
+    max_curvature: float = 0.3  # 1/m: tighter than any road vehicle's turning circle allows
+    max_accel: float = 8.0  # m/s², longitudinal: beyond hard braking
+    max_speed: float = 60.0  # m/s
     first_frame_timeout_s: float = 15.0
 
 
@@ -91,7 +97,9 @@ class Runner:
         self._points = traj.shape[2]
         scores = m.outputs_with("score")
         self._score_name = scores[0].name if scores else None
-        self._last_good = np.zeros((self._points, traj.shape[3]), dtype=np.float32)
+        self._last_good = np.zeros((self._points, 3), dtype=np.float32)
+        self._decoded = np.zeros((self._points, len(COLUMNS)), dtype=np.float32)  # reused every tick
+        self._result = new_result_buffer()
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
         self.ticks = self.skipped_ticks = 0
@@ -182,7 +190,11 @@ class Runner:
         if problem is not None:
             status = "fallback"
             age = None if self._last_good_time is None else publish - self._last_good_time
-            points = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points)
+            shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points)
+            # The same representation as a model trajectory (speed, acceleration, curvature); its
+            # verdict does not matter: this is what is published whatever it says.
+            points = decode_trajectory(shifted[None, None], None, self._dt, out=self._decoded,
+                                       result=self._result).points
             self.reasons[problem.split(":")[0]] += 1
             decoded = None
         else:
@@ -206,6 +218,7 @@ class Runner:
             "mode": None if decoded is None else decoded.mode,
             "score": None if decoded is None else round(decoded.score, 5),
             "dt": self._dt,
+            "fields": COLUMNS,
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
         }
 
@@ -228,7 +241,7 @@ class Runner:
         return frames, problem
 
     def _run_model(self, frames: dict[str, Frame], capture: float,
-                   lat: dict[str, float]) -> tuple[Decoded | None, str | None]:
+                   lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None]:
         """Fill the inputs, run the engine, decode; commit state only for a usable trajectory."""
         t = time.monotonic()
         for name, pre in self._pre:
@@ -258,14 +271,21 @@ class Runner:
             return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         lat["engine"] = (time.monotonic() - t) * 1000.0
         t = time.monotonic()
-        decoded = decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
-        if decoded.problem is None:
+        c = self.cfg
+        decoded = decode_trajectory(out[self._traj_name], out[self._score_name] if self._score_name else None,
+                                    self._dt, max_curvature=c.max_curvature, max_accel=c.max_accel,
+                                    max_speed=c.max_speed, out=self._decoded, result=self._result)
+        problem = None
+        if decoded.problem is not None:
+            kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"
+            problem = f"{kind}: {decoded.problem}"
+        else:
             for dst, src in self._states:
                 np.copyto(self.backend.feed(dst), out[src])
-            np.copyto(self._last_good, decoded.points)
+            np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = capture
         lat["decode"] = (time.monotonic() - t) * 1000.0
-        return decoded, decoded.problem
+        return decoded, problem
 
     def summary(self) -> dict[str, Any]:
         """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""

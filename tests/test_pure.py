@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vla.runtime.commands import encode_command
-from vla.runtime.decode import decode
 from vla.runtime.ego import EgoHistory
 from vla.runtime.errors import VlaError
 from vla.runtime.fallback import fallback_trajectory, shift_trajectory
@@ -99,18 +98,6 @@ def test_ego_history_without_samples_is_zero():
     out = np.ones((16, 6))
     EgoHistory(16, 10).fill(out)
     assert not out.any()
-
-
-def test_decode_picks_best_mode_and_flags_non_finite():
-    traj = np.zeros((1, 3, 4, 3), dtype=np.float32)
-    traj[0, 1] = 1.0
-    score = np.array([[0.2, 0.5, 0.3]], dtype=np.float32)
-    d = decode(traj, score)
-    assert d.mode == 1 and d.score == pytest.approx(0.5) and d.problem is None
-    traj[0, 1, 2, 0] = np.nan
-    assert decode(traj, score).problem == "non-finite trajectory"
-    score[0, 0] = np.inf
-    assert decode(traj, score).problem == "non-finite score"
 
 
 def test_fallback_shifts_to_now():

@@ -31,7 +31,8 @@ def _check_record(r: dict) -> None:
     assert r["publish_time"] >= r["capture_time"]
     assert r["latency_ms"]["e2e"] == pytest.approx((r["publish_time"] - r["capture_time"]) * 1000, abs=0.01)
     traj = np.asarray(r["trajectory"])
-    assert traj.shape == (64, 3) and np.isfinite(traj).all()
+    assert r["fields"] == ["x", "y", "yaw", "speed", "accel", "curvature"]
+    assert traj.shape == (64, 6) and np.isfinite(traj).all()
     assert r["dt"] == 0.1
 
 
@@ -108,10 +109,10 @@ def test_nan_output_falls_back_and_keeps_state(reference_bundle):
         runner.close()
     assert [r["status"] != "fallback" for r in records[:2]] == [True, True]
     bad = records[2]
-    assert bad["status"] == "fallback" and bad["reason"] == "non-finite trajectory"
+    assert bad["status"] == "fallback" and bad["reason"].startswith("non-finite output: non-finite trajectory")
     assert bad["fallback_age_ms"] > 0 and np.isfinite(np.asarray(bad["trajectory"])).all()
     assert backend.feed("memory_valid")[0].tolist() == [False, True, True, True]  # 3 commits, not 4
-    assert runner.summary()["fallback_reasons"] == {"non-finite trajectory": 1}
+    assert runner.summary()["fallback_reasons"] == {"non-finite output": 1}
 
 
 def test_stalled_camera_gives_fallback_then_recovers(reference_bundle):
