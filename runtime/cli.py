@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: all cores this process may use)")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
+    p.add_argument("--max-curvature", type=float, default=0.3, metavar="1/M",
+                   help="publish a fallback when the trajectory curves tighter than this (default 0.3)")
+    p.add_argument("--max-accel", type=float, default=8.0, metavar="M/S2",
+                   help="... or accelerates/brakes harder than this (default 8)")
+    p.add_argument("--max-speed", type=float, default=60.0, metavar="M/S", help="... or is faster (default 60)")
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
                    help="frame: when a tick is due, run on the primary camera's next frame (default); "
                    "clock: run at once on the newest frames")
@@ -77,13 +82,16 @@ def run(args: argparse.Namespace) -> int:
     from .outputs import JsonLinesSink
     from .sources import open_cameras
 
-    for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms)):
+    for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
+                        ("--max-curvature", args.max_curvature), ("--max-accel", args.max_accel),
+                        ("--max-speed", args.max_speed)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
-                       sync=args.sync)
+                       sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
+                       max_speed=args.max_speed)
     cameras = open_cameras(args.camera, backend.manifest.camera_names)
     try:
         runner = Runner(backend, cameras, config)

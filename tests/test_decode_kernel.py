@@ -414,3 +414,44 @@ def test_device_arrays_without_cuda_raise_runtime_error():
         decode_trajectory(traj, FakeDeviceArray((2,)), DT, FakeDeviceArray((8,)),
                           out=FakeDeviceArray((8, 6)), result=FakeDeviceArray((RESULT_WORDS,), "<i4"))
     assert kernels.cuda_status().removeprefix("CUDA unavailable: ") in str(info.value)
+
+
+# ---- CUDA kernel vs CPU twin (GPU machines) -------------------------------------------------------
+try:
+    import cupy as _cupy
+except ImportError:  # only GPU machines have it
+    _cupy = None
+
+
+@pytest.mark.skipif(_cupy is None, reason="CuPy is not installed")
+@pytest.mark.skipif(not kernels.cuda_available(), reason=f"needs a CUDA device: {kernels.cuda_status()}")
+@pytest.mark.parametrize("poison", [None, "nan", "sharp"])
+def test_cuda_matches_cpu_twin(poison):
+    from vla.kernels.decode import RESULT_WORDS, decode_trajectory
+
+    rng = np.random.default_rng(3)
+    t = 0.1 * np.arange(1, 65)
+    k = 4
+    traj = np.zeros((k, 64, 3), np.float32)
+    for m in range(k):
+        v, w = 8.0 + m, 0.05 * (m - 1.5)
+        traj[m, :, 0] = v * t + 0.01 * rng.standard_normal(64)
+        traj[m, :, 1] = 0.5 * w * v * t**2
+        traj[m, :, 2] = w * t
+    score = rng.random(k).astype(np.float32)
+    best = int(np.argmax(score))
+    if poison == "nan":
+        traj[best, 20, 1] = np.nan
+    elif poison == "sharp":
+        traj[best, 30:, 1] += 3.0
+    times = np.linspace(0.05, 6.4, 128).astype(np.float32)
+    cpu = decode_trajectory(traj, score, 0.1, times)
+    out_d = _cupy.empty((128, 6), _cupy.float32)
+    res_d = _cupy.empty(RESULT_WORDS, _cupy.int32)
+    stream = _cupy.cuda.Stream(non_blocking=True)
+    pending = decode_trajectory(_cupy.asarray(traj), _cupy.asarray(score), 0.1, _cupy.asarray(times),
+                                out=out_d, result=res_d, stream=stream)
+    stream.synchronize()
+    gpu = pending.read(res_d.get(), out_d.get())
+    assert (gpu.mode, gpu.verdict) == (cpu.mode, cpu.verdict)
+    np.testing.assert_allclose(gpu.points, cpu.points, rtol=1e-5, atol=1e-4, equal_nan=True)
