@@ -32,6 +32,7 @@ import numpy as np
 import vla.kernels as K
 
 MEAN, STD = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+THREADS = 0  # --threads: 0 = all cores
 SIZES = {"1080p": (1920, 1080), "720p": (1280, 720)}
 OUTS = {"3x128x256": (128, 256), "3x256x512": (256, 512)}
 _CV_CODE = {"yuyv": cv2.COLOR_YUV2RGB_YUYV, "nv12": cv2.COLOR_YUV2RGB_NV12}
@@ -105,7 +106,8 @@ def cpu_rows(repeat: int) -> list[dict]:
                 numpy_chain = NumpyChain(fmt, w, h, oh, ow)
                 for dtype in (np.float32, np.float16):
                     out = np.empty((3, oh, ow), dtype)
-                    ours = median_ms(partial(K.preprocess, frame, fmt, out, mean=MEAN, std=STD), repeat)
+                    ours = median_ms(partial(K.preprocess, frame, fmt, out, mean=MEAN, std=STD, threads=THREADS),
+                                     repeat)
                     ocv = median_ms(partial(opencv_chain, frame, fmt, oh, ow, dtype), repeat)
                     npy = median_ms(partial(numpy_chain, frame, dtype), max(5, repeat // 4))
                     rows.append({"frame": f"{size} {fmt}", "out": f"{out_name} {np.dtype(dtype).name}",
@@ -194,7 +196,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for both OpenCV and the CPU twin (default 0: all cores)")
     args = p.parse_args()
+    if args.threads > 0:
+        cv2.setNumThreads(args.threads)
+    global THREADS
+    THREADS = args.threads
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"OpenCV threads {cv2.getNumThreads()}")
     try:
