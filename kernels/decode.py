@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _core
+from .arrays import as_kernel_array
 
 NONFINITE, CURVATURE, ACCEL, SPEED = 1, 2, 4, 8
 # Device path only: a device ``times`` value outside [0, T*dt] (host times raise ValueError instead;
@@ -211,6 +212,9 @@ def decode_trajectory(trajectory: Any, score: Any, dt: float, times: Any = None,
         ValueError: naming the bad argument (dtype, shape, layout, range, host/device mix).
         RuntimeError: device inputs without a usable CUDA device.
     """
+    trajectory, score, times = (as_kernel_array(a, n) for a, n in ((trajectory, "trajectory"), (score, "score"),
+                                                                    (times, "times")))
+    out, result = as_kernel_array(out, "out"), as_kernel_array(result, "result")
     device = _is_device(trajectory)
     if times is not None and not _is_device(times):
         times = _host_times(times)

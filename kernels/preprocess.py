@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from .arrays import as_kernel_array
 
 FORMATS: tuple[str, ...] = tuple(_core.PIXEL_FORMATS)
 COLORSPACES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
@@ -88,13 +89,16 @@ def preprocess(
 ) -> Any:
     """Convert, crop/warp, resize, normalise and lay out ``src`` into ``out`` in one pass; return ``out``.
 
-    ``src``: a uint8 frame (NumPy, or a device array with ``__cuda_array_interface__``): yuyv/uyvy
+    ``src``: a uint8 frame (NumPy, a device array with ``__cuda_array_interface__``, or any DLPack
+    producer such as a PyTorch tensor): yuyv/uyvy
     (H, W, 2) or (H, 2W); nv12/i420 (H*3/2, W); rgb/bgr (H, W, 3); gray (H, W); rows may be padded
     (the row pitch is the array's first stride). ``out``: (3, H, W) for ``layout="chw"`` or (H, W, 3)
     for ``"hwc"``, uint8/float32/float16, any strides; pass ``engine_input[0, camera]`` to write a
     camera's slot of a batched input directly. Device arrays run on ``stream`` (a handle or an object
     with ``.cuda_stream``/``.ptr``) and return without synchronising. ``threads=0``: all cores.
     """
+    given_out = out
+    src, out = as_kernel_array(src, "src"), as_kernel_array(out, "out")
     if fmt not in FORMATS:
         raise ValueError(f"fmt: {fmt!r} is not one of {list(FORMATS)}")
     if interp not in ("bilinear", "nearest"):
@@ -130,7 +134,7 @@ def preprocess(
     _core.preprocess(src, FORMATS.index(fmt), out, layout, matrix, interp == "bilinear",
                      yuv_coefficients(colorspace, bool(full_range)), channel_order == "bgr", scale, bias,
                      _triple("border", border), stream, int(threads))
-    return out
+    return given_out
 
 
 def centre_crop(width: int, height: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:

@@ -455,3 +455,14 @@ def test_cuda_matches_cpu_twin(poison):
     gpu = pending.read(res_d.get(), out_d.get())
     assert (gpu.mode, gpu.verdict) == (cpu.mode, cpu.verdict)
     np.testing.assert_allclose(gpu.points, cpu.points, rtol=1e-5, atol=1e-4, equal_nan=True)
+
+
+def test_dlpack_inputs():
+    torch = pytest.importorskip("torch")
+    from vla.kernels.decode import decode_trajectory
+
+    t = 0.1 * np.arange(1, 65, dtype=np.float32)
+    traj = np.stack([10 * t, 0 * t, 0 * t], axis=-1)[None].astype(np.float32)
+    got = decode_trajectory(torch.from_numpy(traj), torch.ones(1), 0.1)
+    want = decode_trajectory(traj, np.ones(1, np.float32), 0.1)
+    np.testing.assert_array_equal(got.points, want.points)

@@ -403,3 +403,14 @@ def test_cuda_matches_cpu_twin(fmt, dtype):
         np.testing.assert_allclose(got, cpu, atol=1e-4)  # FMA contraction may differ in the last bits
     else:
         assert np.abs(got.astype(np.float32) - cpu.astype(np.float32)).max() <= (1 if dtype == np.uint8 else 1e-2)
+
+
+def test_dlpack_producers_are_taken_without_a_copy():
+    """PyTorch CPU tensors have neither the buffer protocol nor __cuda_array_interface__: DLPack."""
+    torch = pytest.importorskip("torch")
+    frame = make_frame("yuyv", 48, 64, 0, smooth_frame=False)
+    out_t = torch.zeros((3, 24, 32), dtype=torch.float32)
+    assert K.preprocess(torch.from_numpy(np.ascontiguousarray(frame)), "yuyv", out_t) is out_t
+    ref = np.empty((3, 24, 32), np.float32)
+    K.preprocess(frame, "yuyv", ref)
+    np.testing.assert_array_equal(out_t.numpy(), ref)  # written in place, through the tensor's memory
