@@ -20,6 +20,7 @@ examples:
   vla-run --engine bundles/reference --camera synthetic:// --duration 10
   vla-run --engine bundles/reference --camera front=front.mp4 --camera left=left.mp4 \\
           --camera right=right.mp4 --command "turn left" --output run.jsonl
+  vla-run --engine bundles/reference --output - --output udp://127.0.0.1:9870
 
 Each tick prints one JSON line (schema vla.tick/1): tick, status (ok | late | fallback) and
 reason, frame ids, capture and publish times (monotonic s), per-stage latency, trajectory.
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--frames", type=int, metavar="N", help="stop after N ticks")
     stop.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--output", default="-", metavar="FILE", help="JSON lines file (default: stdout)")
+    p.add_argument("--output", action="append", metavar="FILE|udp://HOST:PORT",
+                   help="where records go: a JSON lines file, '-' for stdout (the default), or UDP datagrams; "
+                   "repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: all cores this process may use)")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from .engine import open_engine
     from .errors import VlaError
     from .loop import RunConfig, Runner
-    from .outputs import JsonLinesSink
+    from .outputs import open_sink
     from .sources import open_cameras
 
     for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     cameras = open_cameras(args.camera, backend.manifest.camera_names)
     try:
         runner = Runner(backend, cameras, config)
-        sink = JsonLinesSink(args.output)
+        sinks = [open_sink(target) for target in (args.output or ["-"])]
     except BaseException:
         for cam in cameras.values():
             cam.close()
@@ -107,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:
         for record in runner:
-            sink.write(record)
+            for sink in sinks:
+                sink.write(record)
     finally:
-        sink.close()
+        for sink in sinks:
+            sink.close()
         runner.close()
         print(format_summary(runner.summary()), file=sys.stderr)
     return 0
