@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accel", type=float, default=8.0, metavar="M/S2",
                    help="... or accelerates/brakes harder than this (default 8)")
     p.add_argument("--max-speed", type=float, default=60.0, metavar="M/S", help="... or is faster (default 60)")
+    p.add_argument("--stop-horizon", type=float, default=4.0, metavar="S",
+                   help="a fallback trajectory slows to a stop over this many seconds (default 4)")
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
                    help="frame: when a tick is due, run on the primary camera's next frame (default); "
                    "clock: run at once on the newest frames")
@@ -87,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
                         ("--max-curvature", args.max_curvature), ("--max-accel", args.max_accel),
-                        ("--max-speed", args.max_speed)):
+                        ("--max-speed", args.max_speed), ("--stop-horizon", args.stop_horizon)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
-                       max_speed=args.max_speed)
+                       max_speed=args.max_speed, stop_horizon_s=args.stop_horizon)
     cameras = open_cameras(args.camera, backend.manifest.camera_names)
     try:
         runner = Runner(backend, cameras, config)

@@ -12,7 +12,7 @@ One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
    acceleration and curvature, and checks them against the limits;
 3. publish: ``ok``; ``late`` when publish time > capture time + budget (published, marked);
    ``fallback`` when the model's trajectory cannot be used (no fresh frames, engine error, NaN/inf,
-   implausible curvature/acceleration/speed):
+   implausible curvature/acceleration/speed), slowing to a stop over ``stop_horizon_s``:
    the last good trajectory shifted to now (``fallback.py``), with the reason.
 
 Recurrent state rule: state outputs are copied into their inputs only after a tick that ran the
@@ -66,6 +66,7 @@ class RunConfig:
     max_curvature: float = 0.3  # 1/m: tighter than any road vehicle's turning circle allows
     max_accel: float = 8.0  # m/s², longitudinal: beyond hard braking
     max_speed: float = 60.0  # m/s
+    stop_horizon_s: float = 4.0  # a fallback slows to a stop over this long
     first_frame_timeout_s: float = 15.0
 
 
@@ -190,7 +191,8 @@ class Runner:
         if problem is not None:
             status = "fallback"
             age = None if self._last_good_time is None else publish - self._last_good_time
-            shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points)
+            shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points,
+                                          self.cfg.stop_horizon_s)
             # The same representation as a model trajectory (speed, acceleration, curvature); its
             # verdict does not matter: this is what is published whatever it says.
             points = decode_trajectory(shifted[None, None], None, self._dt, out=self._decoded,

@@ -117,6 +117,31 @@ def test_fallback_shifts_to_now():
     assert not fallback_trajectory(None, dt, 0.5, 64).any()
 
 
+def test_fallback_slows_to_a_comfortable_stop_along_the_old_path():
+    from vla.runtime.fallback import stop_along
+
+    dt, v, w = 0.1, 12.0, 0.05
+    t = dt * np.arange(1, 65)
+    yaw = w * t
+    arc = np.stack([np.sin(yaw) * v / w, (1 - np.cos(yaw)) * v / w, yaw], axis=1).astype(np.float32)
+    for horizon in (2.0, 4.0):
+        fb = fallback_trajectory(arc, dt, age=0.5, points=64, stop_horizon=horizon)
+        xy = np.vstack([[0.0, 0.0], fb[:, :2]])
+        speed = np.linalg.norm(np.diff(xy, axis=0), axis=1) / dt
+        assert speed[0] == pytest.approx(v - v / horizon * dt / 2, rel=0.02)  # starts at the path's speed
+        stop_at = round(horizon / dt)
+        assert speed[stop_at:].max() < 1e-3  # stopped after the horizon and stays stopped
+        decel = -np.diff(speed)
+        assert decel.max() <= v / horizon * dt * 1.05 and decel.min() >= -1e-3  # constant, never speeds up
+        # Geometry kept: every point lies on the original circle of radius v / w (centre (0, v/w) after
+        # the shift the centre moves, so check curvature instead: yaw grows with distance at rate w / v).
+        dist = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+        np.testing.assert_allclose(fb[:, 2], w / v * dist[1:], atol=2e-3)
+    # A path that is already stopped stays stopped; a zero horizon means stopped at once.
+    assert not stop_along(np.zeros((64, 3), np.float32), dt, 4.0).any()
+    assert np.abs(stop_along(arc, dt, 0.0)).max() == 0.0
+
+
 def test_to_frame():
     from vla.runtime.geometry import to_frame
 
