@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-speed", type=float, default=60.0, metavar="M/S", help="... or is faster (default 60)")
     p.add_argument("--stop-horizon", type=float, default=4.0, metavar="S",
                    help="a fallback trajectory slows to a stop over this many seconds (default 4)")
+    p.add_argument("--fault-after", type=int, default=5, metavar="N",
+                   help="N consecutive fallbacks make a fault: every line says 'fault' until recovery (default 5)")
+    p.add_argument("--fault-stall-ms", type=float, default=1000.0, metavar="MS",
+                   help="a camera silent this long is a fault at once (default 1000)")
+    p.add_argument("--recover-after", type=int, default=3, metavar="N",
+                   help="N consecutive good ticks end a fault (default 3)")
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
                    help="frame: when a tick is due, run on the primary camera's next frame (default); "
                    "clock: run at once on the newest frames")
@@ -72,6 +78,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if s["fallback_reasons"]:
         lines.append("fallbacks: " + ", ".join(f"{k} x{v}" for k, v in s["fallback_reasons"].items()))
+    if s["health_events"]:
+        lines.append("health: " + "; ".join(s["health_events"]))
     lines.append(f"{'stage (ms)':<12}{'p50':>9}{'p99':>9}{'max':>9}{'mean':>9}")
     for stage, st in s["latency_ms"].items():
         lines.append(f"{stage:<12}{st['median']:9.2f}{st['p99']:9.2f}{st['max']:9.2f}{st['mean']:9.2f}")
@@ -89,14 +97,17 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
                         ("--max-curvature", args.max_curvature), ("--max-accel", args.max_accel),
-                        ("--max-speed", args.max_speed), ("--stop-horizon", args.stop_horizon)):
+                        ("--max-speed", args.max_speed), ("--stop-horizon", args.stop_horizon),
+                        ("--fault-after", args.fault_after), ("--fault-stall-ms", args.fault_stall_ms),
+                        ("--recover-after", args.recover_after)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
-                       max_speed=args.max_speed, stop_horizon_s=args.stop_horizon)
+                       max_speed=args.max_speed, stop_horizon_s=args.stop_horizon, fault_after=args.fault_after,
+                       fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after)
     cameras = open_cameras(args.camera, backend.manifest.camera_names)
     try:
         runner = Runner(backend, cameras, config)

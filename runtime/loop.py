@@ -15,6 +15,10 @@ One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
    implausible curvature/acceleration/speed), slowing to a stop over ``stop_horizon_s``:
    the last good trajectory shifted to now (``fallback.py``), with the reason.
 
+4. health (``health.py``): after ``fault_after`` consecutive fallbacks, or a camera silent for
+   ``fault_stall_ms``, every line says ``fault`` (stopping trajectory, the fault's reason) until
+   ``recover_after`` good ticks in a row; the transitions carry ``event`` ("fault", "recovered …").
+
 Recurrent state rule: state outputs are copied into their inputs only after a tick that ran the
 model on fresh frames and produced a finite trajectory (``ok`` or ``late``). Fallback ticks leave the
 state untouched, so memory only ever holds scene tokens of frames the model really saw, in order,
@@ -43,6 +47,7 @@ from .commands import encode_command
 from .ego import EgoHistory
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
+from .health import Health, HealthConfig, next_health
 from .preprocess import Preprocessor
 from .schedule import next_tick
 from .sources.base import CameraSource, Frame
@@ -67,6 +72,9 @@ class RunConfig:
     max_accel: float = 8.0  # m/s², longitudinal: beyond hard braking
     max_speed: float = 60.0  # m/s
     stop_horizon_s: float = 4.0  # a fallback slows to a stop over this long
+    fault_after: int = 5  # consecutive fallbacks that make a fault
+    fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
+    recover_after: int = 3  # consecutive good ticks that end a fault
     first_frame_timeout_s: float = 15.0
 
 
@@ -109,6 +117,9 @@ class Runner:
         self.dropped: Counter[str] = Counter()
         self.times: dict[str, list[float]] = {s: [] for s in STAGES}
         self.end_reason = ""
+        self.health = Health()
+        self._health_cfg = HealthConfig(config.fault_after, config.fault_stall_ms, config.recover_after)
+        self.events: list[str] = []
 
     # ---- control --------------------------------------------------------------------------------
     def set_command(self, text: str | None) -> str:
@@ -179,7 +190,7 @@ class Runner:
             time.sleep(0.0005)
 
     def _tick(self) -> dict[str, Any]:
-        frames, problem = self._gather_frames()
+        frames, problem, stalest = self._gather_frames()
         capture = min((f.capture_time for f in frames.values()), default=time.monotonic())
         lat: dict[str, float] = {}
         decoded = None
@@ -187,9 +198,14 @@ class Runner:
             decoded, problem = self._run_model(frames, capture, lat)
         publish = time.monotonic()
         lat["e2e"] = (publish - capture) * 1000.0
+        self.health, event = next_health(self.health, self._health_cfg, fallback=problem, stalled=stalest,
+                                         now=publish)
+        if event:
+            self.events.append(event)
         age = None
-        if problem is not None:
-            status = "fallback"
+        reason = self.health.reason if self.health.faulted else problem
+        if problem is not None or self.health.faulted:
+            status = "fault" if self.health.faulted else "fallback"
             age = None if self._last_good_time is None else publish - self._last_good_time
             shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points,
                                           self.cfg.stop_horizon_s)
@@ -197,7 +213,8 @@ class Runner:
             # verdict does not matter: this is what is published whatever it says.
             points = decode_trajectory(shifted[None, None], None, self._dt, out=self._decoded,
                                        result=self._result).points
-            self.reasons[problem.split(":")[0]] += 1
+            if problem is not None:
+                self.reasons[problem.split(":")[0]] += 1
             decoded = None
         else:
             status = "late" if lat["e2e"] > self.cfg.budget_ms else "ok"
@@ -210,7 +227,8 @@ class Runner:
             "schema": RECORD_SCHEMA,
             "tick": self.ticks - 1,
             "status": status,
-            "reason": problem,
+            "reason": reason,
+            "event": event,
             "frame_id": {n: f.seq for n, f in frames.items()},
             "capture_time": round(capture, 6),
             "publish_time": round(publish, 6),
@@ -224,10 +242,12 @@ class Runner:
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
         }
 
-    def _gather_frames(self) -> tuple[dict[str, Frame], str | None]:
-        """The newest frame of every camera, and why the model cannot run on them (None if it can)."""
+    def _gather_frames(self) -> tuple[dict[str, Frame], str | None, tuple[str, float] | None]:
+        """The newest frame of every camera, why the model cannot run on them (None if it can), and
+        the camera whose newest frame is oldest with that age in ms (None before any frame)."""
         now = time.monotonic()
         problem, frames = None, {}
+        stalest: tuple[str, float] | None = None
         for name, src in self.cameras.items():
             frame, ended = src.newest(), src.ended()
             if ended:
@@ -240,7 +260,10 @@ class Runner:
                 problem = problem or f"camera '{name}' stalled: newest frame is {age_ms:.0f} ms old"
             if frame is not None:
                 frames[name] = frame
-        return frames, problem
+                age = (now - frame.capture_time) * 1000.0
+                if stalest is None or age > stalest[1]:
+                    stalest = (name, age)
+        return frames, problem, stalest
 
     def _run_model(self, frames: dict[str, Frame], capture: float,
                    lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None]:
@@ -298,6 +321,7 @@ class Runner:
             "skipped_ticks": self.skipped_ticks,
             "dropped_frames": dict(self.dropped),
             "fallback_reasons": dict(self.reasons),
+            "health_events": list(self.events),
             "latency_ms": {s: summarize(v) for s, v in self.times.items() if v},
             "budget_ms": self.cfg.budget_ms,
             "rate_hz": self.cfg.rate_hz,

@@ -149,3 +149,31 @@ def test_to_frame():
     rel = to_frame(poses, (1.0, 1.0, math.pi / 2))  # origin facing +y (world "north")
     np.testing.assert_allclose(rel[0], [0.0, 0.0, 0.5 - math.pi / 2], atol=1e-12)
     np.testing.assert_allclose(rel[1], [0.0, -1.0, 0.1], atol=1e-12)  # 1 m east of a north-facing car: right
+
+
+def test_health_faults_after_consecutive_fallbacks_and_recovers_with_hysteresis():
+    from vla.runtime.health import Health, HealthConfig, next_health
+
+    cfg = HealthConfig(fault_after=3, fault_stall_ms=1000, recover_after=2)
+    h, t, events = Health(), 0.0, []
+    for fb in ["x", "x", None, "x", "x", "x", "x", None, "x", None, None, None]:
+        t += 0.1
+        h, ev = next_health(h, cfg, fallback=fb, stalled=None, now=t)
+        events.append((h.faulted, ev))
+    faulted = [f for f, _ in events]
+    # a good tick resets the count; the 3rd consecutive fallback faults; one good tick is not enough
+    assert faulted == [False, False, False, False, False, True, True, True, True, True, False, False]
+    assert events[5][1] == "fault" and events[10][1].startswith("recovered after 0.5 s")
+    assert [e for _, e in events].count("fault") == 1
+
+
+def test_health_faults_at_once_on_a_stalled_camera():
+    from vla.runtime.health import Health, HealthConfig, next_health
+
+    cfg = HealthConfig(fault_after=5, fault_stall_ms=1000, recover_after=1)
+    h, ev = next_health(Health(), cfg, fallback="no new frame", stalled=("left", 1200.0), now=1.0)
+    assert h.faulted and ev == "fault" and h.reason.startswith("camera 'left' stalled for 1200 ms")
+    h, ev = next_health(h, cfg, fallback=None, stalled=("left", 1300.0), now=1.1)  # frames but still stale
+    assert h.faulted and ev is None
+    h, ev = next_health(h, cfg, fallback=None, stalled=None, now=1.2)
+    assert not h.faulted and ev == "recovered after 0.2 s"
