@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a camera silent this long is a fault at once (default 1000)")
     p.add_argument("--recover-after", type=int, default=3, metavar="N",
                    help="N consecutive good ticks end a fault (default 3)")
+    p.add_argument("--cpu", metavar="LIST", help="pin the loop to these CPUs, e.g. 2 or 2-3 (warns if not permitted)")
+    p.add_argument("--rt-priority", type=int, metavar="N",
+                   help="run under SCHED_FIFO at priority N (1-99; warns if not permitted)")
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
                    help="frame: when a tick is due, run on the primary camera's next frame (default); "
                    "clock: run at once on the newest frames")
@@ -102,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--recover-after", args.recover_after)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
+    from .realtime import apply_realtime
+
+    realtime = apply_realtime(args.cpu, args.rt_priority)
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
@@ -118,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"vla-run: {backend.manifest.name} on {backend.describe()}", file=sys.stderr)
     print("vla-run: cameras " + ", ".join(f"{n}={c.uri}" for n, c in cameras.items())
-          + f"; command '{runner.command_name}'; {args.rate:g} Hz, budget {args.budget_ms:g} ms", file=sys.stderr)
+          + f"; command '{runner.command_name}'; {args.rate:g} Hz, budget {args.budget_ms:g} ms"
+          + (f"; {', '.join(realtime)}" if realtime else ""), file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:

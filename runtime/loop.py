@@ -49,6 +49,7 @@ from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
 from .health import Health, HealthConfig, next_health
 from .preprocess import Preprocessor
+from .realtime import IdleCollector
 from .schedule import next_tick
 from .sources.base import CameraSource, Frame
 from .stats import summarize
@@ -159,6 +160,13 @@ class Runner:
         self.backend.run()  # warm-up: first runs allocate and pick kernels; keep that off tick 0
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
+        collector = IdleCollector()
+        try:
+            yield from self._ticks(collector)
+        finally:
+            collector.close()
+
+    def _ticks(self, collector: IdleCollector) -> Iterator[dict[str, Any]]:
         period = 1.0 / self.cfg.rate_hz
         start = time.monotonic() + period
         index = -1
@@ -172,6 +180,7 @@ class Runner:
             if self.cfg.sync == "frame":
                 self._await_next_frame(self.cfg.frame_wait_ms / 1000.0)
             yield self._tick()
+            collector.idle(start + (index + 1) * period - time.monotonic())
             if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
                 self.stop(f"{self.ticks} ticks done")
             elif self.cfg.duration_s is not None and time.monotonic() - start >= self.cfg.duration_s:

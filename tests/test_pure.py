@@ -177,3 +177,43 @@ def test_health_faults_at_once_on_a_stalled_camera():
     assert h.faulted and ev is None
     h, ev = next_health(h, cfg, fallback=None, stalled=None, now=1.2)
     assert not h.faulted and ev == "recovered after 0.2 s"
+
+
+def test_cpu_lists_and_realtime_settings_degrade_with_a_warning():
+    import os
+
+    from vla.runtime.realtime import apply_realtime, parse_cpus
+
+    assert parse_cpus("0-2,5") == {0, 1, 2, 5}
+    with pytest.raises(VlaError, match="expected CPU ids"):
+        parse_cpus("a-b")
+    warnings: list[str] = []
+    mine = sorted(os.sched_getaffinity(0))
+    applied = apply_realtime(str(mine[0]), None, warn=warnings.append)
+    try:
+        assert applied == [f"CPUs [{mine[0]}]"] and os.sched_getaffinity(0) == {mine[0]}
+    finally:
+        os.sched_setaffinity(0, set(mine))
+    apply_realtime("4095", None, warn=warnings.append)  # a CPU this machine does not have
+    assert warnings and "--cpu 4095: not applied" in warnings[-1]
+    with pytest.raises(VlaError, match="SCHED_FIFO priorities are"):
+        apply_realtime(None, 500, warn=warnings.append)
+
+
+def test_idle_collector_keeps_gc_off_the_hot_path():
+    import gc
+
+    from vla.runtime.realtime import IdleCollector
+
+    was = gc.isenabled()
+    c = IdleCollector(min_idle_s=0.005, full_every=2)
+    try:
+        assert not gc.isenabled()
+        c.idle(0.001)  # no time: nothing collected
+        assert c.collections == 0
+        c.idle(0.05)
+        c.idle(0.05)
+        assert c.collections == 2
+    finally:
+        c.close()
+    assert gc.isenabled() == was
