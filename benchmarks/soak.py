@@ -1,0 +1,103 @@
+"""Soak: ``vla-run`` for a long stretch (default 10 minutes at 10 Hz) on the reference model with
+synthetic cameras, reporting tail latency, deadline misses, dropped frames, fallbacks and whether
+memory grows.
+
+RSS of the loop process (and of the camera process) is sampled from /proc every few seconds;
+"start" is taken after a minute of warm-up (allocators and caches settle), "end" at the last sample.
+The target from issue 4: p99.9 / p50 ≤ 1.3 end-to-end and no RSS growth beyond noise.
+
+    python benchmarks/soak.py --engine bundles/reference --minutes 10 [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vla.runtime.stats import summarize
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", default="bundles/reference")
+    p.add_argument("--camera", default="synthetic://")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--warmup-s", type=float, default=60.0)
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args()
+
+    out = Path(tempfile.mkdtemp(prefix="vla-soak-")) / "run.jsonl"
+    cmd = [sys.executable, "-m", "vla.runtime.cli", "--engine", args.engine, "--camera", args.camera,
+           "--duration", str(args.minutes * 60), "--output", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    samples: list[tuple[float, float, float]] = []  # (t, loop MB, cameras MB)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            time.sleep(args.sample_s)
+            loop = rss_mb(proc.pid)
+            cams = sum(r for r in (rss_mb(c) for c in children(proc.pid)) if r)
+            if loop is not None:
+                samples.append((time.monotonic() - t0, loop, cams))
+    except KeyboardInterrupt:
+        proc.terminate()
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        print(err, file=sys.stderr)
+        return proc.returncode or 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    e2e = summarize([r["latency_ms"]["e2e"] for r in records if r["status"] in ("ok", "late")])
+    status = {s: sum(r["status"] == s for r in records) for s in ("ok", "late", "fallback", "fault")}
+    settled = [s for s in samples if s[0] >= args.warmup_s] or samples
+    start, end = settled[0], settled[-1]
+    summary_line = next((ln for ln in err.splitlines() if ln.startswith("summary:")), "")
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(cmd[1:]),
+        "ticks": len(records), "status": status, "e2e_ms": e2e,
+        "p999_over_p50": e2e["p99.9"] / e2e["median"],
+        "rss_mb": {"loop_start": start[1], "loop_end": end[1], "cameras_start": start[2], "cameras_end": end[2],
+                   "loop_max": max(s[1] for s in settled), "loop_min": min(s[1] for s in settled)},
+        "vla_run_summary": summary_line,
+    }
+    print(f"ticks {len(records)}; status {status}; {summary_line}")
+    print(f"e2e ms: p50 {e2e['median']:.1f}  p99 {e2e['p99']:.1f}  p99.9 {e2e['p99.9']:.1f}  max {e2e['max']:.1f}"
+          f"  (p99.9/p50 = {result['p999_over_p50']:.2f}, target <= 1.3)")
+    r = result["rss_mb"]
+    print(f"RSS MB after {args.warmup_s:g} s: loop {r['loop_start']:.1f} -> {r['loop_end']:.1f} "
+          f"(min {r['loop_min']:.1f}, max {r['loop_max']:.1f}); "
+          f"cameras {r['cameras_start']:.1f} -> {r['cameras_end']:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
