@@ -33,7 +33,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +52,7 @@ from .preprocess import Preprocessor
 from .realtime import IdleCollector
 from .schedule import next_tick
 from .sources.base import CameraSource, Frame
-from .stats import summarize
+from .stats import Window, summarize
 
 RECORD_SCHEMA = "vla.tick/1"
 STAGES = ("preprocess", "engine", "decode", "e2e")
@@ -77,6 +77,7 @@ class RunConfig:
     fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
     recover_after: int = 3  # consecutive good ticks that end a fault
     first_frame_timeout_s: float = 15.0
+    stats_window: int = 36000  # ticks kept for the summary's percentiles (an hour at 10 Hz)
 
 
 class Runner:
@@ -116,11 +117,11 @@ class Runner:
         self.status_counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self.times: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.times = {s: Window(config.stats_window) for s in STAGES}
         self.end_reason = ""
         self.health = Health()
         self._health_cfg = HealthConfig(config.fault_after, config.fault_stall_ms, config.recover_after)
-        self.events: list[str] = []
+        self.events: deque[str] = deque(maxlen=100)
 
     # ---- control --------------------------------------------------------------------------------
     def set_command(self, text: str | None) -> str:
@@ -331,7 +332,8 @@ class Runner:
             "dropped_frames": dict(self.dropped),
             "fallback_reasons": dict(self.reasons),
             "health_events": list(self.events),
-            "latency_ms": {s: summarize(v) for s, v in self.times.items() if v},
+            "latency_ms": {s: summarize(w.values()) for s, w in self.times.items() if len(w)},
+            "latency_window_ticks": min(self.ticks, self.cfg.stats_window),
             "budget_ms": self.cfg.budget_ms,
             "rate_hz": self.cfg.rate_hz,
             "ended": self.end_reason,

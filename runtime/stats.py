@@ -45,3 +45,27 @@ def summarize(values: Sequence[float], percentiles: Sequence[float] = (50, 90, 9
     for p in percentiles:
         out[f"p{p:g}"] = percentile(s, p)
     return out
+
+
+class Window:
+    """The last ``capacity`` values in a preallocated ring: statistics for a loop that runs for days
+    without its memory growing one tick at a time."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buf = np.zeros(capacity, dtype=np.float64)
+        self.count = 0  # values ever added
+
+    def append(self, value: float) -> None:
+        self._buf[self.count % len(self._buf)] = value
+        self.count += 1
+
+    def values(self) -> list[float]:
+        """The retained values, oldest first."""
+        n = len(self._buf)
+        if self.count <= n:
+            return self._buf[: self.count].tolist()
+        i = self.count % n
+        return np.concatenate([self._buf[i:], self._buf[:i]]).tolist()
+
+    def __len__(self) -> int:
+        return min(self.count, len(self._buf))

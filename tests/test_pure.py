@@ -217,3 +217,16 @@ def test_idle_collector_keeps_gc_off_the_hot_path():
     finally:
         c.close()
     assert gc.isenabled() == was
+
+
+def test_window_keeps_the_last_values_in_fixed_memory():
+    from vla.runtime.stats import Window
+
+    w = Window(4)
+    assert w.values() == [] and len(w) == 0
+    for v in range(1, 4):
+        w.append(float(v))
+    assert w.values() == [1.0, 2.0, 3.0]
+    for v in range(4, 11):
+        w.append(float(v))
+    assert w.values() == [7.0, 8.0, 9.0, 10.0] and len(w) == 4 and w.count == 10
