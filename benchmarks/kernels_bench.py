@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ from functools import partial
 
 import cv2
 import numpy as np
+from machine import describe
 
 import vla.kernels as K
 
@@ -203,14 +202,7 @@ def main() -> int:
         cv2.setNumThreads(args.threads)
     global THREADS
     THREADS = args.threads
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-               f"OpenCV threads {cv2.getNumThreads()}")
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        machine = f"{model}, {machine}"
-    except (OSError, StopIteration):
-        pass
+    machine = f"{describe()}, OpenCV threads {cv2.getNumThreads()}"
     print(f"machine: {machine}; {K.cuda_status()}")
     try:
         cpu = cpu_rows(args.repeat)

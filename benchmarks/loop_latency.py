@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 
+from machine import describe
+
 from vla.runtime.stats import summarize
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -56,7 +48,7 @@ def main() -> int:
     span = records[-1]["publish_time"] - records[0]["publish_time"]
     achieved_hz = (len(records) - 1) / span if span > 0 else float("nan")
     result = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "machine": describe(),
         "command": " ".join(cmd[1:]),
         "ticks": len(records), "status": status, "achieved_hz": achieved_hz, "wall_s": wall,
         "latency_ms": stages,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe
 
 from vla.runtime.stats import summarize
 
@@ -79,7 +79,7 @@ def main() -> int:
     start, end = settled[0], settled[-1]
     summary_line = next((ln for ln in err.splitlines() if ln.startswith("summary:")), "")
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": describe(),
         "command": " ".join(cmd[1:]),
         "ticks": len(records), "status": status, "e2e_ms": e2e,
         "p999_over_p50": e2e["p99.9"] / e2e["median"],
@@ -87,6 +87,7 @@ def main() -> int:
                    "loop_max": max(s[1] for s in settled), "loop_min": min(s[1] for s in settled)},
         "vla_run_summary": summary_line,
     }
+    print(f"machine: {result['machine']}")
     print(f"ticks {len(records)}; status {status}; {summary_line}")
     print(f"e2e ms: p50 {e2e['median']:.1f}  p99 {e2e['p99']:.1f}  p99.9 {e2e['p99.9']:.1f}  max {e2e['max']:.1f}"
           f"  (p99.9/p50 = {result['p999_over_p50']:.2f}, target <= 1.3)")
