@@ -16,10 +16,6 @@ from . import _core
 from .decode import DecodedTrajectory, decode_trajectory
 from .preprocess import FORMATS, preprocess
 
-# cudaErrorInsufficientDriver / cudaErrorNoDevice: the two ways "no GPU here" shows up.
-_NO_DRIVER = 35
-_NO_DEVICE = 100
-
 
 @lru_cache(maxsize=1)
 def cuda_report() -> dict:
@@ -34,24 +30,16 @@ def cuda_compiled() -> bool:
 
 def cuda_available() -> bool:
     """Whether CUDA kernels can run here: compiled in, a driver, and at least one device."""
-    report = cuda_report()
-    return bool(report.get("compiled")) and report.get("error_code") == 0 and report["device_count"] > 0
+    return _core.cuda_unavailable_reason() == ""
 
 
 def cuda_status() -> str:
-    """One line for logs and errors: which GPU will be used, or why none can be."""
+    """One line for logs and errors: which GPU will be used, or why none can be (the same reason the
+    kernels give when a device array reaches a machine that cannot run them)."""
+    why = _core.cuda_unavailable_reason()
+    if why:
+        return f"CUDA unavailable: {why}"
     r = cuda_report()
-    if not r.get("compiled"):
-        return "CUDA unavailable: this build has no CUDA code (nvcc was not found when it was built)"
-    code = r.get("error_code")
-    if code == _NO_DRIVER:
-        return "CUDA unavailable: no NVIDIA driver on this machine (cudaErrorInsufficientDriver, 35)"
-    if code == _NO_DEVICE:
-        return "CUDA unavailable: the driver reports no CUDA device (cudaErrorNoDevice, 100)"
-    if code != 0:
-        return f"CUDA unavailable: {r.get('error_name')} ({code}): {r.get('error_text')}"
-    if r["device_count"] == 0:
-        return "CUDA unavailable: no CUDA device"
     major, minor = r["compute_capability"]
     return f"CUDA available: {r['device_name']} (sm_{major}{minor}), {r['device_count']} device(s)"
 

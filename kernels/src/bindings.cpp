@@ -62,6 +62,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "vla native kernels (C++ always, CUDA when built with nvcc)";
   m.def("cuda_report", &cuda_report,
         "Ask the CUDA runtime what it sees; never raises, even without a driver.");
+  m.def("cuda_unavailable_reason", &vla::cuda_unavailable_reason,
+        "Why CUDA kernels cannot run here, or '' when they can (the text device-array errors use).");
 #ifdef VLA_HAVE_CUDA
   m.attr("cuda_compiled") = true;
 #else

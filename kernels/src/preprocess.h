@@ -30,7 +30,6 @@ struct PreprocessParams {
   const uint8_t* plane2 = nullptr;  // I420: V
   int64_t pitch2 = 0;
   float m[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};  // output pixel (x, y, 1) -> source pixel, row-major
-  int affine = 1;                             // m[6] = m[7] = 0 and m[8] = 1: no divide
   int bilinear = 1;
   float border[3] = {0, 0, 0};  // RGB for samples outside the frame (only a homography gets there)
   // YUV -> RGB: Y' = ys * (Y - yo); R = Y' + rv V'; G = Y' + gu U' + gv V'; B = Y' + bu U' (U' = U - 128)
@@ -88,7 +87,7 @@ VLA_HD void fetch_rgb(const PreprocessParams& p, int x, int y, float* rgb) {
   const int row0 = y * static_cast<int>(p.pitch0);
   if (FMT == FMT_YUYV || FMT == FMT_UYVY) {
     // A 32-bit offset from the plane (frames are far below 2 GiB): the form x86 gathers take.
-    const uint32_t w = load_pair(p.plane0 + (y * static_cast<int>(p.pitch0) + 4 * (x >> 1)));
+    const uint32_t w = load_pair(p.plane0 + (row0 + 4 * (x >> 1)));
     const int yi = FMT == FMT_YUYV ? 2 * (x & 1) : 2 * (x & 1) + 1;
     const int ui = FMT == FMT_YUYV ? 1 : 0;
     yuv_to_rgb(p, static_cast<float>((w >> (8 * yi)) & 0xffu), static_cast<float>((w >> (8 * ui)) & 0xffu),

@@ -132,7 +132,6 @@ void preprocess_py(py::handle src, int fmt, py::handle out, const std::string& l
   bind_source(s, fmt, p);
   bind_output(o, layout, p);
   for (int i = 0; i < 9; ++i) p.m[i] = matrix[i];
-  p.affine = matrix[6] == 0.f && matrix[7] == 0.f && matrix[8] == 1.f;
   p.bilinear = bilinear;
   p.yo = yuv[0], p.ys = yuv[1], p.rv = yuv[2], p.gu = yuv[3], p.gv = yuv[4], p.bu = yuv[5];
   p.swap_rb = swap_rb;
