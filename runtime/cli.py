@@ -96,17 +96,18 @@ def run(args: argparse.Namespace) -> int:
     from .errors import VlaError
     from .loop import RunConfig, Runner
     from .outputs import open_sink
+    from .realtime import apply_realtime
     from .sources import open_cameras
 
-    for flag, value in (("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
+    given = [(f, v) for f, v in (("--frames", args.frames), ("--duration", args.duration),
+                                 ("--threads", args.threads)) if v is not None]
+    for flag, value in (*given, ("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
                         ("--max-curvature", args.max_curvature), ("--max-accel", args.max_accel),
                         ("--max-speed", args.max_speed), ("--stop-horizon", args.stop_horizon),
                         ("--fault-after", args.fault_after), ("--fault-stall-ms", args.fault_stall_ms),
                         ("--recover-after", args.recover_after)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
-    from .realtime import apply_realtime
-
     realtime = apply_realtime(args.cpu, args.rt_priority)
     backend = open_engine(args.engine, threads=args.threads)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,

@@ -78,3 +78,8 @@ def test_command_not_in_vocabulary(reference_bundle):
 def test_bad_rate(reference_bundle):
     assert_one_line_error(run_cli(VLA_RUN, "--engine", reference_bundle, "--rate", "0", "--frames", "1"),
                           "--rate must be > 0")
+
+
+def test_bad_counts(reference_bundle):
+    for args in (["--frames", "0"], ["--duration", "-1"], ["--threads", "-2", "--frames", "1"]):
+        assert_one_line_error(run_cli(VLA_RUN, "--engine", reference_bundle, *args), f"{args[0]} must be > 0")
