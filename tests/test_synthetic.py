@@ -280,7 +280,7 @@ def test_close_stops_the_process_and_is_idempotent():
     srcs[1].close()
     assert not Path(f"/proc/{pid}").exists()
     assert not shm.exists()
-    assert "closed" in srcs[1].ended()
+    assert "closed" in srcs[1].ended().reason
     assert srcs[1].newest() is not None  # the last frame stays readable
 
 
@@ -291,7 +291,7 @@ def test_ended_reports_a_killed_child():
         deadline = time.monotonic() + 2.0
         while srcs[0].ended() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert "signal 9" in srcs[0].ended()
+        assert "signal 9" in srcs[0].ended().reason
         assert srcs[0].newest() is not None
     finally:
         start = time.monotonic()

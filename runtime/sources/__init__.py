@@ -14,14 +14,13 @@ several unnamed URIs are taken in the manifest's camera order.
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import CameraError
-from .base import CameraSource, Frame
-
-_LATER = {"v4l2", "csi", "gst", "rtsp", "rtsps", "http", "https", "lavfi"}
-
+from .base import CameraSource, End, Frame
 
 def parse_camera_arg(arg: str) -> tuple[str | None, str]:
     """``front=synthetic://`` -> ("front", "synthetic://"); ``clip.mp4`` -> (None, "clip.mp4")."""
@@ -79,25 +78,51 @@ def open_cameras(args: Sequence[str], names: Sequence[str]) -> dict[str, CameraS
         raise
 
 
-def _open_uri(uri: str, names: list[str]) -> list[CameraSource]:
+#: scheme -> module (in this package) whose ``open_source(uri, name)`` serves it.
+SCHEMES = {
+    "synthetic": "synthetic",
+    "file": "video",  # a video file; a folder goes to .images (see _module_for)
+    "v4l2": "v4l2",
+    "csi": "gstreamer",
+    "gst": "gstreamer",
+    "rtsp": "stream",
+    "rtsps": "stream",
+    "http": "stream",
+    "https": "stream",
+    "lavfi": "stream",
+}
+
+
+def _module_for(uri: str) -> str:
     scheme = scheme_of(uri)
-    if scheme == "synthetic":
+    if scheme not in SCHEMES:
+        raise CameraError(f"camera URI {uri!r}: unknown scheme '{scheme}://' (served: "
+                          + ", ".join(f"{k}://" for k in SCHEMES) + ", /dev/videoN, or a path)")
+    if scheme == "file":
+        path = local_path(uri)
+        if path.startswith("/dev/video"):
+            return "v4l2"
+        if os.path.isdir(path):
+            return "images"
+    return SCHEMES[scheme]
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a ``file://`` URI or a bare path, without its query."""
+    if "://" in uri:
+        return unquote(urlsplit(uri).path)
+    return uri.split("?", 1)[0]
+
+
+def _open_uri(uri: str, names: list[str]) -> list[CameraSource]:
+    module = _module_for(uri)
+    if module == "synthetic":
         from .synthetic import open_synthetic
 
-        return open_synthetic(uri, names)
-    if scheme == "file":
-        from .video import VideoFileSource
-
-        parts = urlsplit(uri) if "://" in uri else None
-        path = parts.path if parts else uri.split("?", 1)[0]
-        loop = "loop=1" in (parts.query if parts else uri.partition("?")[2])
-        first = VideoFileSource(names[0], uri, path, loop=loop)
-        return [first, *(_Alias(first, n) for n in names[1:])]
-    if scheme in _LATER:
-        raise CameraError(f"camera URI {uri!r}: '{scheme}://' sources are not available in this version "
-                          "(served now: synthetic://, video files)")
-    raise CameraError(f"camera URI {uri!r}: unknown scheme '{scheme}://' "
-                      "(use synthetic://, a video file path, or file://PATH)")
+        return open_synthetic(uri, names)  # one rig renders a synchronised view per camera
+    mod = importlib.import_module(f"{__name__}.{module}")
+    first = mod.open_source(uri, names[0])
+    return [first, *(_Alias(first, n) for n in names[1:])]
 
 
 class _Alias(CameraSource):
@@ -109,8 +134,11 @@ class _Alias(CameraSource):
     def newest(self) -> Frame | None:
         return self.source.newest()
 
-    def ended(self) -> str | None:
+    def ended(self) -> End | None:
         return self.source.ended()
+
+    def trouble(self) -> str | None:
+        return self.source.trouble()
 
     def close(self) -> None:
         self.source.close()

@@ -49,6 +49,21 @@ class Frame:
     truth: np.ndarray | None = None  # ground-truth future path (T, 3) x, y, yaw in the ego frame
 
 
+@dataclass(frozen=True)
+class End:
+    """Why a source will deliver no more frames.
+
+    ``error`` tells a failure (device gone, process died, truncated file: the run exits non-zero)
+    from a finite source that simply ran out (the end of a complete video file or image folder).
+    """
+
+    reason: str
+    error: bool = True
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class CameraSource(ABC):
     """One camera. Construction opens it; ``close()`` releases it; both are cheap to call twice."""
 
@@ -63,8 +78,16 @@ class CameraSource(ABC):
         loop may poll it cheaply while it waits for the next frame.
         """
 
-    def ended(self) -> str | None:
-        """Why the source will deliver no more frames (end of file, process died), else None."""
+    def ended(self) -> End | None:
+        """Why the source will deliver no more frames (end of file, process died), else None.
+
+        Live sources that reconnect (V4L2, RTSP) never end: they report ``trouble()`` instead.
+        """
+        return None
+
+    def trouble(self) -> str | None:
+        """Why frames are not arriving right now (device gone and being reopened, stream
+        reconnecting), for the loop's fallback and fault reasons; None when all is well."""
         return None
 
     @abstractmethod

@@ -54,7 +54,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from ..errors import CameraError
-from .base import PIXEL_FORMATS, CameraSource, EgoState, Frame
+from .base import PIXEL_FORMATS, CameraSource, EgoState, End, Frame
 from .scene import Rig, Road, SceneRenderer, frame_shape
 
 TRUTH_STEPS, TRUTH_DT = 64, 0.1  # ground-truth horizon: 6.4 s at 10 Hz
@@ -380,16 +380,16 @@ class _SyntheticRig:
                 raise CameraError(f"synthetic camera did not start within {timeout_s:g} s ({self.uri})")
             time.sleep(0.005)
 
-    def ended(self) -> str | None:
+    def ended(self) -> End | None:
         """Why the rig delivers no more frames (closed, failed, killed), else None."""
         if not self._finalizer.alive:
-            return "synthetic camera closed"
+            return End("synthetic camera closed")
         err = self.res.poll_error()
         code = self.res.proc.exitcode
         if code is None:
             return None
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return err or f"synthetic camera process {how}"
+        return End(err or f"synthetic camera process {how}")
 
     def release(self) -> None:
         """One source closed; the last one stops the child."""
@@ -470,7 +470,7 @@ class SyntheticSource(CameraSource):
             return self._frame
         return self._frame  # pathological contention: keep the previous frame
 
-    def ended(self) -> str | None:
+    def ended(self) -> End | None:
         """Why no more frames will come (the rig process died or was closed), else None."""
         return self._rig.ended()
 

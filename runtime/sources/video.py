@@ -9,12 +9,21 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import cv2
 import numpy as np
 
 from ..errors import CameraError
-from .base import CameraSource, Frame
+from .base import CameraSource, End, Frame
+
+
+def open_source(uri: str, name: str) -> VideoFileSource:
+    """``clip.mp4`` or ``file:///path/clip.mp4[?loop=1]``."""
+    parts = urlsplit(uri) if "://" in uri else None
+    path = unquote(parts.path) if parts else uri.split("?", 1)[0]
+    query = dict(parse_qsl(parts.query if parts else uri.partition("?")[2]))
+    return VideoFileSource(name, uri, path, loop=query.get("loop", "0") not in ("0", "false", "no"))
 
 
 class VideoFileSource(CameraSource):
@@ -34,7 +43,7 @@ class VideoFileSource(CameraSource):
         self._latest_seq, self._latest_time = 0, time.monotonic()
         self._out = np.empty_like(first)
         self._frame: Frame | None = None
-        self._ended: str | None = None
+        self._ended: End | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture, name=f"video-{name}", daemon=True)
         self._thread.start()
@@ -51,7 +60,7 @@ class VideoFileSource(CameraSource):
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 ok, img = self._cap.read()
             if not ok:
-                self._ended = f"end of video file after {seq + 1} frames"
+                self._ended = End(f"end of video file after {seq + 1} frames", error=False)
                 break
             seq += 1
             with self._lock:
@@ -73,7 +82,7 @@ class VideoFileSource(CameraSource):
         self._frame = Frame(self.name, self._out, "bgr", w, h, seq, t)
         return self._frame
 
-    def ended(self) -> str | None:
+    def ended(self) -> End | None:
         return self._ended
 
     def close(self) -> None:
