@@ -14,17 +14,34 @@ cameras (--camera [NAME=]URI, repeatable; NAME is one of the model's camera name
   synthetic://                     built-in road scene; alone, it feeds every camera as a rig
   synthetic://?size=1280x720&fps=30&format=yuyv&seed=0
                                    fault injection: stall_after=N&stall_ms=M, drop_every=K
+  /dev/video0 | v4l2:///dev/video0?format=yuyv&size=1280x720&fps=30
+                                   V4L2 camera (linuxpy), raw frames; see --list-cameras
+  csi://0?size=1920x1080&fps=30    Jetson CSI camera (GStreamer nvarguscamerasrc)
+  gst://PIPELINE                   any GStreamer pipeline (an appsink is appended)
+  rtsp://HOST/PATH                 network stream (PyAV/FFmpeg); ?listen=1 waits for a publisher
+  lavfi://testsrc2=size=640x480:rate=30
+                                   FFmpeg virtual source (PyAV)
   clip.mp4 | file:///data/clip.mp4 a video file, played in real time (?loop=1 to repeat)
+  frames/ | file:///data/frames?fps=10
+                                   a folder of images, in name order
+
+ego (--ego, vehicle state for the model's ego input):
+  camera (default)                 the state the camera source carries (synthetic://); with
+                                   cameras that carry none, a standing vehicle (said at start)
+  udp://0.0.0.0:9871               JSON datagrams {"schema": "vla.ego/1", "speed": m/s,
+                                   "yaw_rate": rad/s, "accel": m/s2, "steering": rad, "seq": n}
+  constant://?speed=10&yaw_rate=0  fixed state;  profile://  a scripted drive (demos, tests)
 
 examples:
   vla-run --engine bundles/reference --camera synthetic:// --duration 10
-  vla-run --engine bundles/reference --camera front=front.mp4 --camera left=left.mp4 \\
-          --camera right=right.mp4 --command "turn left" --output run.jsonl
-  vla-run --engine bundles/reference --output - --output udp://127.0.0.1:9870
+  vla-run --engine bundles/reference --camera front=/dev/video0 --camera left=/dev/video2 \\
+          --camera right=/dev/video4 --ego udp://0.0.0.0:9871 --output udp://127.0.0.1:9870
+  vla-run --list-cameras
 
-Each tick prints one JSON line (schema vla.tick/1): tick, status (ok | late | fallback) and
-reason, frame ids, capture and publish times (monotonic s), per-stage latency, trajectory.
-A summary goes to stderr on exit.
+Each tick prints one JSON line (schema vla.tick/2): tick, status (ok | late | fallback | fault)
+and reason, frame ids, capture and publish times (monotonic s), per-stage latency, trajectory.
+Every status but ok carries the fallback trajectory (the last good one, slowing to a stop).
+A summary goes to stderr on exit; the exit status is non-zero when a camera was lost.
 """
 
 
@@ -32,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vla-run", description="Run a driving model on live cameras and publish "
                                 "trajectories under a latency budget.", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", required=True, metavar="BUNDLE|ONNX",
-                   help="bundle folder from vla-export, or an .onnx with an embedded manifest")
+    p.add_argument("--engine", metavar="BUNDLE|ONNX",
+                   help="bundle folder from vla-export, or an .onnx with an embedded manifest (required)")
+    p.add_argument("--list-cameras", action="store_true",
+                   help="list V4L2 devices with their formats, sizes and rates, and which library serves "
+                   "each camera URI kind; then exit")
     p.add_argument("--camera", action="append", default=[], metavar="[NAME=]URI",
                    help="camera source (default: synthetic://)")
+    p.add_argument("--ego", default="camera", metavar="SPEC",
+                   help="vehicle-state input: camera (default), udp://HOST:PORT, constant://?speed=…, profile://")
+    p.add_argument("--ego-stale-ms", type=float, default=200.0, metavar="MS",
+                   help="vehicle state older than this makes a tick fall back (default 200)")
     p.add_argument("--command", metavar="TEXT", help="route command, e.g. 'turn left' (default: the model's first)")
     p.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="tick rate (default 10)")
     p.add_argument("--budget-ms", type=float, default=100.0, help="capture-to-publish budget (default 100)")
@@ -45,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", action="append", metavar="FILE|udp://HOST:PORT",
                    help="where records go: a JSON lines file, '-' for stdout (the default), or UDP datagrams; "
                    "repeatable")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on this port (http://HOST:PORT/metrics)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: all cores this process may use)")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
@@ -67,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
                    help="frame: when a tick is due, run on the primary camera's next frame (default); "
                    "clock: run at once on the newest frames")
+    p.add_argument("--sync-tolerance-ms", type=float, default=50.0, metavar="MS",
+                   help="the most a camera's frame may trail the newest of the group; must exceed the "
+                   "frame period of free-running cameras (default 50)")
+    p.add_argument("--frame-wait-ms", type=float, default=50.0, metavar="MS",
+                   help="how long a tick waits for the primary's next frame and for lagging cameras (default 50)")
     return p
 
 
@@ -86,12 +117,22 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"{'stage (ms)':<12}{'p50':>9}{'p99':>9}{'max':>9}{'mean':>9}")
     for stage, st in s["latency_ms"].items():
         lines.append(f"{stage:<12}{st['median']:9.2f}{st['p99']:9.2f}{st['max']:9.2f}{st['mean']:9.2f}")
+    if s.get("late_runs_committed"):
+        lines.append(f"late engine runs committed to state: {s['late_runs_committed']}")
     if s["ended"]:
         lines.append(f"ended: {s['ended']}")
     return "\n".join(lines)
 
 
+def list_cameras() -> int:
+    from .sources.probe import backend_report, format_camera_list, list_v4l2_devices
+
+    print(format_camera_list(list_v4l2_devices(), backend_report()))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from .ego_input import FrameEgoInput, open_ego_input
     from .engine import open_engine
     from .errors import VlaError
     from .loop import RunConfig, Runner
@@ -99,13 +140,20 @@ def run(args: argparse.Namespace) -> int:
     from .realtime import apply_realtime
     from .sources import open_cameras
 
+    if args.list_cameras:
+        return list_cameras()
+    if not args.engine:
+        raise VlaError("--engine BUNDLE is required (a bundle folder from vla-export, or an .onnx); "
+                       "see vla-run --help")
+
     given = [(f, v) for f, v in (("--frames", args.frames), ("--duration", args.duration),
                                  ("--threads", args.threads)) if v is not None]
     for flag, value in (*given, ("--rate", args.rate), ("--budget-ms", args.budget_ms), ("--stall-ms", args.stall_ms),
                         ("--max-curvature", args.max_curvature), ("--max-accel", args.max_accel),
                         ("--max-speed", args.max_speed), ("--stop-horizon", args.stop_horizon),
                         ("--fault-after", args.fault_after), ("--fault-stall-ms", args.fault_stall_ms),
-                        ("--recover-after", args.recover_after)):
+                        ("--recover-after", args.recover_after), ("--ego-stale-ms", args.ego_stale_ms),
+                        ("--sync-tolerance-ms", args.sync_tolerance_ms), ("--frame-wait-ms", args.frame_wait_ms)):
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     realtime = apply_realtime(args.cpu, args.rt_priority)
@@ -114,30 +162,62 @@ def run(args: argparse.Namespace) -> int:
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
                        max_speed=args.max_speed, stop_horizon_s=args.stop_horizon, fault_after=args.fault_after,
-                       fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after)
-    cameras = open_cameras(args.camera, backend.manifest.camera_names)
+                       fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after,
+                       ego_stale_ms=args.ego_stale_ms, sync_tolerance_ms=args.sync_tolerance_ms,
+                       frame_wait_ms=args.frame_wait_ms)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise VlaError(f"--metrics-port must be 0-65535 (got {args.metrics_port})")
+    ego = None if args.ego == "camera" else open_ego_input(args.ego)
+    cameras: dict = {}
+    metrics = None
     try:
-        runner = Runner(backend, cameras, config)
+        cameras = open_cameras(args.camera, backend.manifest.camera_names)
+        runner = Runner(backend, cameras, config, ego=ego)
         sinks = [open_sink(target) for target in (args.output or ["-"])]
+        if args.metrics_port is not None:
+            from .metrics import Metrics
+
+            metrics = Metrics(args.metrics_port)
+            metrics.set_info(model=backend.manifest.name, backend=backend.describe())
     except BaseException:
         for cam in cameras.values():
             cam.close()
+        if ego is not None:
+            ego.close()
         raise
     print(f"vla-run: {backend.manifest.name} on {backend.describe()}", file=sys.stderr)
     print("vla-run: cameras " + ", ".join(f"{n}={c.uri}" for n, c in cameras.items())
           + f"; command '{runner.command_name}'; {args.rate:g} Hz, budget {args.budget_ms:g} ms"
           + (f"; {', '.join(realtime)}" if realtime else ""), file=sys.stderr)
+    standing = args.ego == "camera" and not isinstance(runner.ego_input, FrameEgoInput)
+    print(f"vla-run: ego {runner.ego_input.describe()}"
+          + (" (these cameras carry no vehicle state: a standing vehicle; give --ego udp://…)" if standing else "")
+          + (f"; metrics on http://0.0.0.0:{metrics.port}/metrics" if metrics else ""), file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:
+        dropped = dict(runner.dropped)
         for record in runner:
             for sink in sinks:
                 sink.write(record)
+            if metrics is not None:
+                metrics.observe(record)
+                for cam, n in runner.dropped.items():
+                    if n != dropped.get(cam, 0):
+                        metrics.dropped(cam, n - dropped.get(cam, 0))
+                        dropped[cam] = n
+                if record["ego_age_ms"] is not None:
+                    metrics.ego_age(record["ego_age_ms"])
     finally:
         for sink in sinks:
             sink.close()
         runner.close()
-        print(format_summary(runner.summary()), file=sys.stderr)
+        if metrics is not None:
+            metrics.close()
+        summary = runner.summary()
+        print(format_summary(summary), file=sys.stderr)
+    if summary["failure"]:
+        raise VlaError(summary["failure"])
     return 0
 
 

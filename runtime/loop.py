@@ -5,24 +5,35 @@ One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
 0. with ``sync="frame"`` (the default), wait (at most ``frame_wait_ms``) for the next frame of the
    primary camera (the manifest's first), so the model runs on a frame just delivered rather than
    one up to a camera period old: openpilot's modeld also runs on frame arrival;
-1. take the newest frame of every camera; a camera with no new frame since the last tick, a
-   stalled one (newest frame older than ``stall_ms``) or an ended one makes the tick a fallback;
-2. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
-   the noise; run the engine; ``vla.kernels.decode_trajectory`` picks the best of K, derives speed,
-   acceleration and curvature, and checks them against the limits;
-3. publish: ``ok``; ``late`` when publish time > capture time + budget (published, marked);
-   ``fallback`` when the model's trajectory cannot be used (no fresh frames, engine error, NaN/inf,
-   implausible curvature/acceleration/speed), slowing to a stop over ``stop_horizon_s``:
-   the last good trajectory shifted to now (``fallback.py``), with the reason.
+1. group the newest frame of every camera (``camera_group.judge_group``): each must be new, not
+   stalled, and captured within ``sync_tolerance_ms`` of the newest; a camera that is behind is
+   waited for within the same bound, then named in the fallback reason;
+2. read the vehicle state (``ego_input``); stale ego data is a fallback, named;
+3. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
+   the noise; start the engine on its worker thread (``engine_worker``) and wait for it no later
+   than the deadline, capture time + ``budget_ms``; ``vla.kernels.decode_trajectory`` picks the
+   best of K, derives speed, acceleration and curvature, and checks them against the limits;
+4. publish one record:
 
-4. health (``health.py``): after ``fault_after`` consecutive fallbacks, or a camera silent for
+   - ``ok``: the model's trajectory, on time;
+   - ``late``: the deadline passed first. The line is published at the deadline (or as soon as the
+     decode finishes past it) and carries the fallback trajectory, never a stale plan;
+   - ``fallback``: the model's trajectory cannot be used (no fresh or grouped frames, stale ego,
+     engine error or still busy, NaN/inf, implausible curvature/acceleration/speed);
+   - ``fault``: see 5.
+
+   Every line other than ``ok`` carries the fallback (``fallback.py``): the last good trajectory
+   shifted to now, slowing to a stop over ``stop_horizon_s``, with its age and the reason.
+5. health (``health.py``): after ``fault_after`` consecutive non-ok ticks, or a camera silent for
    ``fault_stall_ms``, every line says ``fault`` (stopping trajectory, the fault's reason) until
    ``recover_after`` good ticks in a row; the transitions carry ``event`` ("fault", "recovered …").
 
-Recurrent state rule: state outputs are copied into their inputs only after a tick that ran the
-model on fresh frames and produced a finite trajectory (``ok`` or ``late``). Fallback ticks leave the
-state untouched, so memory only ever holds scene tokens of frames the model really saw, in order,
-and ``memory_valid`` counts committed ticks.
+Recurrent state rule: state outputs are copied into their inputs after every engine run on fresh,
+grouped frames that gives a usable trajectory, including a run that finished after its deadline
+(its result is collected at the next tick: the model did see those frames, in order, so memory
+stays a faithful history). That trajectory, stamped with its capture time, also becomes the last
+good one the fallback shifts. Ticks that do not run the model leave the state untouched, and
+``memory_valid`` counts committed runs.
 
 Dropped frames are counted per camera as ticks at which that camera had no new frame (the
 model could not run on fresh input), openpilot's notion of a frame drop at the model's rate.
@@ -43,8 +54,11 @@ import numpy as np
 from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, decode_trajectory, new_result_buffer
 
 from .backends.base import Backend
+from .camera_group import GroupVerdict, judge_group
 from .commands import encode_command
 from .ego import EgoHistory
+from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
+from .engine_worker import EngineWorker
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
 from .health import Health, HealthConfig, next_health
@@ -54,7 +68,7 @@ from .schedule import next_tick
 from .sources.base import CameraSource, Frame
 from .stats import Window, summarize
 
-RECORD_SCHEMA = "vla.tick/1"
+RECORD_SCHEMA = "vla.tick/2"
 STAGES = ("preprocess", "engine", "decode", "e2e")
 
 
@@ -68,22 +82,37 @@ class RunConfig:
     seed: int = 0
     stall_ms: float = 500.0
     sync: str = "frame"  # "frame": run on the primary camera's next frame after the tick is due; "clock"
-    frame_wait_ms: float = 50.0
+    frame_wait_ms: float = 50.0  # the longest a tick waits for the primary's next frame and for laggards
+    sync_tolerance_ms: float = 50.0  # the most a camera's frame may trail the group's newest
+    ego_stale_ms: float = 200.0  # vehicle state older than this makes a tick fall back
     max_curvature: float = 0.3  # 1/m: tighter than any road vehicle's turning circle allows
-    max_accel: float = 8.0  # m/s², longitudinal: beyond hard braking
+    max_accel: float = 8.0  # m/s^2, longitudinal: beyond hard braking
     max_speed: float = 60.0  # m/s
     stop_horizon_s: float = 4.0  # a fallback slows to a stop over this long
-    fault_after: int = 5  # consecutive fallbacks that make a fault
+    fault_after: int = 5  # consecutive non-ok ticks that make a fault
     fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
     recover_after: int = 3  # consecutive good ticks that end a fault
     first_frame_timeout_s: float = 15.0
     stats_window: int = 36000  # ticks kept for the summary's percentiles (an hour at 10 Hz)
 
 
-class Runner:
-    """Runs the loop; iterate it for the published records, ``stop()`` from any thread."""
+@dataclass
+class _InFlight:
+    """An engine run whose result is not collected yet."""
 
-    def __init__(self, backend: Backend, cameras: dict[str, CameraSource], config: RunConfig) -> None:
+    capture: float
+    seqs: dict[str, int]
+
+
+class Runner:
+    """Runs the loop; iterate it for the published records, ``stop()`` from any thread.
+
+    ``ego`` is the vehicle-state input (``vla.runtime.ego_input``); by default the state the camera
+    source attaches to its frames (``synthetic://`` does), else a standing vehicle.
+    """
+
+    def __init__(self, backend: Backend, cameras: dict[str, CameraSource], config: RunConfig,
+                 ego: EgoInput | None = None) -> None:
         self.backend, self.cameras, self.cfg = backend, cameras, config
         m = backend.manifest
         if any(t.shape and t.shape[0] != 1 for t in m.inputs):
@@ -97,9 +126,13 @@ class Runner:
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
         for t in m.inputs_with("state"):
             backend.feed(t.name)[...] = t.detail["initial"]
-        ego = m.inputs_with("ego")
-        self._ego_buf = backend.feed(ego[0].name)[0] if ego else None
-        self._ego = EgoHistory(ego[0].shape[1], ego[0].detail["rate_hz"]) if ego else None
+        ego_specs = m.inputs_with("ego")
+        self._ego_buf = backend.feed(ego_specs[0].name)[0] if ego_specs else None
+        self._ego = EgoHistory(ego_specs[0].shape[1], ego_specs[0].detail["rate_hz"]) if ego_specs else None
+        if ego is None:
+            carried = any(getattr(src, "provides_ego", False) for src in cameras.values())
+            ego = FrameEgoInput() if carried else ConstantEgoInput("constant://")
+        self.ego_input = ego
         self._noise = [(backend.feed(t.name), float(t.detail.get("std", 1.0))) for t in m.inputs_with("noise")]
         self._rng = np.random.default_rng(config.seed)
         self.command_name = self.set_command(config.command)
@@ -113,12 +146,15 @@ class Runner:
         self._result = new_result_buffer()
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
-        self.ticks = self.skipped_ticks = 0
+        self._worker: EngineWorker | None = None
+        self._in_flight: _InFlight | None = None
+        self.ticks = self.skipped_ticks = self.late_runs_committed = 0
         self.status_counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.times = {s: Window(config.stats_window) for s in STAGES}
         self.end_reason = ""
+        self.failure: str | None = None  # why the run ended in error (a camera lost for good)
         self.health = Health()
         self._health_cfg = HealthConfig(config.fault_after, config.fault_stall_ms, config.recover_after)
         self.events: deque[str] = deque(maxlen=100)
@@ -141,6 +177,7 @@ class Runner:
         return enc.nav_name
 
     def stop(self, reason: str = "stopped") -> None:
+        """End the run after the tick in progress (at most one budget away); any thread, signal-safe."""
         if not self._stop.is_set():
             self.end_reason = reason
         self._stop.set()
@@ -151,7 +188,7 @@ class Runner:
         for name, src in self.cameras.items():
             while src.newest() is None:
                 if src.ended() or time.monotonic() > deadline:
-                    why = src.ended() or f"no frame within {self.cfg.first_frame_timeout_s:g} s"
+                    why = src.ended() or src.trouble() or f"no frame within {self.cfg.first_frame_timeout_s:g} s"
                     raise CameraError(f"camera '{name}' ({src.uri}): {why}")
                 if self._stop.wait(0.01):
                     return
@@ -159,6 +196,7 @@ class Runner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._wait_first_frames()
         self.backend.run()  # warm-up: first runs allocate and pick kernels; keep that off tick 0
+        self._worker = EngineWorker(self.backend)
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
         collector = IdleCollector()
@@ -200,14 +238,28 @@ class Runner:
             time.sleep(0.0005)
 
     def _tick(self) -> dict[str, Any]:
-        frames, problem, stalest = self._gather_frames()
+        self._collect_late_run()
+        frames, verdict = self._gather_frames()
         capture = min((f.capture_time for f in frames.values()), default=time.monotonic())
+        deadline = capture + self.cfg.budget_ms / 1000.0
         lat: dict[str, float] = {}
-        decoded = None
+        problem = verdict.problem
+        ego_age = None
+        if problem is None and self._worker is not None and self._worker.busy:
+            busy_ms = (time.monotonic() - self._worker.started) * 1000.0
+            problem = f"engine overrun: the previous run is still going after {busy_ms:.0f} ms"
+        if problem is None and self._ego is not None:
+            problem, ego_age = self._read_ego(frames, capture)
+        decoded, late = None, False
         if problem is None:
-            decoded, problem = self._run_model(frames, capture, lat)
+            decoded, problem, late = self._run_model(frames, capture, deadline, lat)
         publish = time.monotonic()
         lat["e2e"] = (publish - capture) * 1000.0
+        if problem is None and publish > deadline:  # finished, but not in time to be trusted as current
+            late = True
+            problem = f"late: published {lat['e2e']:.0f} ms after capture (budget {self.cfg.budget_ms:g} ms)"
+        stalest = max(((n, (publish - f.capture_time) * 1000.0) for n, f in frames.items()),
+                      key=lambda item: item[1], default=None)
         self.health, event = next_health(self.health, self._health_cfg, fallback=problem, stalled=stalest,
                                          now=publish)
         if event:
@@ -215,7 +267,7 @@ class Runner:
         age = None
         reason = self.health.reason if self.health.faulted else problem
         if problem is not None or self.health.faulted:
-            status = "fault" if self.health.faulted else "fallback"
+            status = "fault" if self.health.faulted else "late" if late else "fallback"
             age = None if self._last_good_time is None else publish - self._last_good_time
             shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points,
                                           self.cfg.stop_horizon_s)
@@ -225,14 +277,14 @@ class Runner:
                                        result=self._result).points
             if problem is not None:
                 self.reasons[problem.split(":")[0]] += 1
-            decoded = None
         else:
-            status = "late" if lat["e2e"] > self.cfg.budget_ms else "ok"
+            status = "ok"
             points = decoded.points
         self.ticks += 1
         self.status_counts[status] += 1
         for k, v in lat.items():
             self.times[k].append(v)
+        trouble = {n: t for n, src in self.cameras.items() if (t := src.trouble())}
         return {
             "schema": RECORD_SCHEMA,
             "tick": self.ticks - 1,
@@ -243,41 +295,75 @@ class Runner:
             "capture_time": round(capture, 6),
             "publish_time": round(publish, 6),
             "latency_ms": {k: round(v, 3) for k, v in lat.items()},
+            "sync_ms": round(verdict.spread_ms, 1),
+            "ego_age_ms": None if ego_age is None else round(ego_age, 1),
+            "camera_trouble": trouble or None,
             "fallback_age_ms": None if age is None else round(age * 1000.0, 1),
             "command": self.command_name,
-            "mode": None if decoded is None else decoded.mode,
-            "score": None if decoded is None else round(decoded.score, 5),
+            "mode": decoded.mode if status == "ok" else None,
+            "score": round(decoded.score, 5) if status == "ok" else None,
             "dt": self._dt,
             "fields": COLUMNS,
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
         }
 
-    def _gather_frames(self) -> tuple[dict[str, Frame], str | None, tuple[str, float] | None]:
-        """The newest frame of every camera, why the model cannot run on them (None if it can), and
-        the camera whose newest frame is oldest with that age in ms (None before any frame)."""
-        now = time.monotonic()
-        problem, frames = None, {}
-        stalest: tuple[str, float] | None = None
+    def _newest(self) -> tuple[dict[str, Frame | None], str | None]:
+        """The newest frame of every camera, and why the run must end if a camera has ended."""
+        frames, ended = {}, None
         for name, src in self.cameras.items():
-            frame, ended = src.newest(), src.ended()
-            if ended:
-                self.stop(f"camera '{name}' ended: {ended}")
-            if frame is None or frame.seq == self._last_seq[name]:
-                self.dropped[name] += 1
-                why = f"camera '{name}' ended: {ended}" if ended else f"no new frame from camera '{name}'"
-                problem = problem or why
-            elif (age_ms := (now - frame.capture_time) * 1000.0) > self.cfg.stall_ms:
-                problem = problem or f"camera '{name}' stalled: newest frame is {age_ms:.0f} ms old"
-            if frame is not None:
-                frames[name] = frame
-                age = (now - frame.capture_time) * 1000.0
-                if stalest is None or age > stalest[1]:
-                    stalest = (name, age)
-        return frames, problem, stalest
+            frames[name] = src.newest()
+            end = src.ended()
+            if end is not None and ended is None:
+                ended = f"camera '{name}' {'lost' if end.error else 'ended'}: {end.reason}"
+                if end.error:
+                    self.failure = f"camera '{name}' ({src.uri}) lost: {end.reason}"
+                self.stop(ended)
+        return frames, ended
 
-    def _run_model(self, frames: dict[str, Frame], capture: float,
-                   lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None]:
-        """Fill the inputs, run the engine, decode; commit state only for a usable trajectory."""
+    def _gather_frames(self) -> tuple[dict[str, Frame], GroupVerdict]:
+        """The newest frame of every camera, waiting (bounded) for cameras behind the group."""
+        give_up = time.monotonic() + self.cfg.frame_wait_ms / 1000.0
+        while True:
+            newest, ended = self._newest()
+            now = time.monotonic()
+            verdict = judge_group({n: (f.seq, f.capture_time) if f else None for n, f in newest.items()},
+                                  self._last_seq, now, self.cfg.sync_tolerance_ms, self.cfg.stall_ms)
+            if ended is not None:  # the last line of the run says why it ends
+                verdict = GroupVerdict(ended, (), verdict.spread_ms)
+            if not verdict.waiting_on or now >= give_up or self._stop.is_set():
+                break
+            time.sleep(0.0005)
+        frames = {n: f for n, f in newest.items() if f is not None}
+        if verdict.problem is not None and ended is None:
+            for name in verdict.waiting_on:
+                f = newest[name]
+                if f is None or f.seq == self._last_seq[name]:
+                    self.dropped[name] += 1
+            problem = verdict.problem
+            for name, src in self.cameras.items():
+                if f"'{name}'" in problem and (note := src.trouble()):
+                    problem = f"{problem} ({note})"
+                    break
+            verdict = GroupVerdict(problem, verdict.waiting_on, verdict.spread_ms)
+        return frames, verdict
+
+    def _read_ego(self, frames: dict[str, Frame], capture: float) -> tuple[str | None, float | None]:
+        """Feed the ego history from the vehicle-state input; (problem if stale, its age in ms)."""
+        if isinstance(self.ego_input, FrameEgoInput):
+            carried = next((f for f in frames.values() if f.ego is not None), None)
+            if carried is not None:
+                self.ego_input.push(carried.ego, carried.capture_time)
+        now = time.monotonic()
+        reading = self.ego_input.latest(now)
+        stale = ego_staleness(reading, now, self.cfg.ego_stale_ms)
+        if stale is not None or reading is None:
+            return stale or "no ego reading", None
+        self._ego.update(min(reading.time, capture), reading.speed, reading.accel, reading.yaw_rate)
+        return None, (now - reading.time) * 1000.0
+
+    def _run_model(self, frames: dict[str, Frame], capture: float, deadline: float,
+                   lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
+        """Fill the inputs, run the engine until the deadline, decode: (trajectory, problem, late)."""
         t = time.monotonic()
         for name, pre in self._pre:
             self._last_seq[name] = frames[name].seq
@@ -285,27 +371,42 @@ class Runner:
                 pre(frames[name])
             except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
                 lat["preprocess"] = (time.monotonic() - t) * 1000.0
-                return None, str(exc)
+                return None, str(exc), False
         if self._ego is not None:
-            ego = next((f.ego for f in frames.values() if f.ego is not None), None)
-            if ego is None:  # no vehicle-state source: the model sees a standing vehicle
-                self._ego.update(capture, 0.0, 0.0, 0.0)
-            else:
-                self._ego.update(capture, ego.speed, ego.accel, ego.yaw_rate)
             self._ego.fill(self._ego_buf, capture)
         for buf, std in self._noise:
             self._rng.standard_normal(out=buf, dtype=np.float32)
             if std != 1.0:
                 buf *= std
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
+        worker = self._worker
+        worker.submit()
+        self._in_flight = _InFlight(capture, {n: f.seq for n, f in frames.items()})
+        if not worker.wait(deadline - time.monotonic()):
+            running = (time.monotonic() - worker.started) * 1000.0
+            return None, (f"late: engine still running {running:.0f} ms in at the deadline "
+                          f"(budget {self.cfg.budget_ms:g} ms)"), True
+        return self._collect(lat)
+
+    def _collect_late_run(self) -> None:
+        """Take in a run that finished after its tick was published (state and last good only)."""
+        if self._in_flight is not None and self._worker is not None and not self._worker.busy:
+            lat: dict[str, float] = {}
+            decoded, _problem, _ = self._collect(lat)
+            self.times["engine"].append(lat["engine"])  # its line is long published; its time still counts
+            if decoded is not None:
+                self.late_runs_committed += 1
+
+    def _collect(self, lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
+        """Decode the finished run; commit state and the last good trajectory if it is usable."""
+        worker, flight = self._worker, self._in_flight
+        self._in_flight = None
+        lat["engine"] = (worker.finished - worker.started) * 1000.0
+        if worker.error is not None:
+            exc = worker.error
+            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", False
         t = time.monotonic()
-        try:
-            out = self.backend.run()
-        except Exception as exc:  # an engine failure is a fallback tick, never a crash
-            lat["engine"] = (time.monotonic() - t) * 1000.0
-            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
-        lat["engine"] = (time.monotonic() - t) * 1000.0
-        t = time.monotonic()
+        out = worker.outputs
         c = self.cfg
         decoded = decode_trajectory(out[self._traj_name], out[self._score_name] if self._score_name else None,
                                     self._dt, max_curvature=c.max_curvature, max_accel=c.max_accel,
@@ -314,13 +415,14 @@ class Runner:
         if decoded.problem is not None:
             kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"
             problem = f"{kind}: {decoded.problem}"
+            decoded = None
         else:
             for dst, src in self._states:
                 np.copyto(self.backend.feed(dst), out[src])
             np.copyto(self._last_good, decoded.points[:, :3])
-            self._last_good_time = capture
+            self._last_good_time = flight.capture
         lat["decode"] = (time.monotonic() - t) * 1000.0
-        return decoded, problem
+        return decoded, problem, False
 
     def summary(self) -> dict[str, Any]:
         """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""
@@ -328,6 +430,7 @@ class Runner:
             "ticks": self.ticks,
             "status": dict(self.status_counts),
             "deadline_misses": self.status_counts.get("late", 0),
+            "late_runs_committed": self.late_runs_committed,
             "skipped_ticks": self.skipped_ticks,
             "dropped_frames": dict(self.dropped),
             "fallback_reasons": dict(self.reasons),
@@ -337,9 +440,14 @@ class Runner:
             "budget_ms": self.cfg.budget_ms,
             "rate_hz": self.cfg.rate_hz,
             "ended": self.end_reason,
+            "failure": self.failure,
         }
 
     def close(self) -> None:
+        """Release cameras, ego input and engine; never blocks on a hung engine for long."""
         for src in self.cameras.values():
             src.close()
+        self.ego_input.close()
+        if self._worker is not None and not self._worker.close(timeout=self.cfg.budget_ms / 1000.0):
+            return  # the engine is stuck in a run: closing it under the run could crash; exit reclaims it
         self.backend.close()

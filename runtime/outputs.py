@@ -3,7 +3,7 @@
 - ``-`` (default): JSON lines on stdout; ``PATH``: JSON lines in a file; both flushed per tick.
 - ``udp://HOST:PORT``: one datagram per tick, UTF-8 JSON of the record plus ``seq``, a counter
   of datagrams sent by this sink (starting at 0) so a receiver can count what the network lost.
-  The record's ``schema`` field (``vla.tick/1``) versions the format. A send that fails (no route,
+  The record's ``schema`` field (``vla.tick/2``) versions the format. A send that fails (no route,
   a refused port) never stops the loop: it is counted in ``dropped`` and reported once.
 """
 

@@ -26,18 +26,18 @@ def test_udp_sink_sends_one_datagram_per_record_with_a_sequence(receiver):
     sink = open_sink(f"udp://127.0.0.1:{port}")
     assert isinstance(sink, UdpSink)
     for i in range(3):
-        sink.write({"schema": "vla.tick/1", "tick": i, "trajectory": [[1.0, 2.0, 0.0]] * 64})
+        sink.write({"schema": "vla.tick/2", "tick": i, "trajectory": [[1.0, 2.0, 0.0]] * 64})
     got = [json.loads(receiver.recv(65536)) for _ in range(3)]
     sink.close()
     assert [g["seq"] for g in got] == [0, 1, 2]
-    assert [g["tick"] for g in got] == [0, 1, 2] and all(g["schema"] == "vla.tick/1" for g in got)
+    assert [g["tick"] for g in got] == [0, 1, 2] and all(g["schema"] == "vla.tick/2" for g in got)
 
 
 def test_udp_send_failures_are_counted_not_raised():
     sink = UdpSink("udp://127.0.0.1:9")  # discard port: nobody listens on loopback
     for _ in range(3):
-        sink.write({"schema": "vla.tick/1"})
-    sink.write({"schema": "vla.tick/1", "blob": "x" * 70000})  # too big for one datagram
+        sink.write({"schema": "vla.tick/2"})
+    sink.write({"schema": "vla.tick/2", "blob": "x" * 70000})  # too big for one datagram
     assert sink.seq == 4 and sink.dropped >= 1
     sink.close()
 

@@ -230,3 +230,24 @@ def test_window_keeps_the_last_values_in_fixed_memory():
     for v in range(4, 11):
         w.append(float(v))
     assert w.values() == [7.0, 8.0, 9.0, 10.0] and len(w) == 4 and w.count == 10
+
+
+def test_judge_group_names_the_camera_behind():
+    from vla.runtime.camera_group import judge_group
+
+    last = {"front": 9, "left": 9, "right": 9}
+    fresh = {"front": (10, 1.000), "left": (10, 1.010), "right": (10, 0.995)}
+    v = judge_group(fresh, last, now=1.02, tolerance_ms=50, stall_ms=500)
+    assert v.problem is None and v.waiting_on == () and v.spread_ms == pytest.approx(15.0)
+    behind = {**fresh, "right": (10, 0.930)}
+    v = judge_group(behind, last, now=1.02, tolerance_ms=50, stall_ms=500)
+    assert v.problem == "camera 'right' lags 'left' by 80 ms (tolerance 50 ms)" and v.waiting_on == ("right",)
+    same = {**fresh, "left": (9, 0.977)}  # left has nothing the model has not seen
+    v = judge_group(same, last, now=1.02, tolerance_ms=50, stall_ms=500)
+    assert v.problem == "no new frame from camera 'left'" and v.waiting_on == ("left",)
+    frozen = {**fresh, "front": (10, 0.2)}  # stalled: named, not waited for
+    v = judge_group(frozen, last, now=1.02, tolerance_ms=50, stall_ms=500)
+    assert v.problem == "camera 'front' stalled: newest frame is 820 ms old" and v.waiting_on == ()
+    missing = {**fresh, "left": None}
+    v = judge_group(missing, last, now=1.02, tolerance_ms=50, stall_ms=500)
+    assert v.problem == "no frame yet from camera 'left'" and v.waiting_on == ("left",)

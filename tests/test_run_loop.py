@@ -24,9 +24,11 @@ def _records(stdout: str) -> list[dict]:
 
 
 def _check_record(r: dict) -> None:
-    assert r["schema"] == "vla.tick/1"
+    assert r["schema"] == "vla.tick/2"
     assert r["status"] in ("ok", "late", "fallback", "fault")
-    assert (r["reason"] is None) == (r["status"] in ("ok", "late"))
+    assert (r["reason"] is None) == (r["status"] == "ok")
+    assert r["status"] != "ok" or r["fallback_age_ms"] is None
+    assert (r["mode"] is None) == (r["status"] != "ok")
     assert set(r["frame_id"]) == {"front", "left", "right"}
     assert r["publish_time"] >= r["capture_time"]
     assert r["latency_ms"]["e2e"] == pytest.approx((r["publish_time"] - r["capture_time"]) * 1000, abs=0.01)
@@ -47,7 +49,7 @@ def test_vla_run_synthetic_end_to_end(reference_bundle, tmp_path):
         _check_record(r)
     assert [r["tick"] for r in records] == list(range(12))
     assert all(r["command"] == "left" for r in records)
-    ok = [r for r in records if r["status"] != "fallback"]
+    ok = [r for r in records if r["status"] == "ok"]
     assert len(ok) >= 10, [r["reason"] for r in records]
     front_ids = [r["frame_id"]["front"] for r in ok]
     assert front_ids == sorted(front_ids) and len(set(front_ids)) == len(front_ids)  # always a newer frame
@@ -74,7 +76,7 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
     committed = 0
     try:
         for rec in runner:
-            if rec["status"] != "fallback":
+            if rec["status"] == "ok":
                 committed += 1
                 # The model's new memory is the next tick's input, and it is the old one shifted.
                 np.testing.assert_array_equal(memory, seen["new_memory"])
@@ -107,7 +109,7 @@ def test_nan_output_falls_back_and_keeps_state(reference_bundle):
         records = list(runner)
     finally:
         runner.close()
-    assert [r["status"] != "fallback" for r in records[:2]] == [True, True]
+    assert [r["status"] for r in records[:2]] == ["ok", "ok"]
     bad = records[2]
     assert bad["status"] == "fallback" and bad["reason"].startswith("non-finite output: non-finite trajectory")
     assert bad["fallback_age_ms"] > 0 and np.isfinite(np.asarray(bad["trajectory"])).all()
@@ -128,9 +130,11 @@ def test_stalled_camera_falls_back_faults_and_recovers(reference_bundle):
     # ok ... fallback, fallback (2 < 3) ... fault (the 3rd) ... fault ... recovered (2 good ticks) ... ok
     assert events[0][1] == "fault" and events[1][1].startswith("recovered after"), events
     first_fault, recovered = events[0][0], events[1][0]
-    assert statuses[first_fault - 2 : first_fault] == ["fallback", "fallback"]
+    # (a tick on the last frame before the stall may run but miss its deadline: late counts as a fallback)
+    assert set(statuses[first_fault - 2 : first_fault]) <= {"fallback", "late"}
+    assert statuses[first_fault - 1] == "fallback"
     assert set(statuses[first_fault:recovered]) == {"fault"}
-    assert statuses[recovered] in ("ok", "late") and statuses[-1] in ("ok", "late")
+    assert statuses[recovered] == "ok" and statuses[-1] == "ok"
     fault = records[first_fault]
     assert fault["reason"].startswith("3 consecutive fallbacks (last: ")
     # While faulted the published trajectory slows to a stop: it ends where it stopped.
@@ -158,7 +162,7 @@ def test_sigterm_stops_cleanly_with_summary(reference_bundle):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = p.stdout.readline()  # wait for a first tick
-        assert json.loads(first)["schema"] == "vla.tick/1"
+        assert json.loads(first)["schema"] == "vla.tick/2"
         time.sleep(0.3)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)
@@ -167,4 +171,4 @@ def test_sigterm_stops_cleanly_with_summary(reference_bundle):
     assert p.returncode == 0, err
     assert "summary:" in err and "ended: signal SIGTERM" in err
     lines = [first, *out.splitlines()]
-    assert all(json.loads(line)["schema"] == "vla.tick/1" for line in lines if line.strip())
+    assert all(json.loads(line)["schema"] == "vla.tick/2" for line in lines if line.strip())

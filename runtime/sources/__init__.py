@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import CameraError
 from .base import CameraSource, End, Frame
 
+
 def parse_camera_arg(arg: str) -> tuple[str | None, str]:
     """``front=synthetic://`` -> ("front", "synthetic://"); ``clip.mp4`` -> (None, "clip.mp4")."""
     head, sep, tail = arg.partition("=")
@@ -130,6 +131,7 @@ class _Alias(CameraSource):
 
     def __init__(self, source: CameraSource, name: str) -> None:
         self.source, self.name, self.uri = source, name, source.uri
+        self.provides_ego = source.provides_ego
 
     def newest(self) -> Frame | None:
         return self.source.newest()

@@ -69,6 +69,7 @@ class CameraSource(ABC):
 
     name: str  # the manifest's camera name this source feeds
     uri: str
+    provides_ego: bool = False  # frames carry the vehicle state (Frame.ego), e.g. the synthetic rig
 
     @abstractmethod
     def newest(self) -> Frame | None:

@@ -421,6 +421,8 @@ def _check_shm_space(size: int) -> None:
 class SyntheticSource(CameraSource):
     """One camera of a synthetic rig; ``newest()`` copies the newest slot without blocking."""
 
+    provides_ego = True  # the rig knows the simulated vehicle's state at every frame
+
     def __init__(self, rig: _SyntheticRig, index: int) -> None:
         self._rig, self._index = rig, index
         self.name, self.uri = rig.names[index], rig.uri
