@@ -347,3 +347,15 @@ def test_opens_from_an_unguarded_script_and_from_stdin(tmp_path):
         proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.count("frame 1") == 1, proc.stdout  # opened once, not once more per child
+
+
+def test_rig_yields_the_cpu_by_default_and_nice_0_competes():
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for uri, added in (("synthetic://?size=160x120", 10), ("synthetic://?size=160x120&nice=0", 0)):
+        srcs = synthetic.open_synthetic(uri, ["front"])
+        try:
+            assert os.getpriority(os.PRIO_PROCESS, srcs[0].pid) == min(19, base + added)
+        finally:
+            close_all(srcs)
+    with pytest.raises(CameraError, match="nice='20'"):
+        synthetic.parse_uri("synthetic://?nice=20")

@@ -9,7 +9,7 @@ sources in the parent only copy the newest slot out, so ``newest()`` never block
 URI grammar (every parameter optional)::
 
     synthetic://[?size=1280x720&fps=30&format=yuyv&seed=0&hfov=100
-                 &drop_every=K&stall_after=N&stall_ms=M]
+                 &drop_every=K&stall_after=N&stall_ms=M&nice=10]
 
 Frame clock: frame ``seq`` (1, 2, ...) is exposed at ``capture_time = t0 + (seq - 1) / fps`` on
 ``time.monotonic()`` (CLOCK_MONOTONIC, shared by all processes on Linux) and published once
@@ -17,6 +17,10 @@ rendered. ``seq`` counts sensor frames, so every lost frame shows up as a gap: `
 loses the frames whose ``seq`` is a multiple of K; ``stall_after=N`` delivers nothing after frame N
 for ``stall_ms`` milliseconds (default: for good; the process stays alive, like a hung driver) and
 then resumes on the same clock; a renderer that falls behind skips to the current frame.
+
+CPU: a real camera costs the host nothing, but the rig renders (about 40% of a core for three 720p
+views at 30 fps), so by default it runs at ``nice=10`` and yields the CPU to the loop, whose jitter
+it would otherwise set; ``nice=0`` makes it compete as an equal (a stress test).
 
 Shared memory: a header (index of the newest published slot) and a ring of slots, each holding
 the frame metadata (seq, capture time, ego speed/accel/yaw rate, the 64x3 ground-truth future
@@ -62,7 +66,7 @@ N_SLOTS = 4
 _HEADER_BYTES = 64
 _META_BYTES = 1024  # per slot: 2 int64 + 6 float64 + truth (64x3 float32 = 768 B)
 _ALIGN = 64
-_PARAMS = ("size", "fps", "format", "seed", "hfov", "drop_every", "stall_after", "stall_ms")
+_PARAMS = ("size", "fps", "format", "seed", "hfov", "drop_every", "stall_after", "stall_ms", "nice")
 
 
 def _align(n: int) -> int:
@@ -82,6 +86,8 @@ class SyntheticParams:
     drop_every: int | None = None
     stall_after: int | None = None
     stall_ms: float | None = None  # None: the stall lasts for good
+    # A hardware camera costs the host no CPU; the rig has to render, so it yields to the loop.
+    nice: int = 10
 
 
 def parse_uri(uri: str) -> SyntheticParams:
@@ -140,6 +146,8 @@ def parse_uri(uri: str) -> SyntheticParams:
         if "stall_after" not in seen:
             raise CameraError(f"camera URI {uri!r}: stall_ms needs stall_after=N (the frame the stall follows)")
         kw["stall_ms"] = number("stall_ms", float, 0.0, 1e9, "a duration in milliseconds >= 0")
+    if "nice" in seen:
+        kw["nice"] = number("nice", int, 0, 19, "a niceness 0..19 added to the rig process's (0: compete as an equal)")
     params = SyntheticParams(**kw)
     try:
         frame_shape(params.fmt, params.width, params.height)
@@ -196,6 +204,8 @@ def _child_main(shm_name: str, params: SyntheticParams, names: list[str], conn: 
         import cv2
 
         cv2.setNumThreads(1)  # one core, beside the model
+        if params.nice:
+            os.nice(params.nice)
         shm = SharedMemory(name=shm_name)
         _child_run(shm, params, names, conn)
         shm.close()
