@@ -1,18 +1,29 @@
-"""The vehicle side: manifests, camera sources, backends and the real-time loop (no PyTorch)."""
+"""The vehicle side: manifests, camera sources, backends and the real-time loop (no PyTorch).
+
+The embedding API (see the README, "Embedding the loop"): ``open_engine``, ``open_cameras``,
+``open_ego_input``, ``Runner`` and ``RunConfig``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .errors import CameraError, ManifestError, VlaError
 
-__all__ = ["CameraError", "ManifestError", "RunConfig", "Runner", "VlaError"]
+# Loaded on first use: the loop pulls in OpenCV and ONNX Runtime, which a manifest check does not need.
+_LAZY = {
+    "Runner": "loop",
+    "RunConfig": "loop",
+    "open_engine": "engine",
+    "open_cameras": "sources",
+    "open_ego_input": "ego_input",
+}
+
+__all__ = ["CameraError", "ManifestError", "VlaError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    # The loop pulls in OpenCV and ONNX Runtime; load it only when someone asks for it.
-    if name in ("Runner", "RunConfig"):
-        from . import loop
-
-        return getattr(loop, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'vla.runtime' has no attribute {name!r}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -172,3 +174,16 @@ def test_sigterm_stops_cleanly_with_summary(reference_bundle):
     assert "summary:" in err and "ended: signal SIGTERM" in err
     lines = [first, *out.splitlines()]
     assert all(json.loads(line)["schema"] == "vla.tick/2" for line in lines if line.strip())
+
+
+def test_readme_embedding_example_runs(reference_bundle, tmp_path):
+    """The README's Runner example is real code: run it as written, against the test's bundle."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Embedding the loop")[1]
+    code = section.split("```python\n")[1].split("```")[0].replace("bundles/reference", str(reference_bundle))
+    script = tmp_path / "embed.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    p99 = float(proc.stdout.strip().splitlines()[-1])  # the summary's e2e p99, printed last
+    assert 0 < p99 < 10_000
