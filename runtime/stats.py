@@ -52,7 +52,8 @@ class Window:
     without its memory growing one tick at a time."""
 
     def __init__(self, capacity: int) -> None:
-        self._buf = np.zeros(capacity, dtype=np.float64)
+        self._buf = np.empty(capacity, dtype=np.float64)
+        self._buf.fill(0.0)  # touch every page now: an untouched calloc'd ring would grow RSS as it fills
         self.count = 0  # values ever added
 
     def append(self, value: float) -> None:
