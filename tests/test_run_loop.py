@@ -187,3 +187,31 @@ def test_readme_embedding_example_runs(reference_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     p99 = float(proc.stdout.strip().splitlines()[-1])  # the summary's e2e p99, printed last
     assert 0 < p99 < 10_000
+
+
+def test_metrics_endpoint_and_ego_profile_from_the_command_line(reference_bundle):
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(reference_bundle), "--camera", SMALL_CAM, "--metrics-port", "0",
+                          "--ego", "profile://", "--frames", "40"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = [p.stderr.readline() for _ in range(3)]
+        ego_line = next(line for line in banner if line.startswith("vla-run: ego"))
+        assert "profile" in ego_line
+        port = int(ego_line.split("metrics on http://0.0.0.0:")[1].split("/")[0])
+        ticks = [json.loads(p.stdout.readline()) for _ in range(5)]
+        text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    finally:
+        p.kill()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    counted = sum(v for (name, _), v in samples.items() if name == "vla_ticks_total")
+    assert counted >= 5  # at least the ticks read so far were counted when scraped
+    info = [dict(labels) for name, labels in samples if name == "vla_model_info"]
+    assert len(info) == 1 and info[0]["model"] == "vla-reference" and "onnxruntime" in info[0]["backend"]
+    assert all(t["ego_age_ms"] is not None and t["ego_age_ms"] < 200 for t in ticks if t["status"] == "ok")
