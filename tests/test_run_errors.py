@@ -83,3 +83,14 @@ def test_bad_rate(reference_bundle):
 def test_bad_counts(reference_bundle):
     for args in (["--frames", "0"], ["--duration", "-1"], ["--threads", "-2", "--frames", "1"]):
         assert_one_line_error(run_cli(VLA_RUN, "--engine", reference_bundle, *args), f"{args[0]} must be > 0")
+
+
+def test_list_cameras_needs_no_engine_and_names_every_library():
+    proc = run_cli(VLA_RUN, "--list-cameras")
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("V4L2 devices:", "linuxpy", "GStreamer via PyGObject", "PyAV", "OpenCV", "synthetic://"):
+        assert needle in proc.stdout, proc.stdout
+
+
+def test_engine_is_required_to_run():
+    assert_one_line_error(run_cli(VLA_RUN, "--camera", "synthetic://"), "--engine BUNDLE is required")
