@@ -35,8 +35,9 @@ stays a faithful history). That trajectory, stamped with its capture time, also 
 good one the fallback shifts. Ticks that do not run the model leave the state untouched, and
 ``memory_valid`` counts committed runs.
 
-Dropped frames are counted per camera as ticks at which that camera had no new frame (the
-model could not run on fresh input), openpilot's notion of a frame drop at the model's rate.
+Dropped frames are counted per camera as ticks at which that camera had no new frame in step with
+the group (the model could not run on fresh input), openpilot's notion of a frame drop at the
+model's rate.
 """
 
 from __future__ import annotations
@@ -335,10 +336,8 @@ class Runner:
             time.sleep(0.0005)
         frames = {n: f for n, f in newest.items() if f is not None}
         if verdict.problem is not None and ended is None:
-            for name in verdict.waiting_on:
-                f = newest[name]
-                if f is None or f.seq == self._last_seq[name]:
-                    self.dropped[name] += 1
+            for name in verdict.waiting_on:  # no new frame, or one too far behind the group
+                self.dropped[name] += 1
             problem = verdict.problem
             for name, src in self.cameras.items():
                 if f"'{name}'" in problem and (note := src.trouble()):

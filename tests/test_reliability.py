@@ -215,7 +215,8 @@ def test_truncated_video_file_ends_the_run_with_a_one_line_error(reference_bundl
     data = clip.read_bytes()
     clip.write_bytes(data[: len(data) // 3])  # the recording was cut off: a third of it is left
     out = tmp_path / "run.jsonl"
-    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", clip, "--output", out, "--output", "-")
+    lenient = ("--max-curvature", "1e3", "--max-accel", "1e3", "--max-speed", "1e3")  # blank frames: wild plans
+    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", clip, "--output", out, "--output", "-", *lenient)
     line = assert_one_line_error(proc, "camera 'front'", "truncated or corrupt")
     assert "lost" in line
     records = [json.loads(x) for x in out.read_text().splitlines()]

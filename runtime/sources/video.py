@@ -2,10 +2,18 @@
 
 A capture thread decodes in real time and keeps only the newest frame, like a live camera, so a
 slow loop sees frames dropped rather than a growing queue. ``?loop=1`` rewinds at the end.
+
+A file that stops decoding well before the frame count its container declares (a copy cut short,
+a recorder that died) ends with an error rather than as a normal end of file: the run must not
+pass for a complete replay. OpenCV estimates the count from duration x fps where the container has
+none, so a shortfall of a couple of frames (1 % on long files) is tolerated. FFmpeg's own decoder
+complaints about such a file ("huffman table decode error") are silenced: they would be stray
+stderr lines beside the run's one-line error, which names the problem itself.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +24,11 @@ import numpy as np
 
 from ..errors import CameraError
 from .base import CameraSource, End, Frame
+
+# Read once, when OpenCV first uses its FFmpeg backend; -8 is AV_LOG_QUIET. OPENCV_FFMPEG_DEBUG=1 or
+# an explicit OPENCV_FFMPEG_LOGLEVEL brings the messages back.
+if "OPENCV_FFMPEG_DEBUG" not in os.environ:
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def open_source(uri: str, name: str) -> VideoFileSource:
@@ -38,6 +51,8 @@ class VideoFileSource(CameraSource):
             raise CameraError(f"camera '{name}': {path}: not a video OpenCV/FFmpeg can decode")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 1.0 <= fps <= 1000.0 else 30.0
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if count > 0 and count == count else 0  # 0: unknown (or NaN)
         self._lock = threading.Lock()
         self._latest = first.copy()
         self._latest_seq, self._latest_time = 0, time.monotonic()
@@ -48,21 +63,32 @@ class VideoFileSource(CameraSource):
         self._thread = threading.Thread(target=self._capture, name=f"video-{name}", daemon=True)
         self._thread.start()
 
+    def truncated(self, decoded: int) -> bool:
+        """Decoding stopped after ``decoded`` frames, clearly short of the declared count."""
+        return self.frame_count > 0 and self.frame_count - decoded > max(2, self.frame_count // 100)
+
     def _capture(self) -> None:
         seq, start = 0, self._latest_time
+        in_pass = 1  # frames decoded since the start of the file (the first was read at open)
         while not self._stop.is_set():
             due = start + (seq + 1) / self.fps
             delay = due - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
             ok, img = self._cap.read()
+            if not ok and self.truncated(in_pass):
+                self._ended = End(f"video file ended after {in_pass} of {self.frame_count} frames: "
+                                  "truncated or corrupt", error=True)
+                break
             if not ok and self.loop:
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 ok, img = self._cap.read()
+                in_pass = 0
             if not ok:
                 self._ended = End(f"end of video file after {seq + 1} frames", error=False)
                 break
             seq += 1
+            in_pass += 1
             with self._lock:
                 if img.shape == self._latest.shape:
                     np.copyto(self._latest, img)
