@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on this port (http://HOST:PORT/metrics)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
-    p.add_argument("--threads", type=int, help="engine threads (default: all cores this process may use)")
+    p.add_argument("--threads", type=int, help="engine threads (default: the cores this process may use, less one "
+                   "left for capture and the loop)")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
     p.add_argument("--max-curvature", type=float, default=0.3, metavar="1/M",
                    help="publish a fallback when the trajectory curves tighter than this (default 0.3)")
@@ -91,13 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rt-priority", type=int, metavar="N",
                    help="run under SCHED_FIFO at priority N (1-99; warns if not permitted)")
     p.add_argument("--sync", choices=("frame", "clock"), default="frame",
-                   help="frame: when a tick is due, run on the primary camera's next frame (default); "
-                   "clock: run at once on the newest frames")
+                   help="frame: tick on the primary camera's frames, e.g. every third frame of a 30 fps camera at "
+                   "10 Hz (default); clock: tick on a fixed grid, on the newest frames")
     p.add_argument("--sync-tolerance-ms", type=float, default=50.0, metavar="MS",
                    help="the most a camera's frame may trail the newest of the group; must exceed the "
                    "frame period of free-running cameras (default 50)")
     p.add_argument("--frame-wait-ms", type=float, default=50.0, metavar="MS",
-                   help="how long a tick waits for the primary's next frame and for lagging cameras (default 50)")
+                   help="how long past its time a tick waits for the primary's frame, and for lagging cameras "
+                   "(default 50)")
     return p
 
 

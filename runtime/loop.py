@@ -1,10 +1,13 @@
 """The real-time loop: newest frames -> preprocess -> engine -> decode -> publish, every tick.
 
-One tick, at ``--rate`` on a fixed grid (``schedule.next_tick``):
+One tick, at ``--rate`` (``schedule.frame_tick`` / ``schedule.next_tick``):
 
-0. with ``sync="frame"`` (the default), wait (at most ``frame_wait_ms``) for the next frame of the
-   primary camera (the manifest's first), so the model runs on a frame just delivered rather than
-   one up to a camera period old: openpilot's modeld also runs on frame arrival;
+0. with ``sync="frame"`` (the default) a tick starts when the primary camera (the manifest's first)
+   delivers the frame of the next tick time, on a grid anchored at its first frame, so a 30 fps
+   camera at 10 Hz runs the model on every third frame as it arrives, with no wait and a frame
+   that is as fresh as it can be (openpilot's modeld also runs on frame arrival); a frame that
+   does not come within ``frame_wait_ms`` of its time starts the tick anyway, which then reports
+   it. With ``sync="clock"`` ticks are on a fixed grid of the monotonic clock;
 1. group the newest frame of every camera (``camera_group.judge_group``): each must be new, not
    stalled, and captured within ``sync_tolerance_ms`` of the newest; a camera that is behind is
    waited for within the same bound, then named in the fallback reason;
@@ -65,7 +68,7 @@ from .fallback import fallback_trajectory
 from .health import Health, HealthConfig, next_health
 from .preprocess import Preprocessor
 from .realtime import IdleCollector
-from .schedule import next_tick
+from .schedule import frame_tick, next_tick
 from .sources.base import CameraSource, Frame
 from .stats import Window, summarize
 
@@ -208,6 +211,19 @@ class Runner:
 
     def _ticks(self, collector: IdleCollector) -> Iterator[dict[str, Any]]:
         period = 1.0 / self.cfg.rate_hz
+        schedule = self._frame_schedule(period) if self.cfg.sync == "frame" else self._clock_schedule(period)
+        started = time.monotonic()
+        for next_due in schedule:
+            yield self._tick()
+            collector.idle(next_due - time.monotonic())
+            if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
+                self.stop(f"{self.ticks} ticks done")
+            elif self.cfg.duration_s is not None and time.monotonic() - started >= self.cfg.duration_s:
+                self.stop(f"{self.cfg.duration_s:g} s done")
+
+    def _clock_schedule(self, period: float) -> Iterator[float]:
+        """``sync="clock"``: tick on a fixed grid of the monotonic clock, on whatever frames are newest.
+        Yields when a tick is due; the value is when the following one is."""
         start = time.monotonic() + period
         index = -1
         while not self._stop.is_set():
@@ -216,27 +232,40 @@ class Runner:
                 self.skipped_ticks += new_index - index - 1
             index = new_index
             if self._stop.wait(max(0.0, due - time.monotonic())):
-                break
-            if self.cfg.sync == "frame":
-                self._await_next_frame(self.cfg.frame_wait_ms / 1000.0)
-            yield self._tick()
-            collector.idle(start + (index + 1) * period - time.monotonic())
-            if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
-                self.stop(f"{self.ticks} ticks done")
-            elif self.cfg.duration_s is not None and time.monotonic() - start >= self.cfg.duration_s:
-                self.stop(f"{self.cfg.duration_s:g} s done")
+                return
+            yield due + period
 
-    def _await_next_frame(self, timeout: float) -> None:
-        """Poll the primary camera until a frame newer than the one it has now arrives (bounded)."""
+    def _frame_schedule(self, period: float) -> Iterator[float]:
+        """``sync="frame"``: tick when the primary camera delivers the frame of the next tick time
+        (``schedule.frame_tick``), or ``frame_wait_ms`` after that time if it does not (the tick
+        then reports the missing frame). Yields when a tick is due; the value is when the next is."""
         src = next(iter(self.cameras.values()))
         first = src.newest()
-        seq = first.seq if first is not None else -1
-        end = time.monotonic() + timeout
-        while not self._stop.is_set() and time.monotonic() < end and not src.ended():
-            frame = src.newest()
-            if frame is not None and frame.seq != seq:
+        anchor = first.capture_time if first is not None else time.monotonic()
+        slack, wait = 0.1 * period, self.cfg.frame_wait_ms / 1000.0
+        index, fired_seq = -1, None
+        while not self._stop.is_set():
+            due = anchor + (index + 1) * period
+            # No frame captured later than ``due - slack`` can have arrived before then: sleep till then.
+            if self._stop.wait(max(0.0, due - slack - time.monotonic())):
                 return
-            time.sleep(0.0005)
+            fired = None
+            while not self._stop.is_set():
+                frame = src.newest()
+                if frame is not None and frame.seq != fired_seq:
+                    fired = frame_tick(anchor, period, slack, index, frame.capture_time)
+                    if fired is not None:
+                        fired_seq = frame.seq
+                        break
+                if time.monotonic() >= due + wait or src.ended():
+                    fired = index + 1  # the camera is late or gone: tick anyway, and say so
+                    break
+                time.sleep(0.0005)
+            if fired is None:
+                return
+            self.skipped_ticks += fired - index - 1
+            index = fired
+            yield anchor + (index + 1) * period
 
     def _tick(self) -> dict[str, Any]:
         self._collect_late_run()

@@ -251,3 +251,29 @@ def test_judge_group_names_the_camera_behind():
     missing = {**fresh, "left": None}
     v = judge_group(missing, last, now=1.02, tolerance_ms=50, stall_ms=500)
     assert v.problem == "no frame yet from camera 'left'" and v.waiting_on == ("left",)
+
+
+def test_frame_ticks_every_third_frame_of_a_30fps_camera():
+    from vla.runtime.schedule import frame_tick
+
+    anchor, period, slack = 5.0, 0.1, 0.01
+    fired, index = [], -1
+    for seq in range(13):  # 30 fps, captures with +-2 ms jitter
+        capture = anchor + seq / 30 + (0.002 if seq % 2 else -0.002)
+        k = frame_tick(anchor, period, slack, index, capture)
+        if k is not None:
+            fired.append((seq, k))
+            index = k
+    assert fired == [(0, 0), (3, 1), (6, 2), (9, 3), (12, 4)]
+    # After an overrun the newest frame fires the latest tick it reaches (ticks 5 and 6 skipped).
+    assert frame_tick(anchor, period, slack, 4, anchor + 0.72) == 7
+    assert frame_tick(anchor, period, slack, 7, anchor + 0.75) is None  # too early for tick 8
+    # A 12 fps camera at 10 Hz: the first frame at or after each tick time.
+    caps = [anchor + i / 12 for i in range(13)]
+    index, ticks = -1, []
+    for c in caps:
+        k = frame_tick(anchor, period, slack, index, c)
+        if k is not None:
+            ticks.append(round(c - anchor, 3))
+            index = k
+    assert ticks == [0.0, 0.167, 0.25, 0.333, 0.417, 0.5, 0.667, 0.75, 0.833, 0.917, 1.0]

@@ -311,7 +311,7 @@ def test_a_lagging_camera_is_named(reference_bundle):
     for r in named:  # the frozen camera is named: no new frame, or a new frame too far behind the others
         assert r["status"] == "fallback", r["status"]
         assert r["reason"] == "no new frame from camera 'right'" or (
-            r["reason"].startswith("camera 'right' lags 'front' by") and r["sync_ms"] > 50), r["reason"]
+            r["reason"].startswith("camera 'right' lags '") and r["sync_ms"] > 50), r["reason"]
     ok = [r for r in records if r["status"] == "ok"]
     assert ok and all(r["sync_ms"] <= 50 for r in ok)
     assert records[-1]["status"] == "ok"  # caught up after the freeze

@@ -19,11 +19,19 @@ _ORT_TYPES = {
 
 
 def default_threads() -> int:
-    """Cores this process may use (respects taskset/cgroups affinity)."""
+    """All the cores this process may use (taskset/cgroups affinity) but one.
+
+    The spare core is for camera capture and the loop itself. A parallel operator waits for its
+    slowest thread, so an engine spread over every core inherits the jitter of everything else on
+    the machine: on 2 cores beside the synthetic rig, a second engine thread cut the median
+    end-to-end latency from 67 to 51 ms but left the p99.9 where it was (83 vs 82 ms; see
+    benchmarks/RESULTS.md), for twice the CPU.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def open_session(path: str, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
