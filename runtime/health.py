@@ -12,6 +12,7 @@ A pure state machine, fed once per tick:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 
@@ -54,3 +55,11 @@ def next_health(h: Health, cfg: HealthConfig, *, fallback: str | None, stalled: 
         return Health(False, None, None, fallbacks, good), f"recovered after {lasted:.1f} s"
     # Still faulted: keep the first cause unless a newer one explains it better.
     return replace(h, reason=cause or h.reason, fallbacks=fallbacks, good=good), None
+
+
+def reason_kind(reason: str) -> str:
+    """A fallback reason without its particulars, for counting: the text before the first ':' or
+    '(' with numbers replaced by N, so counters keyed by it stay bounded over days of running
+    ("camera 'right' lags 'left' by 80 ms (tolerance 50 ms)" -> "camera 'right' lags 'left' by N ms")."""
+    head = re.split(r"[:(]", reason, maxsplit=1)[0].strip()
+    return re.sub(r"\d+(?:\.\d+)?", "N", head)

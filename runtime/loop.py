@@ -65,7 +65,7 @@ from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from .engine_worker import EngineWorker
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
-from .health import Health, HealthConfig, next_health
+from .health import Health, HealthConfig, next_health, reason_kind
 from .preprocess import Preprocessor
 from .realtime import IdleCollector
 from .schedule import frame_tick, next_tick
@@ -199,8 +199,12 @@ class Runner:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._wait_first_frames()
-        self.backend.run()  # warm-up: first runs allocate and pick kernels; keep that off tick 0
+        # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
+        # state; keep that off tick 0.
         self._worker = EngineWorker(self.backend)
+        for _ in range(2):
+            self._worker.submit()
+            self._worker.wait(None)
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
         collector = IdleCollector()
@@ -241,9 +245,10 @@ class Runner:
         then reports the missing frame). Yields when a tick is due; the value is when the next is."""
         src = next(iter(self.cameras.values()))
         first = src.newest()
+        # The newest frame now may be a camera period old: anchor on it but tick first on the next.
         anchor = first.capture_time if first is not None else time.monotonic()
         slack, wait = 0.1 * period, self.cfg.frame_wait_ms / 1000.0
-        index, fired_seq = -1, None
+        index, fired_seq = 0, first.seq if first is not None else None
         while not self._stop.is_set():
             due = anchor + (index + 1) * period
             # No frame captured later than ``due - slack`` can have arrived before then: sleep till then.
@@ -306,7 +311,7 @@ class Runner:
             points = decode_trajectory(shifted[None, None], None, self._dt, out=self._decoded,
                                        result=self._result).points
             if problem is not None:
-                self.reasons[problem.split(":")[0]] += 1
+                self.reasons[reason_kind(problem)] += 1
         else:
             status = "ok"
             points = decoded.points

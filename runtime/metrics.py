@@ -13,9 +13,10 @@ the server down and frees the port.
 Metrics (prefix ``vla_``):
 
 - ``vla_ticks_total{status}``: published records by status (ok, late, fallback, fault);
-- ``vla_fallbacks_total{reason}``: fallback ticks by the kind of reason (the text before the first
-  ':', e.g. "engine error"). Fault ticks are not counted here: their reason embeds a running count
-  ("6 consecutive fallbacks …"), which would make a new label per tick; they show in
+- ``vla_fallbacks_total{reason}``: fallback ticks by the kind of reason (``health.reason_kind``:
+  the text before the first ':' or '(', numbers as N, e.g. "engine error"). Fault ticks are not
+  counted here: their reason embeds a running count ("6 consecutive fallbacks …"), which would
+  make a new label per tick; they show in
   ``vla_ticks_total{status="fault"}`` and ``vla_fault``;
 - ``vla_latency_ms{stage}``: histogram of preprocess, engine, decode and e2e latency;
 - ``vla_frame_age_ms``: the last record's e2e latency (publish time - capture time);
@@ -38,6 +39,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from .errors import VlaError
+from .health import reason_kind
 
 #: Milliseconds: dense where a 10-30 Hz loop lives (a 100 ms budget), sparse towards 500 ms.
 LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
@@ -96,7 +98,7 @@ class Metrics:
         child = self._status_child.get(status) or self._child(self._status_child, self._ticks, "status", status)
         child.inc()
         if status == "fallback":
-            kind = (record.get("reason") or "unknown").partition(":")[0]
+            kind = reason_kind(record.get("reason") or "unknown")
             child = self._reason_child.get(kind)
             if child is None:
                 if len(self._reason_child) >= MAX_REASONS:

@@ -277,3 +277,15 @@ def test_frame_ticks_every_third_frame_of_a_30fps_camera():
             ticks.append(round(c - anchor, 3))
             index = k
     assert ticks == [0.0, 0.167, 0.25, 0.333, 0.417, 0.5, 0.667, 0.75, 0.833, 0.917, 1.0]
+
+
+def test_reason_kind_keeps_counters_bounded():
+    from vla.runtime.health import reason_kind
+
+    assert reason_kind("engine error: RuntimeError: boom") == "engine error"
+    assert reason_kind("camera 'right' lags 'left' by 144 ms (tolerance 50 ms)") == "camera 'right' lags 'left' by N ms"
+    assert reason_kind("camera 'right' lags 'left' by 80 ms (tolerance 50 ms)") == reason_kind(
+        "camera 'right' lags 'left' by 95 ms (tolerance 50 ms)")
+    gone = "no new frame from camera 'front' (device /dev/video0 gone)"
+    assert reason_kind(gone) == "no new frame from camera 'front'"
+    assert reason_kind("late: engine still running 62 ms in at the deadline") == "late"
