@@ -202,9 +202,11 @@ class Runner:
         # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
         # state; keep that off tick 0.
         self._worker = EngineWorker(self.backend)
-        for _ in range(2):
-            self._worker.submit()
-            self._worker.wait(None)
+        self._worker.submit()
+        self._worker.wait(None)
+        if self._worker.error is not None:
+            exc = self._worker.error
+            raise VlaError(f"the engine failed its first run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
         collector = IdleCollector()
