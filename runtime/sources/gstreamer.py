@@ -35,13 +35,14 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from ..errors import CameraError
 from .base import CameraSource, End, Frame
 from .scene import frame_shape
+from .uri import invalid, query_params
 
 #: GStreamer raw video format -> Frame.fmt.
 GST_FORMATS = {"NV12": "nv12", "I420": "i420", "YUY2": "yuyv", "UYVY": "uyvy", "RGB": "rgb", "BGR": "bgr",
@@ -84,16 +85,10 @@ def parse_csi_uri(uri: str) -> CsiParams:
     sensor = parts.netloc or "0"
     if not re.fullmatch(r"\d{1,2}", sensor) or parts.path not in ("", "/"):
         raise CameraError(f"camera URI {uri!r}: csi:// takes the sensor number, e.g. csi://0 or csi://1?fps=60")
-    seen: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _CSI_PARAMS:
-            raise CameraError(f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_CSI_PARAMS)}")
-        if key in seen:
-            raise CameraError(f"camera URI {uri!r}: parameter {key!r} is given twice")
-        seen[key] = value
+    seen = query_params(uri, parts.query, _CSI_PARAMS)
 
     def bad(key: str, accepted: str) -> CameraError:
-        return CameraError(f"camera URI {uri!r}: {key}={seen[key]!r} is not valid; accepted: {accepted}")
+        return invalid(uri, key, seen[key], accepted)
 
     def integer(key: str, lo: int, hi: int, accepted: str) -> int:
         if not re.fullmatch(r"\d{1,3}", seen[key]) or not lo <= int(seen[key]) <= hi:

@@ -53,13 +53,14 @@ from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..errors import CameraError
 from .base import PIXEL_FORMATS, CameraSource, EgoState, End, Frame
 from .scene import Rig, Road, SceneRenderer, frame_shape
+from .uri import invalid, query_params
 
 TRUTH_STEPS, TRUTH_DT = 64, 0.1  # ground-truth horizon: 6.4 s at 10 Hz
 N_SLOTS = 4
@@ -99,16 +100,10 @@ def parse_uri(uri: str) -> SyntheticParams:
         raise CameraError(
             f"camera URI {uri!r}: synthetic:// takes only query parameters, e.g. synthetic://?size=1280x720&fps=30"
         )
-    seen: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _PARAMS:
-            raise CameraError(f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_PARAMS)}")
-        if key in seen:
-            raise CameraError(f"camera URI {uri!r}: parameter {key!r} is given twice")
-        seen[key] = value
+    seen = query_params(uri, parts.query, _PARAMS)
 
     def bad(key: str, accepted: str) -> CameraError:
-        return CameraError(f"camera URI {uri!r}: {key}={seen[key]!r} is not valid; accepted: {accepted}")
+        return invalid(uri, key, seen[key], accepted)
 
     def number(key: str, kind: type, lo: float, hi: float, accepted: str) -> Any:
         try:

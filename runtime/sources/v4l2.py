@@ -40,13 +40,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
 
 from ..errors import CameraError
 from .base import CameraSource, End, Frame
+from .uri import invalid, query_params
 
 #: Raw V4L2 fourcc -> (Frame.fmt, bytes per pixel in the first plane). Delivered as they come.
 RAW_FOURCCS: dict[str, tuple[str, int]] = {
@@ -149,16 +150,10 @@ def parse_v4l2_uri(uri: str) -> V4l2Request:
         path, _, query = uri.partition("?")
     if not path.startswith("/") or path.rstrip("/") in ("", "/dev"):
         raise CameraError(f"camera URI {uri!r}: needs a device path such as /dev/video0")
-    seen: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in _PARAMS:
-            raise CameraError(f"camera URI {uri!r}: unknown parameter {key!r}; accepted: {', '.join(_PARAMS)}")
-        if key in seen:
-            raise CameraError(f"camera URI {uri!r}: parameter {key!r} is given twice")
-        seen[key] = value
+    seen = query_params(uri, query, _PARAMS)
 
     def bad(key: str, accepted: str) -> CameraError:
-        return CameraError(f"camera URI {uri!r}: {key}={seen[key]!r} is not valid; accepted: {accepted}")
+        return invalid(uri, key, seen[key], accepted)
 
     kw: dict[str, Any] = {}
     if "format" in seen:
