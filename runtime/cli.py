@@ -171,21 +171,21 @@ def run(args: argparse.Namespace) -> int:
         raise VlaError(f"--metrics-port must be 0-65535 (got {args.metrics_port})")
     ego = None if args.ego == "camera" else open_ego_input(args.ego)
     cameras: dict = {}
+    sinks: list = []
     metrics = None
     try:
         cameras = open_cameras(args.camera, backend.manifest.camera_names)
         runner = Runner(backend, cameras, config, ego=ego)
-        sinks = [open_sink(target) for target in (args.output or ["-"])]
+        for target in args.output or ["-"]:
+            sinks.append(open_sink(target))
         if args.metrics_port is not None:
             from .metrics import Metrics
 
             metrics = Metrics(args.metrics_port)
             metrics.set_info(model=backend.manifest.name, backend=backend.describe())
     except BaseException:
-        for cam in cameras.values():
-            cam.close()
-        if ego is not None:
-            ego.close()
+        for closable in (*sinks, *cameras.values(), *([ego] if ego is not None else [])):
+            closable.close()
         raise
     print(f"vla-run: {backend.manifest.name} on {backend.describe()}", file=sys.stderr)
     print("vla-run: cameras " + ", ".join(f"{n}={c.uri}" for n, c in cameras.items())
@@ -198,18 +198,12 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:
-        dropped = dict(runner.dropped)
         for record in runner:
             for sink in sinks:
                 sink.write(record)
             if metrics is not None:
                 metrics.observe(record)
-                for cam, n in runner.dropped.items():
-                    if n != dropped.get(cam, 0):
-                        metrics.dropped(cam, n - dropped.get(cam, 0))
-                        dropped[cam] = n
-                if record["ego_age_ms"] is not None:
-                    metrics.ego_age(record["ego_age_ms"])
+                metrics.dropped_totals(runner.dropped)
     finally:
         for sink in sinks:
             sink.close()

@@ -100,14 +100,6 @@ class RunConfig:
     stats_window: int = 36000  # ticks kept for the summary's percentiles (an hour at 10 Hz)
 
 
-@dataclass
-class _InFlight:
-    """An engine run whose result is not collected yet."""
-
-    capture: float
-    seqs: dict[str, int]
-
-
 class Runner:
     """Runs the loop; iterate it for the published records, ``stop()`` from any thread.
 
@@ -151,7 +143,7 @@ class Runner:
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
         self._worker: EngineWorker | None = None
-        self._in_flight: _InFlight | None = None
+        self._in_flight: float | None = None  # capture time of a run not collected yet
         self.ticks = self.skipped_ticks = self.late_runs_committed = 0
         self.status_counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -416,7 +408,7 @@ class Runner:
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
         worker = self._worker
         worker.submit()
-        self._in_flight = _InFlight(capture, {n: f.seq for n, f in frames.items()})
+        self._in_flight = capture
         if not worker.wait(deadline - time.monotonic()):
             running = (time.monotonic() - worker.started) * 1000.0
             return None, (f"late: engine still running {running:.0f} ms in at the deadline "
@@ -455,7 +447,7 @@ class Runner:
             for dst, src in self._states:
                 np.copyto(self.backend.feed(dst), out[src])
             np.copyto(self._last_good, decoded.points[:, :3])
-            self._last_good_time = flight.capture
+            self._last_good_time = flight
         lat["decode"] = (time.monotonic() - t) * 1000.0
         return decoded, problem, False
 

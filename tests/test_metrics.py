@@ -159,3 +159,13 @@ def test_port_in_use_is_a_one_line_error():
 def test_port_out_of_range():
     with pytest.raises(VlaError, match="--metrics-port 70000: not a TCP port"):
         Metrics(70000)
+
+
+def test_dropped_totals_and_ego_age_follow_the_loop(metrics):
+    metrics.dropped_totals({"front": 2, "left": 0})
+    metrics.dropped_totals({"front": 5, "left": 1})  # running totals, as Runner.dropped keeps them
+    metrics.observe({**record("ok", 40.0), "ego_age_ms": 12.5})
+    s = scrape(metrics.port)
+    assert value(s, "vla_dropped_frames_total", camera="front") == 5
+    assert value(s, "vla_dropped_frames_total", camera="left") == 1
+    assert value(s, "vla_ego_age_ms") == 12.5
