@@ -4,6 +4,8 @@ memory grows.
 
 RSS of the loop process (and of the camera process) is sampled from /proc every few seconds;
 "start" is taken after a minute of warm-up (allocators and caches settle), "end" at the last sample.
+The loop's RSS is also reported per minute, with a least-squares slope over the settled samples, so
+a leak (steady slope) can be told from allocators settling (steps that stop).
 The target from issue 4: p99.9 / p50 ≤ 1.3 end-to-end and no RSS growth beyond noise.
 
     python benchmarks/soak.py --engine bundles/reference --minutes 10 [--json FILE] [-- --threads 1 ...]
@@ -41,6 +43,25 @@ def children(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+def per_minute(samples: list[tuple[float, float, float]]) -> list[float]:
+    """The loop's RSS (MB) at the last sample of each whole minute."""
+    by_minute: dict[int, float] = {}
+    for t, loop, _ in samples:
+        by_minute[int(t // 60)] = loop
+    return [by_minute[m] for m in sorted(by_minute)]
+
+
+def slope_mb_per_min(samples: list[tuple[float, float, float]]) -> float:
+    """Least-squares slope of the loop's RSS over time, in MB per minute."""
+    if len(samples) < 2:
+        return 0.0
+    ts = [s[0] / 60.0 for s in samples]
+    ys = [s[1] for s in samples]
+    tm, ym = sum(ts) / len(ts), sum(ys) / len(ys)
+    den = sum((t - tm) ** 2 for t in ts)
+    return sum((t - tm) * (y - ym) for t, y in zip(ts, ys)) / den if den else 0.0
 
 
 def main() -> int:
@@ -86,7 +107,8 @@ def main() -> int:
         "ticks": len(records), "status": status, "e2e_ms": e2e, "engine_ms": engine,
         "p999_over_p50": e2e["p99.9"] / e2e["median"],
         "rss_mb": {"loop_start": start[1], "loop_end": end[1], "cameras_start": start[2], "cameras_end": end[2],
-                   "loop_max": max(s[1] for s in settled), "loop_min": min(s[1] for s in settled)},
+                   "loop_max": max(s[1] for s in settled), "loop_min": min(s[1] for s in settled),
+                   "loop_by_minute": per_minute(samples), "loop_slope_mb_per_min": slope_mb_per_min(settled)},
         "vla_run_summary": summary_line,
     }
     print(f"machine: {result['machine']}")
@@ -99,6 +121,8 @@ def main() -> int:
     print(f"RSS MB after {args.warmup_s:g} s: loop {r['loop_start']:.1f} -> {r['loop_end']:.1f} "
           f"(min {r['loop_min']:.1f}, max {r['loop_max']:.1f}); "
           f"cameras {r['cameras_start']:.1f} -> {r['cameras_end']:.1f}")
+    print("loop RSS MB per minute: " + " ".join(f"{v:.1f}" for v in r["loop_by_minute"])
+          + f"; slope after warm-up {r['loop_slope_mb_per_min']:+.3f} MB/min")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

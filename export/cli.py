@@ -32,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="'reference', a .pt TorchScript or a .pt2 torch.export archive")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
-    p.add_argument("--spec", metavar="FILE", help="I/O spec JSON (the inputs/outputs/vocabulary part of a manifest)")
+    p.add_argument("--spec", metavar="FILE",
+                   help="I/O spec, JSON or YAML (the inputs/outputs/vocabulary part of a manifest); "
+                   "default: the model's own (a vla_spec attribute, an io_spec() method, or vla_spec.json in the archive)")
+    p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                   help="for a state_dict MODEL: the importable function that builds the nn.Module to load it into")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow MODEL to be a pickled nn.Module (torch.save(model)); unpickling runs code from "
+                   "the file, so only for files you trust")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="reference model size, e.g. modes=5, euler_steps=10, cameras='[\"front\"]'")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
@@ -54,13 +61,15 @@ def export(args: argparse.Namespace) -> int:
     from .convert import check_onnx, export_onnx, tensor_types
     from .load import load_model
     from .parity import Tolerance, check_parity
+    from .signature import check_spec_against_model
 
     t0 = time.perf_counter()
-    loaded = load_model(args.model, args.spec, args.config)
+    loaded = load_model(args.model, args.spec, args.config, factory=args.factory, trust_pickle=args.trust_pickle)
     try:
         spec_manifest = parse_manifest(loaded.spec)
     except ManifestError as exc:
         raise ManifestError(f"{args.model}: I/O spec: {exc}") from None
+    check_spec_against_model(loaded, spec_manifest)
     feed_sets = [example_feeds(spec_manifest, args.seed + i) for i in range(max(1, args.parity_inputs))]
     print(f"vla-export: {loaded.source} ({loaded.form}), "
           f"{spec_manifest.raw['model'].get('parameters', '?')} parameters", file=sys.stderr)
