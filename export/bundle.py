@@ -1,4 +1,5 @@
-"""A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``.
+"""A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``, and
+``accuracy.json`` when the precision is not FP32 (the gate's figures and every search trial).
 
 It is written to a temporary folder beside the target and renamed into place, so a failed or
 interrupted export never leaves a half-written bundle where a vehicle could pick it up.
@@ -24,6 +25,7 @@ from vla.runtime.manifest import METADATA_KEY
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
+ACCURACY_FILE = "accuracy.json"
 
 
 def model_hash(model: onnx.ModelProto) -> str:
@@ -44,14 +46,15 @@ def embed_manifest(model: onnx.ModelProto, manifest_json: str) -> None:
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for dist in ("vla-runtime", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+    for dist in ("vla-runtime", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions
 
 
-def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any]) -> None:
-    """Write the three files atomically into ``out`` (replacing an earlier bundle there)."""
+def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
+    """Write the files atomically into ``out`` (replacing an earlier bundle there); ``extra``: more JSON files."""
     if out.exists() and not (out / MANIFEST_FILE).exists() and any(out.iterdir()):
         raise VlaError(f"-o {out}: folder exists and is not a bundle; choose another path or empty it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,8 @@ def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], pa
         onnx.save_model(model, str(tmp / MODEL_FILE))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
+        for name, content in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if out.exists():
             shutil.rmtree(out)

@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from vla.runtime.cli_support import run_main
-from vla.runtime.errors import ManifestError, VlaError
+from vla.runtime.errors import VlaError
 
 EPILOG = """\
 MODEL is one of:
   reference        the built-in reference VLA (seeded weights); size it with --config KEY=VALUE
   model.pt         a TorchScript archive (torch.jit.save), with vla_spec.json in _extra_files
   model.pt2        a torch.export archive (torch.export.save), with vla_spec.json in extra_files
+  weights.pt       a state_dict (torch.save(model.state_dict())), with --factory MODULE:FUNCTION
+  model.pkl        a pickled nn.Module (torch.save(model)), only with --trust-pickle
+
+precision (decided in the graph, so ONNX Runtime and TensorRT 11 run the same numbers):
+  fp32             the cleaned graph, checked against PyTorch (parity)
+  fp16             FP16 weights and compute, FP32 inputs/outputs; normalisations, softmax,
+                   integrations, output heads and overflowing nodes stay FP32
+  int8             explicit Q/DQ as TensorRT wants it (symmetric INT8 activations, per-channel
+                   symmetric INT8 weights), calibrated on --calib
+  fp16 and int8 must pass the accuracy gate on held-out synthetic drives against PyTorch FP32:
+  trajectory ADE <= --gate-rel-ade of the reference trajectories' spread (and <= --gate-ade-m
+  metres if given). If they don't, the most sensitive nodes are kept in FP32 until they do.
 
 examples:
   vla-export reference -o bundles/reference
+  vla-export reference -o bundles/reference-int8 --precision int8 --calib synthetic
   vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
-  vla-export my_model.pt2 -o bundles/mine --spec my_spec.json
+  vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
+  vla-export weights.pt --factory mypkg.models:build -o bundles/mine --precision int8 --calib recordings/
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vla-export", description="Export a PyTorch driving model to an ONNX bundle "
-        "(model.onnx + manifest.json + parity.json), checked against PyTorch with ONNX Runtime.",
+        "(model.onnx + manifest.json + parity.json [+ accuracy.json]), cleaned, in the precision you choose, "
+        "checked against PyTorch with ONNX Runtime.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="'reference', a .pt TorchScript or a .pt2 torch.export archive")
+    p.add_argument("model", metavar="MODEL", help="'reference', or a model file (see below)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
     p.add_argument("--spec", metavar="FILE",
-                   help="I/O spec, JSON or YAML (the inputs/outputs/vocabulary part of a manifest); "
-                   "default: the model's own (a vla_spec attribute, an io_spec() method, or vla_spec.json in the archive)")
+                   help="I/O spec, JSON or YAML (the inputs/outputs/vocabulary part of a manifest); default: the "
+                   "model's own (a vla_spec attribute, an io_spec() method, or vla_spec.json in an archive)")
     p.add_argument("--factory", metavar="MODULE:FUNCTION",
                    help="for a state_dict MODEL: the importable function that builds the nn.Module to load it into")
     p.add_argument("--trust-pickle", action="store_true",
@@ -42,70 +54,54 @@ def build_parser() -> argparse.ArgumentParser:
                    "the file, so only for files you trust")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="reference model size, e.g. modes=5, euler_steps=10, cameras='[\"front\"]'")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
-    p.add_argument("--parity-inputs", type=int, default=3, metavar="N", help="seeded input sets to compare (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default 0)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="max error relative to each output's scale (default 1e-3)")
-    p.add_argument("--ade-tol", type=float, default=0.01, help="max trajectory ADE in metres (default 0.01)")
-    p.add_argument("--force", action="store_true", help="write the bundle even if parity misses the tolerance")
+    p.add_argument("--opset", type=int, default=20,
+                   help="ONNX opset (default 20, the newest TensorRT 10.3 parses)")
+    p.add_argument("--no-slim", action="store_true", help="skip the onnxslim clean-up (constant folding, "
+                   "dead nodes, shape simplification)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and held-out drives (default 0)")
+    g = p.add_argument_group("parity (the FP32 graph against PyTorch)")
+    g.add_argument("--parity-inputs", type=int, default=3, metavar="N", help="seeded input sets to compare (default 3)")
+    g.add_argument("--rtol", type=float, default=1e-3, help="max error relative to each output's scale (default 1e-3)")
+    g.add_argument("--ade-tol", type=float, default=0.01, help="max trajectory ADE in metres (default 0.01)")
+    g = p.add_argument_group("precision and the accuracy gate")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="default fp32")
+    g.add_argument("--calib", default="synthetic", metavar="DIR|synthetic",
+                   help="INT8 calibration data: 'synthetic' drives (default), or a folder of .npz input "
+                   "recordings or of images (flat, or in sub-folders named after the cameras)")
+    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="how activation ranges are chosen from the calibration data (default minmax)")
+    g.add_argument("--calib-samples", type=int, default=32, metavar="N", help="calibration input sets (default 32)")
+    g.add_argument("--heldout", type=int, default=16, metavar="N",
+                   help="held-out input sets the gate measures on (default 16)")
+    g.add_argument("--gate-rel-ade", type=float, default=0.02, metavar="R",
+                   help="max trajectory ADE as a fraction of the reference trajectories' spread (default 0.02)")
+    g.add_argument("--gate-ade-m", type=float, default=None, metavar="M",
+                   help="max trajectory ADE in metres (default: not gated, only reported)")
+    g.add_argument("--max-exclude", type=int, default=None, metavar="N",
+                   help="most nodes the search may keep in FP32 (default: a quarter of the candidates; "
+                   "0 turns the search off)")
+    p.add_argument("--force", action="store_true", help="write the bundle even if parity or the gate fails")
     return p
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Numbers argparse cannot judge: a one-line error before any slow work starts."""
+    for name in ("parity_inputs", "calib_samples", "heldout"):
+        if getattr(args, name) < 1:
+            raise VlaError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.heldout < 2 and args.precision != "fp32":
+        raise VlaError("--heldout must be at least 2 (the spread of the reference trajectories needs two)")
+    if args.max_exclude is not None and args.max_exclude < 0:
+        raise VlaError("--max-exclude must be 0 or more")
+    if args.precision != "int8" and args.calib != "synthetic":
+        raise VlaError("--calib only applies to --precision int8")
+
+
 def export(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
+    from .pipeline import run_export
 
-    from vla.runtime.feeds import example_feeds
-    from vla.runtime.manifest import check_against_graph, parse_manifest
-
-    from . import bundle
-    from .convert import check_onnx, export_onnx, tensor_types
-    from .load import load_model
-    from .parity import Tolerance, check_parity
-    from .signature import check_spec_against_model
-
-    t0 = time.perf_counter()
-    loaded = load_model(args.model, args.spec, args.config, factory=args.factory, trust_pickle=args.trust_pickle)
-    try:
-        spec_manifest = parse_manifest(loaded.spec)
-    except ManifestError as exc:
-        raise ManifestError(f"{args.model}: I/O spec: {exc}") from None
-    check_spec_against_model(loaded, spec_manifest)
-    feed_sets = [example_feeds(spec_manifest, args.seed + i) for i in range(max(1, args.parity_inputs))]
-    print(f"vla-export: {loaded.source} ({loaded.form}), "
-          f"{spec_manifest.raw['model'].get('parameters', '?')} parameters", file=sys.stderr)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / bundle.MODEL_FILE
-        how = export_onnx(loaded, spec_manifest, feed_sets[0], onnx_path, args.opset)
-        print(f"vla-export: exported with {how['exporter']} (opset {how['opset']}) in {how['seconds']} s"
-              + (f"; {how['note']}" if "note" in how else ""), file=sys.stderr)
-        model = check_onnx(onnx_path)
-        check_against_graph(spec_manifest, tensor_types(list(model.graph.input)),
-                            tensor_types(list(model.graph.output)), "exported graph")
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        parity = check_parity(loaded.eager, session, spec_manifest, feed_sets, Tolerance(args.rtol, args.ade_tol))
-
-    manifest = dict(spec_manifest.raw)
-    manifest["model"] = dict(manifest["model"], hash=bundle.model_hash(model))
-    manifest["tools"] = bundle.tool_versions()
-    manifest["export"] = {**how, "form": loaded.form, "source": loaded.source,
-                          "parity": {"passed": parity["passed"], "ade_m": parity["trajectory"]["ade_m"],
-                                     "fde_m": parity["trajectory"]["fde_m"]}}
-    parse_manifest(manifest)  # what we write must load
-    traj = parity["trajectory"]
-    summary = (f"parity over {parity['inputs']} input sets: "
-               f"trajectory ADE {traj['ade_m']:.2e} m, FDE {traj['fde_m']:.2e} m")
-    if not parity["passed"]:
-        problems = "; ".join(parity["failures"])
-        if not args.force:
-            raise VlaError(f"{summary}; FAILED ({problems}); no bundle written (--force writes it anyway)")
-        print(f"vla-export: warning: parity FAILED ({problems}); writing anyway because of --force", file=sys.stderr)
-    bundle.embed_manifest(model, json.dumps(manifest, separators=(",", ":")))
-    bundle.write_bundle(args.output, model, manifest, parity)
-    print(f"vla-export: {summary}", file=sys.stderr)
-    print(f"vla-export: wrote {args.output}/ ({bundle.MODEL_FILE}, {bundle.MANIFEST_FILE}, {bundle.PARITY_FILE}) "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
+    _check(args)
+    return run_export(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,272 @@
+"""Precision decided in the graph: FP16 casts or INT8 Q/DQ, so ONNX Runtime and TensorRT 11
+(strongly typed, no precision flags) run the same numbers.
+
+Both conversions are done by ONNX Runtime's own tools: ``onnxruntime.transformers.float16`` for
+FP16 (FP32 inputs and outputs kept, sensitive ops blocked), ``onnxruntime.quantization`` for INT8
+(QDQ format, symmetric INT8 activations with zero point 0, per-channel symmetric INT8 weights: what
+TensorRT's explicit quantisation accepts). Each converter builds a variant of the graph with a list
+of nodes *excluded* (kept in FP32); the accuracy gate and ``search`` decide that list.
+
+Why not quantise every op: element-wise ops gain nothing from INT8 on either runtime, while every
+extra Q/DQ pair costs time and accuracy. The matrix products (MatMul, Gemm, Conv) hold nearly all
+of a transformer's arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from vla.runtime.errors import VlaError
+
+QUANT_OPS = ("MatMul", "Gemm", "Conv")
+#: Kept in FP32 under --precision fp16: normalisations and softmax (sums of many small terms, and
+#: variances that overflow FP16), exponentials and powers, and integrations along the trajectory
+#: (CumSum: FP16 loses centimetres at 50 m).
+FP16_KEEP_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "CumSum", "Exp", "Pow",
+                 "Sqrt", "Reciprocal", "Div", "Sin", "Cos", "Log", "Erf", "InstanceNormalization",
+                 "GroupNormalization", "BatchNormalization", "RMSNormalization")
+FP16_MAX = 65504.0
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@contextlib.contextmanager
+def _quiet_ort_tools():
+    """ORT's converters log warnings (e.g. 'please run pre-processing') that are not ours to show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def output_heads(model: onnx.ModelProto) -> list[str]:
+    """Nodes that write a graph output: the final heads, kept in FP32 under FP16."""
+    outs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if outs & set(n.output)]
+
+
+def candidates(model: onnx.ModelProto, precision: str) -> list[str]:
+    """Nodes the given precision converts, by name (the list ``search`` may exclude from)."""
+    if precision == "int8":
+        return [n.name for n in model.graph.node if n.op_type in QUANT_OPS]
+    if precision == "fp16":
+        keep = set(output_heads(model))
+        return [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in keep]
+    raise ValueError(precision)
+
+
+def activations(model: onnx.ModelProto, feed_sets: list[dict[str, np.ndarray]], names: list[str]
+                ) -> list[dict[str, np.ndarray]]:
+    """FP32 values of the named tensors on every feed set (the graph with them exposed as outputs)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.add(name=name)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [dict(zip(names, sess.run(names, feeds), strict=True)) for feeds in feed_sets]
+
+
+def overflowing_nodes(model: onnx.ModelProto, feed_sets: list[dict[str, np.ndarray]], margin: float = 0.5,
+                      ) -> dict[str, float]:
+    """Float nodes whose output magnitude on these inputs exceeds ``margin`` × the FP16 maximum."""
+    float_outs = _float_outputs(model)
+    names = [o for n in model.graph.node for o in n.output if o in float_outs]
+    peak: dict[str, float] = {}
+    for values in activations(model, feed_sets, names):
+        for k, v in values.items():
+            peak[k] = max(peak.get(k, 0.0), float(np.abs(v).max()) if v.size else 0.0)
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    return {producer[k]: v for k, v in peak.items() if v > margin * FP16_MAX}
+
+
+def _float_outputs(model: onnx.ModelProto) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    vis = list(inferred.graph.value_info) + list(inferred.graph.output)
+    return {v.name for v in vis if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+
+
+# ==================================================================================================
+# Converters: one variant of the graph per list of excluded nodes
+# ==================================================================================================
+
+
+class Fp16Converter:
+    """FP16 weights and compute with FP32 I/O; sensitive ops, output heads and overflowing nodes FP32."""
+
+    precision = "fp16"
+
+    def __init__(self, model: onnx.ModelProto, feed_sets: list[dict[str, np.ndarray]]) -> None:
+        self.model = model
+        self.overflow = overflowing_nodes(model, feed_sets)
+        self.always_kept = sorted(set(output_heads(model)) | set(self.overflow))
+
+    def build(self, exclude: list[str]) -> onnx.ModelProto:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        with _quiet_ort_tools():
+            return convert_float_to_float16(self.model, keep_io_types=True, op_block_list=list(FP16_KEEP_OPS),
+                                            node_block_list=sorted(set(self.always_kept) | set(exclude)))
+
+    def record(self) -> dict[str, Any]:
+        return {"kept_ops": list(FP16_KEEP_OPS), "output_heads": output_heads(self.model),
+                "overflow": {k: round(v, 1) for k, v in sorted(self.overflow.items())}}
+
+
+class _Reader:
+    """ORT's calibration-reader protocol over a list of feed sets."""
+
+    def __init__(self, sets: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(sets)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+class Int8Converter:
+    """Explicit QDQ INT8 for TensorRT: symmetric activations, per-channel symmetric weights.
+
+    Calibration runs once (its tensor ranges are cached in a work folder); each ``build`` then only
+    re-inserts Q/DQ nodes around the nodes not excluded, so the search can try many variants.
+    """
+
+    precision = "int8"
+
+    def __init__(self, model: onnx.ModelProto, calib_sets: list[dict[str, np.ndarray]], method: str = "minmax",
+                 percentile: float = 99.999) -> None:
+        from onnxruntime.quantization import CalibrationMethod
+
+        if method not in CALIB_METHODS:
+            raise VlaError(f"--calib-method {method}: choose one of {', '.join(CALIB_METHODS)}")
+        self.model, self.method = model, method
+        self._method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
+        self._extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibTensorRangeSymmetric": True}
+        if method == "percentile":
+            self._extra["CalibPercentile"] = percentile
+        self._tmp = tempfile.TemporaryDirectory(prefix="vla-int8-")
+        self._src = Path(self._tmp.name) / "fp32.onnx"
+        onnx.save_model(model, str(self._src))
+        self.cache = Path(self._tmp.name) / "calibration.json"
+        self.build([], calib_sets)  # calibrates and fills the cache
+
+    def build(self, exclude: list[str], calib_sets: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        out = Path(self._tmp.name) / "int8.onnx"
+        with _quiet_ort_tools():
+            quantize_static(str(self._src), str(out), _Reader(calib_sets) if calib_sets else None,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude) or None, calibrate_method=self._method,
+                            extra_options=dict(self._extra), calibration_cache_path=str(self.cache))
+        return onnx.load(str(out))
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Calibrated (min, max) of every calibrated tensor."""
+        from onnxruntime.quantization.calibrate import load_tensors_data
+
+        data = load_tensors_data(self.cache).data
+        return {name: (float(np.min(d.range_value[0])), float(np.max(d.range_value[1]))) for name, d in data.items()}
+
+    def record(self) -> dict[str, Any]:
+        return {"format": "QDQ", "activations": "int8 symmetric (zero point 0), per tensor",
+                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS), "calibration": self.method}
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+# ==================================================================================================
+# Local sensitivity: which converted nodes lose the most on their own
+# ==================================================================================================
+
+
+def _fake_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """QuantizeLinear then DequantizeLinear, symmetric INT8 (ONNX semantics: round half to even)."""
+    return torch.clamp(torch.round(x / scale), -127, 127) * scale
+
+
+def _weight_scale(w: torch.Tensor, axis: int) -> torch.Tensor:
+    dims = [d for d in range(w.dim()) if d != axis % w.dim()]
+    amax = w.abs().amax(dim=dims, keepdim=True) if dims else w.abs()
+    return torch.clamp(amax, min=1e-12) / 127.0
+
+
+def local_errors(model: onnx.ModelProto, feed_sets: list[dict[str, np.ndarray]], nodes: list[str],
+                 precision: str, ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Relative RMS error each node's output takes when *only that node* is converted.
+
+    The node's FP32 inputs (from the real graph on ``feed_sets``) are rounded as the conversion
+    would (INT8: calibrated per-tensor activation scales and per-channel weight scales; FP16: a cast),
+    the op is recomputed, and compared with its FP32 output. This ranks candidates for ``search``;
+    the decision itself is always measured on the real converted graph.
+    """
+    by_name = {n.name: n for n in model.graph.node}
+    inits = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).astype(np.float32))
+             for i in model.graph.initializer}
+    wanted = [n for n in nodes if by_name[n].op_type in QUANT_OPS]
+    tensors = sorted({t for n in wanted for t in by_name[n].input[:2] if t and t not in inits})
+    acts = activations(model, feed_sets, tensors)
+    errors: dict[str, float] = {}
+    for name in wanted:
+        node = by_name[name]
+        num = den = 0.0
+        for values in acts:
+            x, w = (inits[t] if t in inits else torch.from_numpy(values[t].astype(np.float32))
+                    for t in node.input[:2])
+            xq, wq = _round_inputs(node, x, w, precision, ranges or {}, node.input[1] in inits)
+            y, ref = _apply(node, xq, wq), _apply(node, x, w)
+            num += float(((y - ref) ** 2).sum())
+            den += float((ref**2).sum())
+        errors[name] = (num / den) ** 0.5 if den > 0 else 0.0
+    return errors
+
+
+def _round_inputs(node: onnx.NodeProto, x: torch.Tensor, w: torch.Tensor, precision: str,
+                  ranges: dict[str, tuple[float, float]], w_const: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if precision == "fp16":
+        return x.half().float(), w.half().float()
+
+    def act_scale(t: str, v: torch.Tensor) -> torch.Tensor:
+        lo, hi = ranges.get(t, (float(v.min()), float(v.max())))
+        return torch.tensor(max(abs(lo), abs(hi), 1e-12) / 127.0)
+
+    xq = _fake_int8(x, act_scale(node.input[0], x))
+    if not w_const:
+        return xq, _fake_int8(w, act_scale(node.input[1], w))
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else -1
+    return xq, _fake_int8(w, _weight_scale(w, axis))
+
+
+def _apply(node: onnx.NodeProto, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The node's own arithmetic (bias excluded: it is not quantised and cancels in the error)."""
+    if node.op_type == "MatMul":
+        return x @ w
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        a = x.T if attrs.get("transA") else x
+        b = w.T if attrs.get("transB") else w
+        return attrs.get("alpha", 1.0) * (a @ b)
+    stride = tuple(attrs.get("strides", [1, 1]))
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    dil = tuple(attrs.get("dilations", [1, 1]))
+    x = torch.nn.functional.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    return torch.nn.functional.conv2d(x, w, stride=stride, dilation=dil, groups=attrs.get("group", 1))

@@ -1,0 +1,156 @@
+"""Input sets that look like driving, for calibration and for the accuracy gate's held-out set.
+
+Random tensors are poor stand-ins for both: quantisation ranges calibrated on noise images and a
+zero memory are not the ranges a car sees, and an accuracy figure measured on them says little.
+So each input set here comes from a *drive*: the synthetic road rendered by every camera of the
+manifest at the model's own resolution, the ego history of that drive, a route command from the
+vocabulary, seeded noise, and recurrent state rolled forward by running the FP32 model on the
+drive's earlier ticks (so ``memory`` holds real scene tokens, as it would on the road).
+
+Camera pictures come from a ``FrameSource``: the synthetic renderer by default, or a folder of
+recorded images (``calibration.ImageFolder``). Drives with different seeds give independent
+sets: calibration and held-out sets never share a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from vla.runtime.commands import encode_command
+from vla.runtime.ego import FIELDS as EGO_FIELDS
+from vla.runtime.ego import EgoHistory
+from vla.runtime.feeds import example_feed
+from vla.runtime.manifest import Manifest, TensorSpec
+from vla.runtime.sources.scene import Rig, Road, SceneRenderer
+
+#: Runs the FP32 model: feeds in, outputs by name (used to roll the recurrent state forward).
+StepFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+TICK_HZ = 10.0
+
+
+class FrameSource(Protocol):
+    """Camera pictures for one drive: ``frame(t)`` gives camera name -> RGB [H, W, 3] uint8."""
+
+    def frame(self, t: float) -> dict[str, np.ndarray]: ...
+
+
+class SyntheticDrive:
+    """The procedural road (``vla.runtime.sources.scene``) rendered at the model's resolution."""
+
+    def __init__(self, names: list[str], width: int, height: int, seed: int) -> None:
+        self.road = Road(seed)
+        self.renderer = SceneRenderer(self.road, Rig(names, width, height), "rgb")
+        self._out = {n: np.empty(self.renderer.shape, dtype=np.uint8) for n in names}
+
+    def frame(self, t: float) -> dict[str, np.ndarray]:
+        self.renderer.render(t, self._out)
+        return self._out
+
+
+def _camera_spec(manifest: Manifest) -> TensorSpec | None:
+    cams = manifest.inputs_with("camera")
+    return cams[0] if cams else None
+
+
+def _write_cameras(spec: TensorSpec, pictures: dict[str, np.ndarray], out: np.ndarray) -> None:
+    """RGB HWC pictures into the camera input (its layout and channel order)."""
+    cam = spec.detail
+    for i, name in enumerate(cam["names"]):
+        img = pictures[name]
+        if cam["color"] == "BGR":
+            img = img[..., ::-1]
+        out[0, i] = img.transpose(2, 0, 1) if cam["layout"] == "NCHW" else img
+
+
+def _commands(manifest: Manifest) -> list[str]:
+    vocab = manifest.vocabulary or {}
+    return [c["phrases"][0] for c in vocab.get("commands", [])]
+
+
+def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warmup_ticks: int = 4,
+                start_s: float | None = None, frames: FrameSource | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``ticks`` input sets of one drive at 10 Hz, after ``warmup_ticks`` that only fill the state.
+
+    Inputs are filled by role: cameras from ``frames`` (default: the synthetic road of ``seed``),
+    ego from the drive's motion (when the manifest uses the standard ego fields), command and text
+    from one route command of the vocabulary, noise seeded, state from the model's own outputs;
+    anything else gets ``vla.runtime.feeds.example_feed``. Yields fresh arrays each tick.
+    """
+    rng = np.random.default_rng(seed)
+    cam = _camera_spec(manifest)
+    if frames is None and cam is not None:
+        frames = SyntheticDrive(cam.detail["names"], cam.detail["width"], cam.detail["height"], seed)
+    road = frames.road if isinstance(frames, SyntheticDrive) else Road(seed)
+    t0 = float(rng.uniform(0.0, 40.0)) if start_s is None else start_s
+    feeds = {t.name: example_feed(t, manifest, rng) for t in manifest.inputs}
+    for t in manifest.inputs_with("state"):
+        feeds[t.name][...] = t.detail["initial"]
+    commands = _commands(manifest)
+    if commands:
+        _set_command(manifest, feeds, commands[int(rng.integers(len(commands)))])
+    ego_specs = [t for t in manifest.inputs_with("ego") if tuple(t.detail.get("fields", ())) == EGO_FIELDS]
+    history = EgoHistory(ego_specs[0].shape[1], ego_specs[0].detail["rate_hz"]) if ego_specs else None
+    # Ego history before the first tick, so tick 0 already has a full past.
+    if history is not None:
+        for k in range(history.steps + 1, 0, -1):
+            _ego_update(history, road, t0 - k * history.period)
+    for k in range(warmup_ticks + ticks):
+        t = t0 + k / TICK_HZ
+        if cam is not None and frames is not None:
+            _write_cameras(cam, frames.frame(max(t, 0.0)), feeds[cam.name])
+        if history is not None:
+            _ego_update(history, road, t)
+            history.fill(feeds[ego_specs[0].name][0])
+        for spec in manifest.inputs_with("noise"):
+            feeds[spec.name][...] = rng.standard_normal(spec.shape).astype(spec.dtype) * spec.detail.get("std", 1.0)
+        if k >= warmup_ticks:
+            yield {name: arr.copy() for name, arr in feeds.items()}
+        if manifest.inputs_with("state"):
+            outputs = step(feeds)
+            for spec in manifest.inputs_with("state"):
+                feeds[spec.name][...] = outputs[spec.detail["from_output"]]
+
+
+def _ego_update(history: EgoHistory, road: Road, t: float) -> None:
+    pose = road.ego_at(max(t, 0.0))
+    history.update(t, pose.speed, pose.accel, pose.yaw_rate)
+
+
+def _set_command(manifest: Manifest, feeds: dict[str, np.ndarray], phrase: str) -> None:
+    texts = manifest.inputs_with("text")
+    ids = [t for t in texts if t.detail["kind"] == "ids"]
+    enc = encode_command(phrase, manifest.vocabulary, ids[0].shape[-1] if ids else 16)
+    for t in manifest.inputs_with("command"):
+        feeds[t.name][...] = enc.nav_id
+    for t in texts:
+        feeds[t.name][0] = enc.token_ids if t.detail["kind"] == "ids" else enc.mask
+
+
+def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks_per_drive: int = 4,
+               stride: int = 5, frames_for: Callable[[int], FrameSource | None] | None = None,
+               ) -> list[dict[str, np.ndarray]]:
+    """``count`` input sets from ``ceil(count / ticks_per_drive)`` drives, ``stride`` ticks apart.
+
+    Drive ``d`` uses seed ``seed + d``; consecutive kept ticks are ``stride`` ticks (0.5 s) apart
+    so one drive still gives varied scenes.
+    """
+    sets: list[dict[str, np.ndarray]] = []
+    drive = 0
+    while len(sets) < count:
+        frames = frames_for(drive) if frames_for else None
+        kept = 0
+        for i, feeds in enumerate(drive_feeds(manifest, step, seed=seed + drive,
+                                               ticks=ticks_per_drive * stride, frames=frames)):
+            if i % stride == stride - 1:
+                sets.append(feeds)
+                kept += 1
+                if len(sets) == count:
+                    break
+        drive += 1
+        if kept == 0:
+            break
+    return sets
