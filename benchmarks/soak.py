@@ -5,7 +5,8 @@ memory grows.
 RSS of the loop process (and of the camera process) is sampled from /proc every few seconds;
 "start" is taken after a minute of warm-up (allocators and caches settle), "end" at the last sample.
 The loop's RSS is also reported per minute, with a least-squares slope over the settled samples, so
-a leak (steady slope) can be told from allocators settling (steps that stop).
+a leak (steady slope) can be told from allocators settling (steps that stop): the growth over the
+second half of the run is the figure to judge, since a leak keeps growing there and a step does not.
 The target from issue 4: p99.9 / p50 ≤ 1.3 end-to-end and no RSS growth beyond noise.
 
     python benchmarks/soak.py --engine bundles/reference --minutes 10 [--json FILE] [-- --threads 1 ...]
@@ -61,7 +62,7 @@ def slope_mb_per_min(samples: list[tuple[float, float, float]]) -> float:
     ys = [s[1] for s in samples]
     tm, ym = sum(ts) / len(ts), sum(ys) / len(ys)
     den = sum((t - tm) ** 2 for t in ts)
-    return sum((t - tm) * (y - ym) for t, y in zip(ts, ys)) / den if den else 0.0
+    return sum((t - tm) * (y - ym) for t, y in zip(ts, ys, strict=True)) / den if den else 0.0
 
 
 def main() -> int:
@@ -108,7 +109,8 @@ def main() -> int:
         "p999_over_p50": e2e["p99.9"] / e2e["median"],
         "rss_mb": {"loop_start": start[1], "loop_end": end[1], "cameras_start": start[2], "cameras_end": end[2],
                    "loop_max": max(s[1] for s in settled), "loop_min": min(s[1] for s in settled),
-                   "loop_by_minute": per_minute(samples), "loop_slope_mb_per_min": slope_mb_per_min(settled)},
+                   "loop_by_minute": per_minute(samples), "loop_slope_mb_per_min": slope_mb_per_min(settled),
+                   "loop_growth_second_half_mb": end[1] - next(s[1] for s in samples if s[0] >= samples[-1][0] / 2)},
         "vla_run_summary": summary_line,
     }
     print(f"machine: {result['machine']}")
@@ -122,7 +124,8 @@ def main() -> int:
           f"(min {r['loop_min']:.1f}, max {r['loop_max']:.1f}); "
           f"cameras {r['cameras_start']:.1f} -> {r['cameras_end']:.1f}")
     print("loop RSS MB per minute: " + " ".join(f"{v:.1f}" for v in r["loop_by_minute"])
-          + f"; slope after warm-up {r['loop_slope_mb_per_min']:+.3f} MB/min")
+          + f"; slope after warm-up {r['loop_slope_mb_per_min']:+.3f} MB/min; "
+          f"growth over the second half {r['loop_growth_second_half_mb']:+.2f} MB (a leak grows there too)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

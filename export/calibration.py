@@ -106,32 +106,46 @@ def _npz_sets(files: list[Path], manifest: Manifest, rng: np.random.Generator) -
     return sets
 
 
-def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, seed: int
-                     ) -> tuple[list[dict[str, np.ndarray]], dict[str, object]]:
-    """The calibration input sets and how they were made (recorded in the manifest)."""
+def check_source(source: str, manifest: Manifest) -> None:
+    """Fail fast, before the slow export, on a calibration folder that cannot work."""
     if source == "synthetic":
-        sets = scene_sets(manifest, step, count=count, seed=seed)
-        return sets, {"source": "synthetic", "seed": seed, "samples": len(sets), "hash": data_hash(sets)}
+        return
     folder = Path(source)
     if not folder.is_dir():
         raise VlaError(f"--calib {source}: no such folder (give a folder of .npz recordings or images, "
                        "or 'synthetic')")
-    rng = np.random.default_rng(seed)
     npz = sorted(folder.glob("*.npz"))
     if npz:
-        sets = _npz_sets(npz[:count], manifest, rng)
+        _npz_sets(npz, manifest, np.random.default_rng(0))
+        return
+    cams = manifest.inputs_with("camera")
+    if not cams:
+        raise VlaError(f"--calib {source}: the model has no camera input; give .npz recordings")
+    names = cams[0].detail["names"]
+    samples = _image_samples(folder, names)
+    if not samples:
+        raise VlaError(f"--calib {source}: no .npz recordings and no images ({', '.join(IMAGE_SUFFIXES)}) "
+                       f"in the folder or in sub-folders named {names}")
+    for path in {p for sample in samples for p in sample.values()}:
+        _read_image(path, 8, 8)
+
+
+def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, seed: int
+                     ) -> tuple[list[dict[str, np.ndarray]], dict[str, object]]:
+    """The calibration input sets and how they were made (recorded in the manifest)."""
+    check_source(source, manifest)
+    if source == "synthetic":
+        sets = scene_sets(manifest, step, count=count, seed=seed)
+        return sets, {"source": "synthetic", "seed": seed, "samples": len(sets), "hash": data_hash(sets)}
+    folder = Path(source)
+    npz = sorted(folder.glob("*.npz"))
+    if npz:
+        sets = _npz_sets(npz[:count], manifest, np.random.default_rng(seed))
         kind = "npz"
     else:
-        cams = manifest.inputs_with("camera")
-        if not cams:
-            raise VlaError(f"--calib {source}: the model has no camera input; give .npz recordings")
-        cam = cams[0].detail
+        cam = manifest.inputs_with("camera")[0].detail
         samples = _image_samples(folder, cam["names"])
-        if not samples:
-            raise VlaError(f"--calib {source}: no .npz recordings and no images "
-                           f"({', '.join(IMAGE_SUFFIXES)}) in the folder or in sub-folders named "
-                           f"{cam['names']}")
-        images = ImageFolder(samples, cam["width"], cam["height"], 0)  # one reel, read on across drives
+        images = ImageFolder(samples, cam["width"], cam["height"])  # one reel, read on across drives
         sets = scene_sets(manifest, step, count=min(count, len(samples)), seed=seed, frames_for=lambda d: images)
         kind = "images"
     return sets, {"source": str(folder), "kind": kind, "samples": len(sets), "hash": data_hash(sets)}

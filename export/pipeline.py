@@ -201,6 +201,10 @@ def run_export(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         raise ManifestError(f"{args.model}: I/O spec: {exc}") from None
     check_spec_against_model(loaded, spec)
+    if args.precision == "int8":
+        from .calibration import check_source
+
+        check_source(args.calib, spec)
     say(f"{loaded.source} ({loaded.form}), {spec.raw['model'].get('parameters', '?')} parameters")
 
     model, how, parity = export_fp32(args, loaded, spec, seconds)
