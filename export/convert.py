@@ -23,6 +23,7 @@ from vla.runtime.errors import VlaError
 from vla.runtime.manifest import Manifest
 
 from .load import LoadedModel, _first_line
+from .trace_errors import explain_export_failure
 
 DEFAULT_OPSET = 20
 _ONNX_DTYPES = {
@@ -34,11 +35,18 @@ _ONNX_DTYPES = {
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter prints progress and warnings about optional packages; keep the CLI output ours."""
+    """The exporter prints progress and warnings about optional packages and, when tracing fails, partial
+    graphs (to stderr) and log lines; a failure is reported as one line of ours, so keep the CLI output ours."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def export_onnx(loaded: LoadedModel, manifest: Manifest, feeds: dict[str, np.ndarray], path: Path,
@@ -63,7 +71,9 @@ def export_onnx(loaded: LoadedModel, manifest: Manifest, feeds: dict[str, np.nda
                               input_names=names_in, output_names=names_out, opset_version=opset,
                               external_data=False)
         except Exception as exc:
-            raise VlaError(f"ONNX export of {loaded.source} failed: {_first_line(exc)}") from None
+            # Name the module and line that stopped the exporter; PyTorch's own text names only an op.
+            root = loaded.exportable if isinstance(loaded.exportable, torch.nn.Module) else None
+            raise VlaError(f"ONNX export of {loaded.source} failed: {explain_export_failure(exc, root)}") from None
     info = {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 2)}
     if note:
         info["note"] = note

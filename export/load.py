@@ -1,26 +1,44 @@
 """Load a MODEL argument into something the ONNX exporter takes, plus its I/O spec.
 
-Forms: the word ``reference``; a TorchScript archive (``.pt``/``.pth``, ``torch.jit.save``); a
-torch.export program (``.pt2``, ``torch.export.save``). Neither archive format runs arbitrary
-pickled code on load; pickled ``nn.Module`` files are not accepted here.
+Forms (``LoadedModel.form``):
 
-The spec (the model-facing half of the manifest) comes from the reference model itself, from a
-``vla_spec.json`` stored in the archive (``_extra_files`` / ``extra_files``), or from ``--spec``.
+- ``reference``: the built-in reference model;
+- ``torchscript``: a ``torch.jit.save`` archive;
+- ``exported_program``: a ``torch.export.save`` archive (``.pt2``);
+- ``state_dict``: a ``torch.save(model.state_dict())`` file (or ``.safetensors``) plus ``--factory
+  MODULE:FUNCTION`` that builds the module to load it into;
+- ``pickled_module``: a ``torch.save(model)`` file, only with ``--trust-pickle``.
+
+Unpickling runs code named by the file, so every ``torch.load`` here uses ``weights_only=True``
+except the one behind ``--trust-pickle``. The archive formats and state_dicts never run file code.
+
+The spec (the model-facing half of the manifest) comes from ``--spec`` (JSON or YAML), else from the
+model itself (a ``vla_spec`` dict attribute or an ``io_spec()`` method), else from a
+``vla_spec.json`` stored in the archive (``_extra_files`` / ``extra_files``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import re
+import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vla.runtime.errors import VlaError
 
 SPEC_FILE = "vla_spec.json"
+FORMS = ("reference", "torchscript", "exported_program", "state_dict", "pickled_module")
+_SPEC_HELP = ("pass --spec FILE (JSON or YAML), give the model a `vla_spec` dict attribute, "
+              "or an `io_spec()` method returning that dict")
 
 
 @dataclass
@@ -30,7 +48,7 @@ class LoadedModel:
     exportable: Any  # nn.Module, torch.export.ExportedProgram or torch.jit.ScriptModule
     eager: Any  # callable(*inputs) -> tuple of tensors, the PyTorch reference for parity
     spec: dict[str, Any]
-    form: str  # "reference" | "torchscript" | "exported_program"
+    form: str  # one of FORMS
     source: str
     notes: list[str] = field(default_factory=list)
 
@@ -50,64 +68,296 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# ---- the spec ---------------------------------------------------------------------------------------
 def _read_spec_file(path: str) -> dict[str, Any]:
+    """``--spec FILE``: ``.yaml``/``.yml`` through PyYAML's safe loader, anything else as JSON."""
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise VlaError(f"--spec {path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VlaError(f"--spec {path}: not valid JSON ({exc})") from None
-
-
-def load_model(model: str, spec_path: str | None = None, config: list[str] | None = None) -> LoadedModel:
-    """Resolve MODEL; every failure is a one-line ``VlaError`` naming the file and the cause."""
-    if model == "reference":
-        from .reference import ReferenceConfig, ReferenceVLA
-
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VlaError(f"--spec {path}: cannot read it ({_first_line(exc)})") from None
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        spec = _parse_yaml(text, path)
+    else:
         try:
-            net = ReferenceVLA(ReferenceConfig(**_parse_overrides(config or [])))
-        except (TypeError, ValueError) as exc:
-            raise VlaError(f"reference model: bad --config ({exc})") from None
-        spec = _read_spec_file(spec_path) if spec_path else net.io_spec()
-        return LoadedModel(net, net, spec, "reference", "vla.export.reference")
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VlaError(f"--spec {path}: not valid JSON ({exc}); YAML files must end in .yaml or .yml") from None
+    if not isinstance(spec, dict):
+        raise VlaError(f"--spec {path}: expected a mapping (inputs, outputs, ...) at the top level, "
+                       f"got {type(spec).__name__}")
+    return spec
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise VlaError(f"--spec {path}: reading YAML needs PyYAML (pip install pyyaml), or give the spec as JSON") \
+            from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # MarkedYAMLError's str() spans several lines; keep the problem and where it is.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _first_line(exc)
+        raise VlaError(f"--spec {path}: not valid YAML ({where}{problem})") from None
+
+
+def _spec_from_module(module: nn.Module, model: str) -> dict[str, Any] | None:
+    """The model's own spec: a ``vla_spec`` dict attribute, else an ``io_spec()`` method; None if neither."""
+    spec = getattr(module, "vla_spec", None)
+    origin = "its vla_spec attribute"
+    if spec is None:
+        method = getattr(module, "io_spec", None)
+        if method is None:
+            return None
+        if not callable(method):
+            raise VlaError(f"MODEL {model}: its io_spec attribute is not a method; {_SPEC_HELP}")
+        origin = "its io_spec()"
+        try:
+            spec = method()
+        except Exception as exc:
+            raise VlaError(f"MODEL {model}: {origin} raised {_first_line(exc)}") from None
+    if not isinstance(spec, dict):
+        raise VlaError(f"MODEL {model}: {origin} is a {type(spec).__name__}, not a dict (the I/O spec)")
+    return spec
+
+
+def _module_spec(module: nn.Module, model: str, spec_path: str | None) -> dict[str, Any]:
+    spec = _read_spec_file(spec_path) if spec_path else _spec_from_module(module, model)
+    if spec is None:
+        raise VlaError(f"MODEL {model}: no I/O spec; {_SPEC_HELP}")
+    info = spec.get("model")
+    if isinstance(info, dict) and "parameters" not in info:  # the manifest's size figure, known here for free
+        spec = {**spec, "model": {**info, "parameters": sum(p.numel() for p in module.parameters())}}
+    return spec
+
+
+def _archive_spec(model: str, spec_path: str | None, embedded: str | bytes) -> dict[str, Any]:
+    if spec_path:
+        return _read_spec_file(spec_path)
+    if not embedded:
+        raise VlaError(f"MODEL {model}: no I/O spec; store {SPEC_FILE} in the archive "
+                       f"(torch.jit.save(..., _extra_files={{'{SPEC_FILE}': ...}})) or pass --spec FILE")
+    try:
+        return json.loads(embedded.decode() if isinstance(embedded, bytes) else embedded)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VlaError(f"MODEL {model}: its embedded {SPEC_FILE} is not valid JSON ({exc})") from None
+
+
+# ---- MODEL forms ------------------------------------------------------------------------------------
+def load_model(model: str, spec_path: str | None = None, config: list[str] | None = None, *,
+               factory: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Resolve MODEL; every failure is a one-line ``VlaError`` naming the file, the cause and the fix."""
+    if model == "reference":
+        if factory:
+            raise VlaError("--factory only applies to a state_dict MODEL, not to 'reference'")
+        return _load_reference(config or [], spec_path)
     if config:
         raise VlaError("--config only applies to the reference model")
 
     path = Path(model)
     if not path.exists():
         raise VlaError(f"MODEL {model}: no such file (give a .pt TorchScript archive, a .pt2 torch.export "
-                       "archive, or the word 'reference')")
+                       "archive, a state_dict file with --factory, or the word 'reference')")
+    if path.suffix == ".safetensors" and path.is_file():
+        return _load_state_dict(_read_safetensors(path), path, factory, spec_path)
     if path.is_dir() or not zipfile.is_zipfile(path):
-        raise VlaError(f"MODEL {model}: not a TorchScript (.pt) or torch.export (.pt2) archive "
-                       "(both are zip files; this one is not, or it is corrupt)")
-    extra = {SPEC_FILE: ""}
-    if path.suffix == ".pt2":
-        try:
-            program = torch.export.load(str(path), extra_files=extra)
-        except Exception as exc:
-            raise VlaError(f"MODEL {model}: cannot read the torch.export archive ({_first_line(exc)})") from None
-        loaded = LoadedModel(program, program.module(), {}, "exported_program", str(path))
-    else:
-        try:
-            script = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as exc:
-            raise VlaError(f"MODEL {model}: cannot read the TorchScript archive ({_first_line(exc)}); "
-                           "if it is a torch.export program, name it .pt2") from None
-        script.eval()
-        loaded = LoadedModel(script, script, {}, "torchscript", str(path))
+        raise VlaError(f"MODEL {model}: not a TorchScript (.pt), torch.export (.pt2) archive or torch.save file "
+                       "(all are zip files; this one is not, or it is corrupt)")
+    kind = _zip_kind(path)
+    if factory and kind != "torch_save":
+        raise VlaError(f"--factory only applies to a state_dict MODEL; {model} is a "
+                       f"{'TorchScript' if kind == 'torchscript' else 'torch.export'} archive, drop --factory")
+    if kind == "torchscript":
+        return _load_torchscript(path, spec_path)
+    if kind == "exported_program":
+        return _load_exported_program(path, spec_path)
+    return _load_torch_save(path, factory, spec_path, trust_pickle)
 
-    if spec_path:
-        loaded.spec = _read_spec_file(spec_path)
-    elif extra[SPEC_FILE]:
-        text = extra[SPEC_FILE]
-        try:
-            loaded.spec = json.loads(text.decode() if isinstance(text, bytes) else text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VlaError(f"MODEL {model}: its embedded {SPEC_FILE} is not valid JSON ({exc})") from None
-    else:
-        raise VlaError(f"MODEL {model}: no I/O spec; store {SPEC_FILE} in the archive "
-                       f"(torch.jit.save(..., _extra_files={{'{SPEC_FILE}': ...}})) or pass --spec FILE")
-    return loaded
+
+def _load_reference(config: list[str], spec_path: str | None) -> LoadedModel:
+    from .reference import ReferenceConfig, ReferenceVLA
+
+    try:
+        net = ReferenceVLA(ReferenceConfig(**_parse_overrides(config)))
+    except (TypeError, ValueError) as exc:
+        raise VlaError(f"reference model: bad --config ({exc})") from None
+    return LoadedModel(net, net, _module_spec(net, "reference", spec_path), "reference", "vla.export.reference")
+
+
+def _zip_kind(path: Path) -> str:
+    """Which zip-based format ``path`` holds, from its member names (nothing is unpickled here)."""
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("/archive_format") for n in names) or path.suffix == ".pt2":
+        return "exported_program"
+    return "torch_save"
+
+
+def _load_torchscript(path: Path, spec_path: str | None) -> LoadedModel:
+    extra = {SPEC_FILE: ""}
+    try:
+        script = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise VlaError(f"MODEL {path}: cannot read the TorchScript archive ({_first_line(exc)}); "
+                       "if it is a torch.export program, name it .pt2") from None
+    script.eval()
+    return LoadedModel(script, script, _archive_spec(str(path), spec_path, extra[SPEC_FILE]), "torchscript",
+                       str(path))
+
+
+def _load_exported_program(path: Path, spec_path: str | None) -> LoadedModel:
+    extra = {SPEC_FILE: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as exc:
+        raise VlaError(f"MODEL {path}: cannot read the torch.export archive ({_first_line(exc)})") from None
+    return LoadedModel(program, program.module(), _archive_spec(str(path), spec_path, extra[SPEC_FILE]),
+                       "exported_program", str(path))
+
+
+def _load_torch_save(path: Path, factory: str | None, spec_path: str | None, trust_pickle: bool) -> LoadedModel:
+    """A ``torch.save`` file: a state_dict (safe to read), or pickled objects (only with --trust-pickle)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        pickled = _pickled_global(exc)
+        if pickled is None:
+            raise VlaError(f"MODEL {path}: cannot read the TorchScript archive or torch.save file "
+                           f"({_first_line(exc)})") from None
+        if not trust_pickle:
+            raise VlaError(
+                f"MODEL {path} is a pickled Python object ({pickled}), e.g. torch.save(model); unpickling it runs "
+                "code named by the file, so pass --trust-pickle only if you trust where it came from, or save "
+                "model.state_dict() instead and pass --factory MODULE:FUNCTION") from None
+        if factory:
+            raise VlaError(f"--factory only applies to a state_dict MODEL; {path} is a pickled module, "
+                           "drop --factory") from None
+        return _load_pickled_module(path, spec_path)
+    return _load_state_dict(obj, path, factory, spec_path)
+
+
+def _pickled_global(exc: Exception) -> str | None:
+    """The class a weights-only load refused (the file pickles code), or None if the file is just unreadable."""
+    text = str(exc)
+    if "Weights only load failed" not in text:
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    return found.group(1) if found else "objects beyond tensors"
+
+
+def _load_pickled_module(path: Path, spec_path: str | None) -> LoadedModel:
+    _cwd_on_path()  # the pickle names its classes by module; let the user's own modules resolve
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-pickle was given
+    except Exception as exc:
+        raise VlaError(f"MODEL {path}: cannot unpickle it ({_first_line(exc)}); the classes it names must be "
+                       "importable (run from the directory of their module, or install it)") from None
+    if not isinstance(obj, nn.Module):
+        raise VlaError(f"MODEL {path}: holds a {type(obj).__name__}, not a torch.nn.Module")
+    obj.eval()
+    return LoadedModel(obj, obj, _module_spec(obj, str(path), spec_path), "pickled_module", str(path))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise VlaError(f"MODEL {path}: reading .safetensors needs the safetensors package (pip install "
+                       "safetensors), or save the weights with torch.save(model.state_dict())") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise VlaError(f"MODEL {path}: cannot read the safetensors file ({_first_line(exc)})") from None
+
+
+def _load_state_dict(obj: Any, path: Path, factory: str | None, spec_path: str | None) -> LoadedModel:
+    weights = _as_state_dict(obj, path)
+    if not factory:
+        raise VlaError(f"MODEL {path} is a state_dict ({len(weights)} tensors, no code); pass --factory "
+                       "MODULE:FUNCTION naming a function that builds the nn.Module to load it into")
+    module = build_from_factory(factory)
+    _load_weights(module, weights, path, factory)
+    module.eval()
+    return LoadedModel(module, module, _module_spec(module, str(path), spec_path), "state_dict", str(path))
+
+
+def _as_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, Mapping):
+        keys = ", ".join(map(str, list(obj)[:5]))
+        raise VlaError(f"MODEL {path}: a torch.save file holding a dict that is not a state_dict (keys: {keys}); "
+                       "save model.state_dict() itself")
+    raise VlaError(f"MODEL {path}: a torch.save file holding a {type(obj).__name__}, not a state_dict; "
+                   "save model.state_dict()")
+
+
+def _cwd_on_path() -> None:
+    """``vla-export`` runs as a console script, whose sys.path lacks the current directory; add it."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def build_from_factory(factory: str) -> nn.Module:
+    """``--factory MODULE:FUNCTION``: import it (the current directory is on the path) and call it."""
+    mod_name, sep, func_name = factory.partition(":")
+    if not sep or not mod_name or not func_name:
+        raise VlaError(f"--factory {factory}: expected MODULE:FUNCTION, e.g. --factory my_model:build")
+    _cwd_on_path()
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
+            raise VlaError(f"--factory {factory}: no module named {mod_name!r} (it must be importable from the "
+                           "current directory or the Python path)") from None
+        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None
+    except Exception as exc:
+        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None
+    func = getattr(mod, func_name, None)
+    if func is None:
+        raise VlaError(f"--factory {factory}: module {mod_name!r} ({getattr(mod, '__file__', '?')}) has no "
+                       f"attribute {func_name!r}")
+    if not callable(func):
+        raise VlaError(f"--factory {factory}: {func_name!r} is a {type(func).__name__}, not a function")
+    try:
+        module = func()
+    except Exception as exc:
+        raise VlaError(f"--factory {factory}: calling {func_name}() raised {_first_line(exc)}") from None
+    if not isinstance(module, nn.Module):
+        raise VlaError(f"--factory {factory}: {func_name}() returned a {type(module).__name__}, "
+                       "not a torch.nn.Module")
+    return module
+
+
+def _load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], path: Path, factory: str) -> None:
+    """``load_state_dict(strict=True)``, with key and shape mismatches reported in one line first."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {list(weights[k].shape)} in the file vs {list(own[k].shape)} in the module"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    problems = [f"{what}: {_few(keys)}" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
+    if problems:
+        raise VlaError(f"MODEL {path} does not fit the module {factory} builds: {'; '.join(problems)}")
+    try:
+        module.load_state_dict(weights, strict=True)
+    except Exception as exc:
+        raise VlaError(f"MODEL {path}: loading it into the module {factory} builds failed ({_first_line(exc)})") \
+            from None
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -187,7 +187,7 @@ class Int8Converter:
 
     def record(self) -> dict[str, Any]:
         return {"format": "QDQ", "activations": "int8 symmetric (zero point 0), per tensor",
-                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS), "calibration": self.method}
+                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS)}
 
     def close(self) -> None:
         self._tmp.cleanup()
