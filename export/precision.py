@@ -15,6 +15,7 @@ of a transformer's arithmetic.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -40,12 +41,13 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 @contextlib.contextmanager
 def _quiet_ort_tools():
-    """ORT's converters log warnings (e.g. 'please run pre-processing') that are not ours to show."""
+    """ORT's converters log warnings (e.g. 'please run pre-processing') and print calibrator settings."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
@@ -141,11 +143,16 @@ class _Reader:
 class Int8Converter:
     """Explicit QDQ INT8 for TensorRT: symmetric activations, per-channel symmetric weights.
 
-    Calibration runs once (its tensor ranges are cached in a work folder); each ``build`` then only
-    re-inserts Q/DQ nodes around the nodes not excluded, so the search can try many variants.
+    Calibration runs once, with ONNX Runtime's calibrators, into a range cache in a work folder;
+    each ``build`` then only re-inserts Q/DQ nodes around the nodes not excluded, so the search can
+    try many variants. The calibrators are driven directly rather than through ``quantize_static``
+    because it cannot set the histogram size: its Entropy default (128 bins for 128 quantised bins)
+    leaves the KL search a single candidate, the full range, i.e. MinMax again. Here Entropy uses
+    2048 bins (as TensorRT's entropy calibrator does) and Percentile 2048 bins at 99.999%.
     """
 
     precision = "int8"
+    HISTOGRAM_BINS = 2048
 
     def __init__(self, model: onnx.ModelProto, calib_sets: list[dict[str, np.ndarray]], method: str = "minmax",
                  percentile: float = 99.999) -> None:
@@ -156,26 +163,40 @@ class Int8Converter:
         self.model, self.method = model, method
         self._method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
-        self._extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibTensorRangeSymmetric": True}
+        self._options: dict[str, Any] = {"symmetric": True}
+        if method != "minmax":
+            self._options["num_bins"] = self.HISTOGRAM_BINS
+        if method == "entropy":
+            self._options["num_quantized_bins"] = 128
         if method == "percentile":
-            self._extra["CalibPercentile"] = percentile
+            self._options["percentile"] = percentile
         self._tmp = tempfile.TemporaryDirectory(prefix="vla-int8-")
         self._src = Path(self._tmp.name) / "fp32.onnx"
         onnx.save_model(model, str(self._src))
         self.cache = Path(self._tmp.name) / "calibration.json"
-        self.build([], calib_sets)  # calibrates and fills the cache
+        self._calibrate(calib_sets)
 
-    def build(self, exclude: list[str], calib_sets: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    def _calibrate(self, calib_sets: list[dict[str, np.ndarray]]) -> None:
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+        with _quiet_ort_tools():
+            calibrator = create_calibrator(self._src, list(QUANT_OPS),
+                                           augmented_model_path=str(Path(self._tmp.name) / "augmented.onnx"),
+                                           calibrate_method=self._method, extra_options=dict(self._options))
+            calibrator.collect_data(_Reader(calib_sets))
+            save_tensors_data(calibrator.compute_data(), self.cache)
+
+    def build(self, exclude: list[str]) -> onnx.ModelProto:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         out = Path(self._tmp.name) / "int8.onnx"
         with _quiet_ort_tools():
-            quantize_static(str(self._src), str(out), _Reader(calib_sets) if calib_sets else None,
+            quantize_static(str(self._src), str(out), None,
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude) or None, calibrate_method=self._method,
-                            extra_options=dict(self._extra), calibration_cache_path=str(self.cache))
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                            calibration_cache_path=str(self.cache))
         return onnx.load(str(out))
 
     def ranges(self) -> dict[str, tuple[float, float]]:
@@ -187,7 +208,8 @@ class Int8Converter:
 
     def record(self) -> dict[str, Any]:
         return {"format": "QDQ", "activations": "int8 symmetric (zero point 0), per tensor",
-                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS)}
+                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS),
+                "calibrator": {k: v for k, v in self._options.items() if k != "symmetric"}}
 
     def close(self) -> None:
         self._tmp.cleanup()

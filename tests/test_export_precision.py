@@ -252,12 +252,20 @@ def test_poisoned_calibration_is_caught_by_the_gate(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-# ---- reproducible bundles --------------------------------------------------------------------------
-def test_same_model_and_options_give_a_byte_identical_model(tmp_path):
-    outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", "int8", *SMALL_ARGS, *QUICK)
-        assert proc.returncode == 0, proc.stderr
+# ---- reproducible bundles, calibration methods -----------------------------------------------------
+@pytest.fixture(scope="module")
+def small_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "minmax"
+    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", "int8", *SMALL_ARGS, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_same_model_and_options_give_a_byte_identical_model(small_int8, tmp_path):
+    again = tmp_path / "again"
+    proc = run_cli(VLA_EXPORT, "reference", "-o", again, "--precision", "int8", *SMALL_ARGS, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    outs = [small_int8, again]
     a, b = ((o / "model.onnx").read_bytes() for o in outs)
     assert a == b
     ma, mb = (json.loads((o / "manifest.json").read_text()) for o in outs)
@@ -266,6 +274,27 @@ def test_same_model_and_options_give_a_byte_identical_model(tmp_path):
     assert ma["export"]["precision"]["calibration"]["hash"] == mb["export"]["precision"]["calibration"]["hash"]
     assert {"torch", "onnx", "onnxruntime", "onnxslim"} <= ma["tools"].keys()
     assert ma["export"]["options"]["calib_method"] == "minmax"
+
+
+def _activation_scales(bundle) -> dict[str, float]:
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods_clip_outliers_that_minmax_keeps(small_int8, tmp_path, method):
+    out = tmp_path / method
+    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", "int8", "--calib-method", method,
+                   *SMALL_ARGS, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["export"]["precision"]["calibration"]["method"] == method
+    minmax, other = _activation_scales(small_int8), _activation_scales(out)
+    shared = minmax.keys() & other.keys()
+    assert len(shared) > 10
+    # Same data, same tensors: a histogram method never widens MinMax's range, and narrows many.
+    assert all(other[t] <= minmax[t] * 1.0001 for t in shared)
+    assert sum(other[t] < 0.99 * minmax[t] for t in shared) > len(shared) // 5
 
 
 def test_data_hash_tells_calibration_sets_apart():
