@@ -1,0 +1,144 @@
+"""``vla-bench``: latency of an engine or of the whole loop, in figures comparable with trtexec's.
+
+    vla-bench --engine bundles/reference                     # engine mode: preprocess, compute, decode
+    vla-bench --engine any_model.onnx --shapes x:1x3x224x224 # any ONNX graph, generated inputs
+    vla-bench --engine bundles/reference --loop --ticks 300  # the real vla-run pipeline, per tick
+    vla-bench compare before.json after.json                 # per-figure ratios of two reports
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from ..cli_support import run_main
+from ..errors import VlaError
+
+EPILOG = """\
+figures: min, mean, median, p90, p95, p99, p99.9, max, standard deviation and coefficient of
+variation per stage, in ms; median and percentiles exactly as trtexec computes them
+(percentile p = sorted[max(N-1-int((1-p/100)*N), 0)]; the median of an even count is the mean of
+the two middle values). Engine mode runs until both --iterations and --duration are reached, after
+--warmup seconds, as trtexec does. Every report carries the machine, versions and clock state;
+on a Jetson, tegrastats is sampled during the run.
+
+examples:
+  vla-bench --engine bundles/reference --json ref.json --png ref.png
+  vla-bench --engine bundles/reference-int8 --json int8.json && vla-bench compare ref.json int8.json
+  vla-bench --engine bundles/reference --loop --ticks 600 --budget-ms 100 --markdown loop.md
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vla-bench", description=__doc__.split("\n\n")[0].strip(), epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", required=True, metavar="PATH", help="a bundle folder, an .onnx, or a TensorRT .plan")
+    p.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
+                   help="auto picks TensorRT for a .plan, else ONNX Runtime (default auto)")
+    p.add_argument("--iterations", type=int, default=10, metavar="N",
+                   help="at least N timed runs (default 10)")
+    p.add_argument("--duration", type=float, default=3.0, metavar="S", help="and at least S seconds (default 3)")
+    p.add_argument("--warmup", type=float, default=0.2, metavar="S", help="untimed warm-up seconds (default 0.2)")
+    p.add_argument("--budget-ms", type=float, default=None, metavar="MS",
+                   help="count end-to-end times above this as deadline misses (loop mode default 100)")
+    p.add_argument("--shapes", metavar="SPEC", help="symbolic input dims, trtexec syntax: name:1x3x224x224,...")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default cores - 1)")
+    p.add_argument("--spin-wait", action="store_true", help="let ONNX Runtime's threads spin between runs")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the run in a CUDA graph (GPU backends)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    g = p.add_argument_group("loop mode (the real vla-run pipeline)")
+    g.add_argument("--loop", action="store_true", help="time the loop per tick instead of the engine")
+    g.add_argument("--camera", default="synthetic://", help="camera URI (default synthetic://)")
+    g.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
+    g.add_argument("--ticks", type=int, default=300, help="timed ticks (default 300)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", metavar="FILE", help="write the full result (vla.bench/1) as JSON")
+    g.add_argument("--markdown", metavar="FILE", help="write a Markdown section for RESULTS.md")
+    g.add_argument("--png", metavar="FILE", help="write a latency histogram and per-run timeline (matplotlib)")
+    return p
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vla-bench compare", description="Per-figure ratios B/A of two vla-bench "
+                                "JSON reports (below 1: B is faster).")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.iterations < 1 or args.ticks < 1:
+        raise VlaError("--iterations and --ticks must be at least 1")
+    if args.duration < 0 or args.warmup < 0:
+        raise VlaError("--duration and --warmup must be 0 or more")
+    if args.budget_ms is not None and args.budget_ms <= 0:
+        raise VlaError("--budget-ms must be positive")
+    if args.rate <= 0:
+        raise VlaError("--rate must be positive")
+    for name in ("json", "markdown", "png"):
+        target = getattr(args, name)
+        if target and not Path(target).resolve().parent.is_dir():
+            raise VlaError(f"--{name} {target}: its folder does not exist")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def bench(args: argparse.Namespace) -> int:
+    from . import environment, report
+    from .engine_bench import BenchConfig, open_target, parse_shapes, run_bench
+    from .loop_bench import run_loop_bench
+
+    _check(args)
+    env = environment.collect()
+    env["describe"] = environment.describe(env)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service stop reports what was measured, like Ctrl-C
+    with environment.TegrastatsSampler() as tegra:
+        if args.loop:
+            if args.backend not in ("auto", "ort"):
+                raise VlaError(f"--loop runs vla-run's own backend; --backend {args.backend} is not available")
+            result = run_loop_bench(args.engine, args.camera, ticks=args.ticks, rate_hz=args.rate,
+                                    budget_ms=args.budget_ms or 100.0, threads=args.threads)
+        else:
+            cfg = BenchConfig(iterations=args.iterations, duration_s=args.duration, warmup_s=args.warmup,
+                              budget_ms=args.budget_ms, shapes=parse_shapes(args.shapes), threads=args.threads,
+                              spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed)
+            target = open_target(args.engine, args.backend, cfg)
+            try:
+                result = run_bench(target, cfg)
+            finally:
+                target.close()
+    env["tegrastats"] = tegra.summary()
+    result["environment"] = env
+    result["warnings"] = environment.clock_warnings(env)
+    print(report.format_table(result))
+    if args.json:
+        Path(args.json).write_text(report.to_json(result))
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown(result))
+    if args.png:
+        report.write_png(result, args.png)
+    return 130 if result["interrupted"] else 0
+
+
+def compare(argv: list[str]) -> int:
+    from . import report
+
+    args = compare_parser().parse_args(argv)
+    print(report.compare(report.load_result(args.a), report.load_result(args.b)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return run_main("vla-bench", lambda: compare(argv[1:]))
+    args = build_parser().parse_args(argv)
+    return run_main("vla-bench", lambda: bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

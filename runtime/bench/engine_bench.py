@@ -1,0 +1,327 @@
+"""One engine run back to back, timed per stage the way trtexec times it.
+
+Targets:
+
+- a **bundle** (or an ``.onnx`` carrying a vla manifest): the runtime's own path per iteration,
+  preprocess (raw 1280×720 YUYV camera frames through the fused kernel into the engine's input
+  buffers), compute (the backend's run), decode (``decode_trajectory``), and end to end;
+- **any other ``.onnx``**: inputs generated from the graph's shapes and dtypes (as trtexec does;
+  ``--shapes name:1x3x224x224`` for symbolic dims), compute only;
+- a TensorRT **``.plan``**: needs TensorRT, which this machine cannot have; refused with the reason.
+
+Iterations follow trtexec's rule: warm up for ``warmup_s``, then run until at least
+``iterations`` runs *and* ``duration_s`` seconds are done. Throughput is runs over the wall time
+from the first timed run's start to the last one's end. Ctrl-C ends the timing early; the figures
+then cover what was measured, and the result says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import VlaError
+from ..stats import summarize
+from .result import SCHEMA, Result
+
+_NP_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class BenchConfig:
+    iterations: int = 10  # at least this many timed runs (trtexec: --iterations)
+    duration_s: float = 3.0  # and at least this long (trtexec: --duration)
+    warmup_s: float = 0.2  # untimed runs first (trtexec: --warmUp 200 ms)
+    budget_ms: float | None = None  # e2e above this counts as a deadline miss
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    threads: int | None = None
+    spin_wait: bool = False
+    cuda_graph: bool = False
+    seed: int = 0
+
+
+def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
+    """trtexec's ``--shapes`` syntax: ``name:1x3x224x224,other:1x16`` (a name may contain ':')."""
+    out: dict[str, tuple[int, ...]] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        name, sep, dims = item.strip().rpartition(":")
+        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise VlaError(f"--shapes {item!r}: expected NAME:DxDxD, e.g. images:1x3x224x224")
+        out[name] = tuple(int(d) for d in dims.split("x"))
+    return out
+
+
+def concrete_shapes(inputs: list[tuple[str, str, list[Any]]], shapes: dict[str, tuple[int, ...]]
+                    ) -> dict[str, tuple[int, ...]]:
+    """Every graph input's shape with its symbolic dims resolved from ``--shapes`` (pure)."""
+    unknown = sorted(set(shapes) - {name for name, _, _ in inputs})
+    if unknown:
+        raise VlaError(f"--shapes names {unknown}, which the graph does not have "
+                       f"(its inputs: {[name for name, _, _ in inputs]})")
+    out, missing = {}, []
+    for name, _, dims in inputs:
+        if name in shapes:
+            given = shapes[name]
+            fixed_ok = len(given) == len(dims) and all(
+                not (isinstance(d, int) and d > 0) or d == g for d, g in zip(dims, given, strict=True))
+            if not fixed_ok:
+                raise VlaError(f"--shapes {name}:{'x'.join(map(str, given))} does not fit the graph's "
+                               f"{_dims_text(dims)}")
+            out[name] = given
+        elif all(isinstance(d, int) and d > 0 for d in dims):
+            out[name] = tuple(dims)
+        else:
+            missing.append(f"{name} {_dims_text(dims)}")
+    if missing:
+        raise VlaError(f"symbolic input dims need --shapes: {'; '.join(missing)} "
+                       f"(e.g. --shapes {inputs[0][0]}:1x...)")
+    return out
+
+
+def _dims_text(dims: list[Any]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else f"{d or '?'}" for d in dims) + "]"
+
+
+def random_inputs(inputs: list[tuple[str, str, list[Any]]], shapes: dict[str, tuple[int, ...]], seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """Random values of each input's dtype, like trtexec's generated inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, onnx_type, _ in inputs:
+        dtype = _NP_TYPES.get(onnx_type)
+        if dtype is None:
+            raise VlaError(f"input {name} has type {onnx_type}, which vla-bench cannot generate")
+        shape = shapes[name]
+        if dtype == np.bool_:
+            feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
+        elif np.issubdtype(dtype, np.integer):
+            feeds[name] = rng.integers(0, 8, size=shape).astype(dtype)  # small: valid as indices/ids too
+        else:
+            feeds[name] = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+    return feeds
+
+
+# ==================================================================================================
+# Targets: what one iteration does, as named, timed stages
+# ==================================================================================================
+
+
+class Target:
+    """One iteration = ``stages()`` in order; ``describe`` for the report."""
+
+    engine: str
+    backend: str
+
+    def stages(self) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OnnxTarget(Target):
+    """Any ONNX graph on ONNX Runtime CPU with generated inputs: compute only."""
+
+    def __init__(self, path: str, cfg: BenchConfig) -> None:
+        from ..backends.ort import default_threads, open_session
+
+        self.engine = path
+        threads = cfg.threads or default_threads()
+        session = open_session(path, threads, cfg.spin_wait)
+        inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
+        shapes = concrete_shapes(inputs, cfg.shapes)
+        import onnxruntime as ort
+
+        self.feeds = random_inputs(inputs, shapes, cfg.seed)
+        self._binding = session.io_binding()
+        for name, arr in self.feeds.items():
+            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        for out in session.get_outputs():
+            self._binding.bind_output(out.name, "cpu")
+        self._session = session
+        self.backend = (f"onnxruntime {ort.__version__} CPUExecutionProvider, {threads} intra-op thread(s), "
+                        f"spinning {'on' if cfg.spin_wait else 'off'}")
+
+    def stages(self) -> list[tuple[str, Any]]:
+        return [("compute", lambda: self._session.run_with_iobinding(self._binding))]
+
+
+class BundleTarget(Target):
+    """The runtime's per-tick path on a bundle: preprocess → compute → decode."""
+
+    def __init__(self, path: str, cfg: BenchConfig, camera_size: tuple[int, int] = (1280, 720)) -> None:
+        from vla.kernels import decode_trajectory
+        from vla.kernels.decode import new_result_buffer
+
+        from ..engine import open_engine
+        from ..preprocess import Preprocessor
+        from ..sources.base import Frame
+        from ..sources.scene import frame_shape
+
+        self.engine = path
+        self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait)
+        self.backend = self.backend_obj.describe()
+        m = self.backend_obj.manifest
+        rng = np.random.default_rng(cfg.seed)
+        w, h = camera_size
+        self._frames: list[tuple[Any, Any]] = []
+        for spec in m.inputs_with("camera"):
+            buf = self.backend_obj.feed(spec.name)[0]
+            for i, name in enumerate(spec.detail["names"]):
+                data = rng.integers(16, 236, size=frame_shape("yuyv", w, h), dtype=np.uint8)
+                frame = Frame(camera=name, seq=1, capture_time=time.monotonic(), data=data, fmt="yuyv",
+                              width=w, height=h)
+                self._frames.append((Preprocessor(spec.detail, buf[i]), frame))
+        from ..feeds import example_feed
+
+        for spec in m.inputs:
+            if spec.role != "camera":
+                self.backend_obj.feed(spec.name)[...] = example_feed(spec, m, rng)
+        traj = m.outputs_with("trajectory")[0]
+        scores = m.outputs_with("score")
+        self._traj, self._score = traj.name, scores[0].name if scores else None
+        self._dt = float(traj.detail["dt"])
+        self._decode = decode_trajectory
+        self._out = np.zeros((traj.shape[-2], 6), dtype=np.float32)
+        self._result = new_result_buffer()
+        self._outputs: dict[str, np.ndarray] = {}
+        self.cameras = len(self._frames)
+
+    def _preprocess(self) -> None:
+        for pre, frame in self._frames:
+            pre(frame)
+
+    def _compute(self) -> None:
+        self._outputs = self.backend_obj.run()
+
+    def _decode_out(self) -> None:
+        out = self._outputs
+        self._decode(out[self._traj][0], out[self._score][0] if self._score else None, self._dt,
+                     out=self._out, result=self._result)
+
+    def stages(self) -> list[tuple[str, Any]]:
+        return [("preprocess", self._preprocess), ("compute", self._compute), ("decode", self._decode_out)]
+
+    def close(self) -> None:
+        self.backend_obj.close()
+
+
+def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
+    """The target for ``--engine`` and ``--backend``; one-line errors for what cannot run here."""
+    path = Path(engine)
+    if not path.exists():
+        raise VlaError(f"--engine {engine}: no such file or bundle folder")
+    if path.suffix == ".plan" or backend == "trt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise VlaError(f"--engine {engine}: TensorRT is not installed (import tensorrt failed); a .plan "
+                           "runs only where TensorRT is, e.g. on the Jetson that built it") from None
+        raise VlaError("TensorRT benchmarking needs the TensorRT runner (vla-build), not in this build yet")
+    if backend not in ("auto", "ort"):
+        raise VlaError(f"--backend {backend}: not available in this build (choose ort or auto)")
+    if cfg.cuda_graph:
+        raise VlaError("--cuda-graph needs a GPU backend (TensorRT or torch on CUDA); ONNX Runtime CPU has none")
+    if path.is_dir():
+        return BundleTarget(engine, cfg)
+    if path.suffix != ".onnx":
+        raise VlaError(f"--engine {engine}: expected a bundle folder, an .onnx or a .plan")
+    if _has_manifest(path):
+        return BundleTarget(engine, cfg)
+    try:
+        return OnnxTarget(engine, cfg)
+    except VlaError:
+        raise
+    except Exception as exc:
+        raise VlaError(f"--engine {engine}: cannot run ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                       ) from None
+
+
+def _has_manifest(path: Path) -> bool:
+    import onnx
+
+    from ..manifest import METADATA_KEY
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False  # ONNX Runtime gives the real error when it loads it
+    return any(p.key == METADATA_KEY for p in model.metadata_props)
+
+
+# ==================================================================================================
+# The timing loop
+# ==================================================================================================
+
+
+def run_bench(target: Target, cfg: BenchConfig) -> Result:
+    """Warm up, then time every stage of every iteration until both minimums are met (or Ctrl-C)."""
+    stages = target.stages()
+    clock = time.perf_counter
+    end_warmup = clock() + cfg.warmup_s
+    while True:  # at least one warm-up run, even with --warmup 0: first runs allocate
+        for _, fn in stages:
+            fn()
+        if clock() >= end_warmup:
+            break
+    samples: dict[str, list[float]] = {name: [] for name, _ in stages}
+    samples["e2e"] = []
+    interrupted = False
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    first = clock()
+    last = first
+    try:
+        while len(samples["e2e"]) < cfg.iterations or last - first < cfg.duration_s:
+            t0 = t = clock()
+            for name, fn in stages:
+                fn()
+                now = clock()
+                samples[name].append(1000.0 * (now - t))
+                t = now
+            samples["e2e"].append(1000.0 * (t - t0))
+            last = t
+    except KeyboardInterrupt:
+        interrupted = True
+        n = len(samples["e2e"])
+        for name in samples:  # drop the half-timed iteration
+            del samples[name][n:]
+    n = len(samples["e2e"])
+    wall = last - first
+    result: Result = {
+        "schema": SCHEMA,
+        "mode": "engine",
+        "engine": target.engine,
+        "backend": target.backend,
+        "settings": {"iterations": cfg.iterations, "duration_s": cfg.duration_s, "warmup_s": cfg.warmup_s,
+                     "budget_ms": cfg.budget_ms, "shapes": {k: list(v) for k, v in cfg.shapes.items()} or None,
+                     "cuda_graph": cfg.cuda_graph, "spin_wait": cfg.spin_wait, "threads": cfg.threads,
+                     "rate_hz": None, "cameras": getattr(target, "cameras", None)},
+        "stages": {name: summarize(vals) for name, vals in samples.items() if vals},
+        "samples": samples,
+        "throughput_qps": n / wall if wall > 0 else float("nan"),
+        "deadline": deadline(samples["e2e"], cfg.budget_ms),
+        "wall_s": wall,
+        "interrupted": interrupted,
+        "started_at": started_at,
+    }
+    return result
+
+
+def deadline(e2e: list[float], budget_ms: float | None) -> dict[str, Any] | None:
+    """Deadline misses: runs whose end-to-end time exceeded the budget (pure)."""
+    if budget_ms is None:
+        return None
+    misses = sum(v > budget_ms for v in e2e)
+    return {"budget_ms": budget_ms, "misses": misses, "rate": misses / len(e2e) if e2e else float("nan")}

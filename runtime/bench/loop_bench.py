@@ -1,0 +1,86 @@
+"""The real ``vla-run`` pipeline timed tick by tick: cameras, grouping, preprocess, engine, decode,
+fallback policy and publishing, exactly as the loop runs them (``vla.runtime.Runner``).
+
+Per tick it takes the published record's stage times: ``acquire`` (capture → every camera's frame
+in hand: the cameras' own latency plus the wait for the group), ``preprocess``, ``compute`` (the
+engine), ``decode``, ``e2e`` (frame capture → publish, the latency the car sees) and ``overhead`` =
+e2e − acquire − compute: everything the runtime adds around the engine once it has the frames, the
+figure its own cost is judged by.
+A deadline miss is a tick published ``late``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from ..stats import summarize
+from .result import SCHEMA, Result
+
+#: record latency key -> bench stage
+_STAGE_OF = {"acquire": "acquire", "preprocess": "preprocess", "engine": "compute", "decode": "decode",
+             "e2e": "e2e"}
+
+
+def tick_samples(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-stage values from published records; overhead only where the engine ran (pure)."""
+    samples: dict[str, list[float]] = {s: [] for s in (*_STAGE_OF.values(), "overhead")}
+    for rec in records:
+        lat = rec.get("latency_ms", {})
+        for key, stage in _STAGE_OF.items():
+            if key in lat:
+                samples[stage].append(float(lat[key]))
+        if "engine" in lat and "e2e" in lat:
+            samples["overhead"].append(float(lat["e2e"]) - float(lat.get("acquire", 0.0)) - float(lat["engine"]))
+    return {k: v for k, v in samples.items() if v}
+
+
+def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budget_ms: float,
+                   threads: int | None = None, warmup_ticks: int = 10) -> Result:
+    """``ticks`` timed ticks of the loop after ``warmup_ticks``; Ctrl-C ends it early."""
+    import time
+
+    from ..engine import open_engine
+    from ..loop import RunConfig, Runner
+    from ..sources import open_cameras
+
+    backend = open_engine(engine, threads)
+    cameras = open_cameras([camera], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms,
+                                                max_ticks=warmup_ticks + ticks))
+    records: list[dict[str, Any]] = []
+    interrupted = False
+    started_at = first = last = None
+    try:
+        for i, rec in enumerate(runner):
+            if i < warmup_ticks:
+                continue
+            if first is None:
+                first = time.monotonic()
+                started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            records.append(rec)
+            last = time.monotonic()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        runner.close()
+    samples = tick_samples(records)
+    late = sum(r["status"] == "late" for r in records)
+    wall = (last - first) if first is not None and last is not None else 0.0
+    return {
+        "schema": SCHEMA,
+        "mode": "loop",
+        "engine": engine,
+        "backend": backend.describe(),
+        "settings": {"iterations": ticks, "duration_s": None, "warmup_s": None, "budget_ms": budget_ms,
+                     "shapes": None, "cuda_graph": False, "spin_wait": False, "threads": threads,
+                     "rate_hz": rate_hz, "cameras": len(cameras), "camera": camera, "warmup_ticks": warmup_ticks},
+        "stages": {name: summarize(vals) for name, vals in samples.items()},
+        "samples": samples,
+        "throughput_qps": (len(records) - 1) / wall if wall > 0 else float("nan"),
+        "deadline": {"budget_ms": budget_ms, "misses": late, "rate": late / len(records) if records else float("nan")},
+        "status": {s: sum(r["status"] == s for r in records) for s in ("ok", "late", "fallback", "fault")},
+        "wall_s": wall,
+        "interrupted": interrupted,
+        "started_at": started_at,
+    }
