@@ -91,9 +91,10 @@ def section(r: dict, command: str) -> str:
               f"({ot['speedup_vs_eager']['onnxruntime']:.2f}×).", ""]
     st = loop["stages"]
     lines += [f"**Loop overhead** (`vla-bench --loop`, {st['e2e']['count']} ticks at 10 Hz, 3 synthetic cameras "
-              "1280×720 YUYV): per tick, ms", "",
+              "1280×720 YUYV): per tick, ms; overhead = e2e − acquire (the cameras' delivery, here the "
+              "synthetic rig's rendering) − compute", "",
               "| stage | median | p90 | p99 | p99.9 | max |", "|---|---|---|---|---|---|"]
-    for name in ("preprocess", "compute", "decode", "overhead", "e2e"):
+    for name in ("acquire", "preprocess", "compute", "decode", "overhead", "e2e"):
         if name in st:
             s = st[name]
             lines.append(f"| {name} | {s['median']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} | {s['p99.9']:.2f} "
@@ -126,9 +127,17 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20, help="interleaved runs per runtime (default 20)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (minutes of compiling)")
     p.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--json", metavar="FILE", help="also save the figures (re-render them later with --render)")
+    p.add_argument("--render", metavar="FILE", help="only re-render the section from a saved --json run")
     args = p.parse_args()
     command = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        text = section(saved, saved.get("command", command))
+        print(text)
+        if not args.no_write:
+            write_section(text)
+        return 0
 
     prec = measure_precisions(args.out, runs=args.runs)  # exports fp32/fp16/int8 into --out
     print("precision: done", file=sys.stderr)
@@ -137,7 +146,8 @@ def main() -> int:
     kern = kernel_speedup()
     loop = run_loop_bench(str(args.out / "fp32"), "synthetic://", ticks=args.ticks, rate_hz=10.0, budget_ms=100.0)
     loop.pop("samples", None)
-    result = {"machine": describe(), "date": date.today().isoformat(), "runs": args.runs, "ort_vs_torch": ot,
+    result = {"machine": describe(), "date": date.today().isoformat(), "command": command, "runs": args.runs,
+              "ort_vs_torch": ot,
               "loop": loop, "kernels": kern, "precision": prec}
     text = section(result, command)
     print(text)
