@@ -273,8 +273,18 @@ def _torch_cuda() -> str | None:
 
 def git_revision(path: str | os.PathLike[str] | None = None) -> str | None:
     """``git rev-parse --short HEAD`` of this project's checkout, "+dirty" when ``git status --porcelain`` lists
-    anything; None when not run from a checkout (an installed wheel) or git is missing or fails."""
-    where = str(path) if path is not None else str(Path(__file__).resolve().parent)
+    anything; None when not run from a checkout or git is missing or fails.
+
+    Without ``path``: the checkout this module is imported from (an editable install), else the working
+    directory's when it is this project's checkout (a wheel installed from it, run from it, as CI does).
+    """
+    if path is None:
+        for where in (Path(__file__).resolve().parent, Path.cwd()):
+            rev = git_revision(where)
+            if rev is not None:
+                return rev
+        return None
+    where = str(path)
     # GIT_OPTIONAL_LOCKS=0: `git status` must not take index.lock while someone else commits in this checkout.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     top = _run(["git", "-C", where, "rev-parse", "--show-toplevel"], GIT_TIMEOUT_S, env)
