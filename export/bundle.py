@@ -1,5 +1,6 @@
-"""A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``, and
-``accuracy.json`` when the precision is not FP32 (the gate's figures and every search trial).
+"""A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``,
+``accuracy.json`` when the precision is not FP32 (the gate's figures and every search trial), and
+``program.pt2`` for FP32 (the torch.export program the runtime's torch backend runs).
 
 It is written to a temporary folder beside the target and renamed into place, so a failed or
 interrupted export never leaves a half-written bundle where a vehicle could pick it up.
@@ -26,6 +27,7 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 ACCURACY_FILE = "accuracy.json"
+PROGRAM_FILE = "program.pt2"
 
 
 def model_hash(model: onnx.ModelProto) -> str:
@@ -53,8 +55,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> None:
-    """Write the files atomically into ``out`` (replacing an earlier bundle there); ``extra``: more JSON files."""
+                 extra: dict[str, Any] | None = None, files: dict[str, Path] | None = None) -> None:
+    """Write the files atomically into ``out`` (replacing an earlier bundle there); ``extra``: more JSON files;
+    ``files``: binary files already written elsewhere (``program.pt2``), moved in under the given names."""
     if out.exists() and not (out / MANIFEST_FILE).exists() and any(out.iterdir()):
         raise VlaError(f"-o {out}: folder exists and is not a bundle; choose another path or empty it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +68,8 @@ def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], pa
         (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
         for name, content in (extra or {}).items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
+        for name, src in (files or {}).items():
+            shutil.move(str(src), tmp / name)  # a rename on the same file system, else a copy
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         if out.exists():
             shutil.rmtree(out)

@@ -184,6 +184,44 @@ def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manif
     return final, record, report
 
 
+def save_program(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, folder: Path,
+                 seconds: dict[str, float]) -> Path | None:
+    """``program.pt2`` in ``folder``: the model as a torch.export program, for the runtime's torch backend.
+
+    FP32 only: the torch backend runs the FP32 model, and FP16/INT8 are decided in the ONNX graph,
+    so a precision bundle carrying an FP32 program would run a different model under the same name.
+    TorchScript archives are skipped (PyTorch's converter handles fewer ops than TorchScript). It
+    runs after the ONNX export and works on the module, not the graph, so ``model.onnx`` is the same
+    with or without it. A model torch.export cannot take (rare: the ONNX exporter just traced it the
+    same way) costs the bundle only its program, with a one-line warning.
+    """
+    if args.precision != "fp32" or loaded.form == "torchscript":
+        return None
+    start = time.perf_counter()
+    path = folder / bundle.PROGRAM_FILE
+    try:
+        import torch
+
+        from .convert import _quiet
+
+        with _quiet():
+            if isinstance(loaded.exportable, torch.export.ExportedProgram):
+                program = loaded.exportable  # already a program: saved as loaded
+            else:
+                feeds = example_feeds(spec, args.seed)
+                example = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in spec.inputs)
+                program = torch.export.export(loaded.exportable, example)
+            torch.export.save(program, str(path))
+    except Exception as exc:
+        say(f"warning: no {bundle.PROGRAM_FILE} in the bundle (--backend torch will not run it): torch.export "
+            f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return None
+    seconds["torch_program"] = round(time.perf_counter() - start, 2)
+    say(f"saved the torch.export program ({bundle.PROGRAM_FILE}, {path.stat().st_size / 1e6:.1f} MB) "
+        f"in {seconds['torch_program']} s")
+    return path
+
+
 def _accuracy_report(result: SearchResult, gate: Gate) -> dict[str, Any]:
     final = result.final
     return {"passed": result.passed, "failures": final.failures, "figures": final.figures,
@@ -215,25 +253,30 @@ def run_export(args: argparse.Namespace) -> int:
         for problem in tensorrt_problems(model):
             say(f"warning: TensorRT: {problem}")
 
-    manifest = dict(spec.raw)
-    manifest["model"] = dict(manifest["model"], hash=bundle.model_hash(model))
-    manifest["tools"] = bundle.tool_versions()
-    manifest["export"] = {**how, "form": loaded.form, "source": loaded.source, "precision": precision,
-                          "options": _options(args)}
-    seconds["total"] = round(time.perf_counter() - t0, 2)
-    manifest["measured"] = {"seconds": seconds,
-                            "parity": {"passed": parity["passed"], "ade_m": parity["trajectory"]["ade_m"],
-                                       "fde_m": parity["trajectory"]["fde_m"]}}
-    if accuracy is not None:
-        manifest["measured"]["accuracy"] = {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
-                                            "speed_ms": accuracy["speed_ms"],
-                                            "speedup_vs_fp32": accuracy["speedup_vs_fp32"]}
-    parse_manifest(manifest)  # what we write must load
-    embedded = {k: v for k, v in manifest.items() if k != "measured"}
-    bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
-    extra = {bundle.ACCURACY_FILE: accuracy} if accuracy is not None else {}
-    bundle.write_bundle(args.output, model, manifest, parity, extra)
-    files = ", ".join([bundle.MODEL_FILE, bundle.MANIFEST_FILE, bundle.PARITY_FILE, *extra])
+    with tempfile.TemporaryDirectory(prefix="vla-export-") as staging:
+        program = save_program(args, loaded, spec, Path(staging), seconds)
+        manifest = dict(spec.raw)
+        manifest["model"] = dict(manifest["model"], hash=bundle.model_hash(model))
+        manifest["tools"] = bundle.tool_versions()
+        manifest["export"] = {**how, "form": loaded.form, "source": loaded.source, "precision": precision,
+                              "options": _options(args)}
+        if program is not None:  # decided, not measured: the same model and options give the same entry
+            manifest["export"]["program"] = bundle.PROGRAM_FILE
+        seconds["total"] = round(time.perf_counter() - t0, 2)
+        manifest["measured"] = {"seconds": seconds,
+                                "parity": {"passed": parity["passed"], "ade_m": parity["trajectory"]["ade_m"],
+                                           "fde_m": parity["trajectory"]["fde_m"]}}
+        if accuracy is not None:
+            manifest["measured"]["accuracy"] = {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
+                                                "speed_ms": accuracy["speed_ms"],
+                                                "speedup_vs_fp32": accuracy["speedup_vs_fp32"]}
+        parse_manifest(manifest)  # what we write must load
+        embedded = {k: v for k, v in manifest.items() if k != "measured"}
+        bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
+        extra = {bundle.ACCURACY_FILE: accuracy} if accuracy is not None else {}
+        binaries = {bundle.PROGRAM_FILE: program} if program is not None else {}
+        bundle.write_bundle(args.output, model, manifest, parity, extra, binaries)
+    files = ", ".join([bundle.MODEL_FILE, bundle.MANIFEST_FILE, bundle.PARITY_FILE, *extra, *binaries])
     say(f"wrote {args.output}/ ({files}) in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -36,6 +36,7 @@ examples:
   vla-run --engine bundles/reference --camera synthetic:// --duration 10
   vla-run --engine bundles/reference --camera front=/dev/video0 --camera left=/dev/video2 \\
           --camera right=/dev/video4 --ego udp://0.0.0.0:9871 --output udp://127.0.0.1:9870
+  vla-run --engine bundles/reference --backend torch --device cuda   # the bundle's program.pt2 on the GPU
   vla-run --list-cameras
 
 Each tick prints one JSON line (schema vla.tick/2): tick, status (ok | late | fallback | fault)
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: the cores this process may use, less one "
                    "left for capture and the loop)")
+    p.add_argument("--backend", choices=("auto", "trt", "ort", "torch"), default="auto",
+                   help="engine: auto (TensorRT on cuda or for a .plan when installed, else ONNX Runtime on cpu, "
+                   "PyTorch on cuda), trt (TensorRT), ort (ONNX Runtime, CPU only), torch (the bundle's "
+                   "program.pt2) (default auto)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the engine runs (default cpu); cuda needs TensorRT or a CUDA build of PyTorch")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
     p.add_argument("--max-curvature", type=float, default=0.3, metavar="1/M",
                    help="publish a fallback when the trajectory curves tighter than this (default 0.3)")
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     realtime = apply_realtime(args.cpu, args.rt_priority)
-    backend = open_engine(args.engine, threads=args.threads)
+    backend = open_engine(args.engine, threads=args.threads, backend=args.backend, device=args.device)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
@@ -187,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
         for closable in (*sinks, *cameras.values(), *([ego] if ego is not None else [])):
             closable.close()
         raise
-    print(f"vla-run: {backend.manifest.name} on {backend.describe()}", file=sys.stderr)
+    # One line (tools read the first three): the engine, and which backend and why (select.choose_backend).
+    print(f"vla-run: {backend.manifest.name} on {backend.describe()}; "
+          f"backend {backend.name} ({getattr(backend, 'selection', args.backend)})", file=sys.stderr)
     print("vla-run: cameras " + ", ".join(f"{n}={c.uri}" for n, c in cameras.items())
           + f"; command '{runner.command_name}'; {args.rate:g} Hz, budget {args.budget_ms:g} ms"
           + (f"; {', '.join(realtime)}" if realtime else ""), file=sys.stderr)

@@ -1,12 +1,15 @@
-"""Open ``--engine``: a bundle folder or a bare ``.onnx`` carrying its manifest, checked against the graph."""
+"""Open ``--engine``: a bundle folder or a bare ``.onnx`` carrying its manifest, checked against the graph,
+on the backend ``--backend``/``--device`` ask for (``backends/select.py`` decides; ``auto`` by default)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .backends.base import Backend
+from .backends.select import PLAN_WITHOUT_TRT
 from .errors import ManifestError, VlaError
-from .manifest import METADATA_KEY, check_against_graph, parse_manifest_text
+from .manifest import METADATA_KEY, Manifest, check_against_graph, parse_manifest_text
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -20,29 +23,84 @@ def resolve(engine: str) -> tuple[Path, Path | None]:
         if not model.exists():
             raise VlaError(f"--engine {engine}: folder has no {MODEL_FILE}; is it a bundle from vla-export?")
         return model, manifest if manifest.exists() else None
-    if not path.exists():
-        raise VlaError(f"--engine {engine}: no such file or bundle folder")
+    _must_exist(engine)
     if path.suffix == ".plan":
-        raise VlaError(f"--engine {engine}: TensorRT plans need the TensorRT backend, which this build "
-                       "does not have yet; run the bundle with ONNX Runtime instead")
+        raise VlaError(PLAN_WITHOUT_TRT.format(engine=engine))
     return path, None
 
 
-def open_engine(engine: str, threads: int | None = None, spin: bool = False) -> Backend:
+def _must_exist(engine: str) -> None:
+    if not Path(engine).exists():
+        raise VlaError(f"--engine {engine}: no such file or bundle folder")
+
+
+def _manifest_of(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
+    """The bundle's manifest.json, else the manifest embedded in the .onnx (read through ONNX Runtime)."""
+    if manifest_path is not None:
+        return parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
+    if session is None:
+        from .backends.ort import open_session
+
+        session = open_session(str(model_path), 1)
+    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if text is None:
+        raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
+                            f"or run a bundle folder that has {MANIFEST_FILE}")
+    return parse_manifest_text(text, f"{model_path} (embedded manifest)")
+
+
+def open_engine(engine: str, threads: int | None = None, spin: bool = False, backend: str = "auto",
+                device: str = "cpu", available: dict[str, str | None] | None = None) -> Backend:
+    """Open ``engine`` on the backend ``select.choose_backend`` picks for ``backend``/``device``.
+
+    ONNX Runtime (CPU) and torch (``program.pt2``, CPU or CUDA) refuse a manifest that disagrees
+    with their model, naming the tensor; TensorRT is opened by ``backends.trt`` when this build has
+    it. ``available`` is ``select.probe_available()``'s answer (probed here when not given). The
+    returned backend carries ``selection``: why it was chosen, with versions, for start-up lines.
+    """
+    from .backends.select import ONNXRUNTIME, TENSORRT, choose_backend, probe_available
+
+    _must_exist(engine)  # before choosing: a typo is named as such, whatever the backend
+    if available is None:
+        available = probe_available(check_cuda=device == "cuda")
+    chosen, why = choose_backend(backend, device, engine, available)
+    if chosen == TENSORRT:
+        opened = _open_trt(engine)
+    elif chosen == ONNXRUNTIME:
+        opened = _open_ort(engine, threads, spin)
+    else:
+        opened = _open_torch(engine, threads, device)
+    opened.selection = why
+    return opened
+
+
+def _open_trt(engine: str) -> Backend:
+    try:
+        from .backends.trt import open_trt_backend
+    except ImportError as exc:
+        raise VlaError(f"--engine {engine}: TensorRT backend not available in this build "
+                       f"({' '.join(str(exc).split())[:160]})") from None
+    return open_trt_backend(engine, device="cuda")  # TensorRT runs on the GPU whatever --device says
+
+
+def _open_torch(engine: str, threads: int | None, device: str) -> Backend:
+    try:
+        from .backends.torch_backend import TorchBackend, find_program
+    except ImportError as exc:
+        raise VlaError(f"--backend torch: PyTorch cannot be imported ({' '.join(str(exc).split())[:160]})") from None
+
+    model_path, manifest_path = resolve(engine)
+    manifest = _manifest_of(model_path, manifest_path)
+    return TorchBackend(find_program(engine, manifest), manifest, device=device, threads=threads)
+
+
+def _open_ort(engine: str, threads: int | None, spin: bool) -> Backend:
     """Load the model with ONNX Runtime and refuse it unless its manifest matches its graph."""
     from .backends.ort import OrtBackend, default_threads, graph_types, open_session
 
     model_path, manifest_path = resolve(engine)
     session = open_session(str(model_path), threads, spin)
-    if manifest_path is not None:
-        manifest = parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
-    else:
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if text is None:
-            raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
-                                f"or run a bundle folder that has {MANIFEST_FILE}")
-        manifest = parse_manifest_text(text, f"{model_path} (embedded manifest)")
+    manifest = _manifest_of(model_path, manifest_path, session)
     check_against_graph(manifest, graph_types(session.get_inputs()), graph_types(session.get_outputs()),
                         str(manifest_path or model_path))
     return OrtBackend(session, manifest, threads or default_threads(), spin)
-

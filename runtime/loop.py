@@ -447,8 +447,12 @@ class Runner:
             problem = f"{kind}: {decoded.problem}"
             decoded = None
         else:
-            for dst, src in self._states:
-                np.copyto(self.backend.feed(dst), out[src])
+            commit = getattr(self.backend, "commit_state", None)
+            if commit is not None:  # device backends: state outputs -> inputs without a host round trip
+                commit()
+            else:
+                for dst, src in self._states:
+                    np.copyto(self.backend.feed(dst), out[src])
             np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = flight
         lat["decode"] = (time.monotonic() - t) * 1000.0

@@ -32,7 +32,7 @@ def test_reference_model_shape():
 
 
 def test_reference_bundle(reference_bundle, reference_manifest):
-    assert {p.name for p in reference_bundle.iterdir()} == {"model.onnx", "manifest.json", "parity.json"}
+    assert {p.name for p in reference_bundle.iterdir()} == {"model.onnx", "manifest.json", "parity.json", "program.pt2"}
     parity = json.loads((reference_bundle / "parity.json").read_text())
     assert parity["passed"] and parity["inputs"] == 3
     assert parity["trajectory"]["ade_m"] < 1e-3
