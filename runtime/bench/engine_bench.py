@@ -161,7 +161,8 @@ class OnnxTarget(Target):
 class BundleTarget(Target):
     """The runtime's per-tick path on a bundle: preprocess → compute → decode."""
 
-    def __init__(self, path: str, cfg: BenchConfig, camera_size: tuple[int, int] = (1280, 720)) -> None:
+    def __init__(self, path: str, cfg: BenchConfig, camera_size: tuple[int, int] = (1280, 720),
+                 backend: str = "auto") -> None:
         from vla.kernels import decode_trajectory
         from vla.kernels.decode import new_result_buffer
 
@@ -171,7 +172,7 @@ class BundleTarget(Target):
         from ..sources.scene import frame_shape
 
         self.engine = path
-        self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait)
+        self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait, backend=backend)
         self.backend = self.backend_obj.describe()
         m = self.backend_obj.manifest
         rng = np.random.default_rng(cfg.seed)
@@ -230,12 +231,14 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
             raise VlaError(f"--engine {engine}: TensorRT is not installed (import tensorrt failed); a .plan "
                            "runs only where TensorRT is, e.g. on the Jetson that built it") from None
         raise VlaError("TensorRT benchmarking needs the TensorRT runner (vla-build), not in this build yet")
-    if backend not in ("auto", "ort"):
-        raise VlaError(f"--backend {backend}: not available in this build (choose ort or auto)")
     if cfg.cuda_graph:
-        raise VlaError("--cuda-graph needs a GPU backend (TensorRT or torch on CUDA); ONNX Runtime CPU has none")
+        raise VlaError("--cuda-graph needs a GPU backend (TensorRT or torch on CUDA); the CPU backends have none")
+    if backend == "torch" and not path.is_dir():
+        raise VlaError("--backend torch runs a bundle's program.pt2; give a bundle folder from vla-export")
+    if backend not in ("auto", "ort", "torch"):
+        raise VlaError(f"--backend {backend}: not available in this build (choose ort, torch or auto)")
     if path.is_dir():
-        return BundleTarget(engine, cfg)
+        return BundleTarget(engine, cfg, backend=backend)
     if path.suffix != ".onnx":
         raise VlaError(f"--engine {engine}: expected a bundle folder, an .onnx or a .plan")
     if _has_manifest(path):
