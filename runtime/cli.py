@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "program.pt2) (default auto)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the engine runs (default cpu); cuda needs TensorRT or a CUDA build of PyTorch")
+    p.add_argument("--rebuild", action="store_true",
+                   help="TensorRT: rebuild the bundle's cached plan when it is stale (another TensorRT version, "
+                   "GPU, bundle or plugins) instead of refusing it")
     p.add_argument("--stall-ms", type=float, default=500.0, help="a camera silent this long is stalled (default 500)")
     p.add_argument("--max-curvature", type=float, default=0.3, metavar="1/M",
                    help="publish a fallback when the trajectory curves tighter than this (default 0.3)")
@@ -166,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     realtime = apply_realtime(args.cpu, args.rt_priority)
-    backend = open_engine(args.engine, threads=args.threads, backend=args.backend, device=args.device)
+    backend = open_engine(args.engine, threads=args.threads, backend=args.backend, device=args.device,
+                          rebuild=args.rebuild)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,

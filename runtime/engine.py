@@ -50,7 +50,8 @@ def _manifest_of(model_path: Path, manifest_path: Path | None, session: Any = No
 
 
 def open_engine(engine: str, threads: int | None = None, spin: bool = False, backend: str = "auto",
-                device: str = "cpu", available: dict[str, str | None] | None = None) -> Backend:
+                device: str = "cpu", available: dict[str, str | None] | None = None,
+                rebuild: bool = False) -> Backend:
     """Open ``engine`` on the backend ``select.choose_backend`` picks for ``backend``/``device``.
 
     ONNX Runtime (CPU) and torch (``program.pt2``, CPU or CUDA) refuse a manifest that disagrees
@@ -65,7 +66,7 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
         available = probe_available(check_cuda=device == "cuda")
     chosen, why = choose_backend(backend, device, engine, available)
     if chosen == TENSORRT:
-        opened = _open_trt(engine)
+        opened = _open_trt(engine, rebuild)
     elif chosen == ONNXRUNTIME:
         opened = _open_ort(engine, threads, spin)
     else:
@@ -74,13 +75,15 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
     return opened
 
 
-def _open_trt(engine: str) -> Backend:
+def _open_trt(engine: str, rebuild: bool = False) -> Backend:
     try:
         from .backends.trt import open_trt_backend
     except ImportError as exc:
         raise VlaError(f"--engine {engine}: TensorRT backend not available in this build "
                        f"({' '.join(str(exc).split())[:160]})") from None
-    return open_trt_backend(engine, device="cuda")  # TensorRT runs on the GPU whatever --device says
+    # TensorRT runs on the GPU whatever --device says; a bundle's cached plan is built once and reused,
+    # a stale one refused with its reasons unless --rebuild.
+    return open_trt_backend(engine, device="cuda", rebuild=rebuild)
 
 
 def _open_torch(engine: str, threads: int | None, device: str) -> Backend:

@@ -300,8 +300,9 @@ def test_choose_backend(requested, device, engine, available, name, reason):
     ("torch", "cpu", "b", {"onnxruntime": "1.32.0"}, "--backend torch: PyTorch is not installed"),
     ("ort", "cpu", "m.plan", ALL, "--engine m.plan: a TensorRT plan runs only with --backend trt (not --backend ort)"),
     ("torch", "cuda", "m.plan", ALL, "a TensorRT plan runs only with --backend trt (not --backend torch)"),
-    ("auto", "cpu", "m.plan", CPU_BOX, "--engine m.plan: TensorRT plans need the TensorRT backend, which this build "
-                                       "does not have yet; run the bundle with ONNX Runtime instead"),
+    ("auto", "cpu", "m.plan", CPU_BOX, "--engine m.plan: a TensorRT plan needs TensorRT, which is not installed "
+                                       "here; run it where it was built (vla-build), or run the bundle with "
+                                       "--backend ort"),
     ("auto", "cuda", "b", CPU_BOX, "--device cuda: no backend here can use CUDA (TensorRT not installed, PyTorch "
                                    "2.13.0 sees no CUDA device, ONNX Runtime is CPU-only)"),
     ("auto", "cuda", "b", {"onnxruntime": "1.32.0"}, "PyTorch is not installed, ONNX Runtime is CPU-only"),

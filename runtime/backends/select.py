@@ -27,8 +27,8 @@ DEVICES = ("cpu", "cuda")
 #: What ``choose_backend`` returns: the names the backends call themselves (``Backend.name``).
 TENSORRT, ONNXRUNTIME, TORCH = "tensorrt", "onnxruntime", "torch"
 #: The message ``engine.resolve`` has always given for a plan it cannot run; kept word for word.
-PLAN_WITHOUT_TRT = ("--engine {engine}: TensorRT plans need the TensorRT backend, which this build "
-                    "does not have yet; run the bundle with ONNX Runtime instead")
+PLAN_WITHOUT_TRT = ("--engine {engine}: a TensorRT plan needs TensorRT, which is not installed here; "
+                    "run it where it was built (vla-build), or run the bundle with --backend ort")
 
 
 def _dist_version(dist: str) -> str | None:

@@ -1,0 +1,127 @@
+"""``vla-build BUNDLE``: build a bundle's TensorRT plan on the machine that will run it, with its sidecar.
+
+Engines are specific to a GPU and a TensorRT version, so this runs on the target (Jetson, DRIVE,
+an x86 GPU box), once per bundle and device. Without ``-o`` the plan goes where ``vla-run --backend
+trt`` looks for it (``BUNDLE/engines/<gpu>-trt<version>.plan``), so a build ahead of time saves the
+first run its minutes. The bundle, plugins and options are checked before TensorRT is imported, so
+a typo is reported as such even on a machine without TensorRT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ..cli_support import run_main
+from ..errors import VlaError
+from . import import_cudart, import_tensorrt, platform_tag, probe_cuda
+from .build import MB, BuildOptions, build_plan, hash_plugins, open_bundle, plan_key
+from .cache import cache_path, decide, short_hash, sidecar_path
+
+GB = 1 << 30
+
+EPILOG = """\
+examples:
+  vla-build bundles/reference                       # -> bundles/reference/engines/<gpu>-trt<version>.plan
+  vla-build bundles/reference -o v2.plan            # plan + v2.plan.json (its sidecar manifest)
+  vla-build bundles/mine --plugin build/libmyops.so --workspace-mb 2048
+  vla-run --engine v2.plan --camera /dev/video0     # run it
+
+An existing plan is rebuilt only when it is stale (another TensorRT, GPU, bundle, plugin or option;
+the reasons are printed); --force rebuilds it anyway. Precision is the bundle's (vla-export
+--precision): TensorRT builds the graph strongly typed, with no precision flags of its own.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vla-build", description="Build a bundle's TensorRT plan on this machine "
+                                "(TensorRT 10.3+ and a GPU), with a sidecar manifest saying what it was built "
+                                "from and for.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder from vla-export (model.onnx + manifest.json)")
+    p.add_argument("-o", "--output", metavar="PLAN",
+                   help="plan file, ending in .plan (default: BUNDLE/engines/<gpu>-trt<version>.plan, "
+                   "where vla-run --backend trt looks)")
+    p.add_argument("--workspace-mb", type=int, metavar="N",
+                   help="builder workspace limit (default: half the free GPU memory, at least 256 MB)")
+    p.add_argument("--plugin", action="append", default=[], metavar="LIB",
+                   help="TensorRT plugin library the graph needs (repeatable); its sha256 goes in the sidecar")
+    p.add_argument("--timing-cache", metavar="FILE",
+                   help="timing cache to read and update (default: beside the plan, per GPU and TensorRT)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the plan is up to date")
+    p.add_argument("--device", type=int, default=0, metavar="N", help="CUDA device index (default 0)")
+    p.add_argument("--heartbeat-s", type=float, default=10.0, metavar="S",
+                   help="print a progress line every S seconds while building (default 10; 0: off)")
+    p.add_argument("--verbose", action="store_true", help="also print TensorRT's info messages")
+    return p
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _output(arg: str | None) -> Path | None:
+    if arg is None:
+        return None
+    out = Path(arg)
+    if out.suffix != ".plan":
+        raise VlaError(f"-o {arg}: name the plan file with a .plan suffix (vla-run and vla-bench tell plans by it)")
+    if out.is_dir():
+        raise VlaError(f"-o {arg}: is a folder; give the plan's file name")
+    return out
+
+
+def _build(args: argparse.Namespace) -> int:
+    # Everything that needs no TensorRT first: these are the errors a user can fix anywhere.
+    bundle = open_bundle(args.bundle)
+    plugins = hash_plugins(args.plugin)
+    if args.workspace_mb is not None and args.workspace_mb <= 0:
+        raise VlaError(f"--workspace-mb {args.workspace_mb}: must be a positive number of MB")
+    output = _output(args.output)
+    timing = Path(args.timing_cache) if args.timing_cache else None
+    if timing is not None and timing.is_dir():
+        raise VlaError(f"--timing-cache {args.timing_cache}: is a folder; give a file name")
+
+    trt = import_tensorrt()
+    device = probe_cuda(args.device, import_cudart())
+    _say(f"vla-build: TensorRT {trt.__version__}, CUDA driver {device.driver} (runtime {device.runtime}), "
+         f"{platform_tag()}")
+    _say(f"GPU {device.index}: {device.name} (compute capability {device.compute_capability}), "
+         f"{device.free_bytes / GB:.1f} GB free of {device.total_bytes / GB:.1f} GB")
+    _say(f"bundle: {bundle.dir} (model {bundle.manifest.name}, {short_hash(bundle.model_hash)})")
+    key = plan_key(trt.__version__, device, bundle, plugins, args.workspace_mb)
+    plan = output or cache_path(bundle.dir, key)
+
+    if plan.exists() and not args.force:
+        if not sidecar_path(plan).is_file():
+            raise VlaError(f"{plan} exists and has no sidecar manifest {sidecar_path(plan).name}, so what it was "
+                           "built from is unknown; pass --force to overwrite it")
+        decision = decide(plan, key, rebuild=True)
+        if decision.action == "reuse":
+            _say(f"up to date: {plan} was built from this bundle for this GPU and TensorRT (--force rebuilds it)")
+            return 0
+        _say(decision.message)
+    _say(f"plan: {plan}")
+    if threading.current_thread() is threading.main_thread():
+        # The builder holds the main thread for minutes and Python runs signal handlers only there,
+        # so Ctrl-C would wait for the build's end; let it stop the process at once instead (nothing
+        # half-written is left: plan and sidecar are written atomically after the build).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    options = BuildOptions(workspace_mb=args.workspace_mb, timing_cache=timing, heartbeat_s=args.heartbeat_s,
+                           verbose=args.verbose)
+    doc = build_plan(bundle, plan, key, device, plugins, options, _say)
+    built = doc["built"]
+    _say(f"built in {built['elapsed_s']:.1f} s: {plan} ({built['plan_bytes'] / MB:.1f} MB), "
+         f"sidecar {sidecar_path(plan).name}, timing cache {doc['timing_cache']['path']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main("vla-build", lambda: _build(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
