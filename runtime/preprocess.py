@@ -15,6 +15,7 @@ import numpy as np
 from vla.kernels import preprocess
 from vla.kernels.preprocess import centre_crop
 
+from .cpu import default_threads
 from .errors import CameraError
 from .sources.base import PIXEL_FORMATS, Frame
 
@@ -22,10 +23,11 @@ from .sources.base import PIXEL_FORMATS, Frame
 class Preprocessor:
     """Converts frames of one camera into ``out`` (its [3, H, W] or [H, W, 3] slot of the input)."""
 
-    def __init__(self, camera: dict[str, Any], out: np.ndarray) -> None:
+    def __init__(self, camera: dict[str, Any], out: np.ndarray, threads: int | None = None) -> None:
         if camera["color"] == "GRAY":
             raise CameraError("GRAY camera inputs are not supported by the preprocessing kernel yet")
         self.out = out
+        self.threads = threads or default_threads()  # cores - 1: the spare one is the cameras'
         self.layout = "chw" if camera["layout"] == "NCHW" else "hwc"
         self.channel_order = camera["color"].lower()
         norm = camera.get("normalization")
@@ -45,6 +47,6 @@ class Preprocessor:
             self._key = key
         try:
             preprocess(frame.data, frame.fmt, self.out, roi=self._roi, mean=self.mean, std=self.std,
-                       layout=self.layout, channel_order=self.channel_order)
+                       layout=self.layout, channel_order=self.channel_order, threads=self.threads)
         except ValueError as exc:
             raise CameraError(f"camera '{frame.camera}': bad frame ({exc})") from None

@@ -3,35 +3,20 @@ optimisation, and IO binding onto preallocated buffers so a tick neither allocat
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnxruntime as ort
 
+from ..cpu import default_threads
 from ..errors import VlaError
 from ..manifest import Manifest
 from .base import Backend
+
+__all__ = ["OrtBackend", "default_threads", "graph_types", "open_session"]
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
     "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
 }
-
-
-def default_threads() -> int:
-    """All the cores this process may use (taskset/cgroups affinity) but one.
-
-    The spare core is for camera capture and the loop itself. A parallel operator waits for its
-    slowest thread, so an engine spread over every core inherits the jitter of everything else on
-    the machine: on 2 cores beside the synthetic rig, a second engine thread cut the median
-    end-to-end latency from 67 to 51 ms but left the p99.9 where it was (83 vs 82 ms; see
-    benchmarks/RESULTS.md), for twice the CPU.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 def open_session(path: str, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spin-wait", action="store_true", help="let ONNX Runtime's threads spin between runs")
     p.add_argument("--cuda-graph", action="store_true", help="capture the run in a CUDA graph (GPU backends)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--cpu", metavar="LIST", help="pin to these CPUs, as vla-run --cpu (e.g. 2-5)")
+    p.add_argument("--rt-priority", type=int, metavar="N",
+                   help="run under SCHED_FIFO priority N, as vla-run --rt-priority (a warning when not permitted)")
     g = p.add_argument_group("loop mode (the real vla-run pipeline)")
     g.add_argument("--loop", action="store_true", help="time the loop per tick instead of the engine")
     g.add_argument("--camera", default="synthetic://", help="camera URI (default synthetic://)")
@@ -93,6 +96,10 @@ def bench(args: argparse.Namespace) -> int:
     from .loop_bench import run_loop_bench
 
     _check(args)
+    from ..realtime import apply_realtime
+
+    realtime = apply_realtime(args.cpu, args.rt_priority,
+                              warn=lambda m: print(m.replace("vla-run:", "vla-bench:"), file=sys.stderr))
     env = environment.collect()
     env["describe"] = environment.describe(env)
     signal.signal(signal.SIGTERM, _interrupt)  # a service stop reports what was measured, like Ctrl-C
@@ -112,6 +119,7 @@ def bench(args: argparse.Namespace) -> int:
             finally:
                 target.close()
     env["tegrastats"] = tegra.summary()
+    result["settings"]["realtime"] = realtime or None
     result["environment"] = env
     result["warnings"] = environment.clock_warnings(env)
     print(report.format_table(result))
