@@ -1,20 +1,14 @@
-"""One description of the machine for every benchmark report (figures without it can't be compared)."""
+"""One description of the machine for every benchmark report (figures without it can't be compared).
+
+The same line ``vla-bench`` prints (``vla.runtime.bench.environment``): CPU model, cores, OS,
+Python, and the GPU or the Jetson model and power mode where there is one.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from vla.runtime.bench import environment
 
 
 def describe() -> str:
     """e.g. 'AMD EPYC, 2 cores, Linux 6.18.44, Python 3.11.7'."""
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return environment.describe(environment.collect())

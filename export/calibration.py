@@ -132,8 +132,8 @@ def check_source(source: str, manifest: Manifest) -> None:
 
 def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, seed: int
                      ) -> tuple[list[dict[str, np.ndarray]], dict[str, object]]:
-    """The calibration input sets and how they were made (recorded in the manifest)."""
-    check_source(source, manifest)
+    """The calibration input sets and how they were made (recorded in the manifest); ``check_source``
+    has vetted ``source`` already (the pipeline runs it before the slow export)."""
     if source == "synthetic":
         sets = scene_sets(manifest, step, count=count, seed=seed)
         return sets, {"source": "synthetic", "seed": seed, "samples": len(sets), "hash": data_hash(sets)}

@@ -147,15 +147,15 @@ def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manif
 
     start = time.perf_counter()
     nodes = candidates(fp32, args.precision)
-    errors = local_errors(fp32, held[:SENSITIVITY_SETS], nodes, args.precision, ranges)
-    order = {n: i for i, n in enumerate(nodes)}
-    ranked = sorted(nodes, key=lambda n: (-errors.get(n, 0.0), order[n]))
-    limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 4)
-    result = search_exclusions(ranked, evaluate, limit, on_trial=progress)
+    try:
+        errors = local_errors(fp32, held[:SENSITIVITY_SETS], nodes, args.precision, ranges)
+        order = {n: i for i, n in enumerate(nodes)}
+        ranked = sorted(nodes, key=lambda n: (-errors.get(n, 0.0), order[n]))
+        limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 4)
+        result = search_exclusions(ranked, evaluate, limit, on_trial=progress)
+    finally:
+        converter.close()
     seconds["gate_and_search"] = round(time.perf_counter() - start, 2)
-    converter_close = getattr(converter, "close", None)
-    if converter_close:
-        converter_close()
 
     by_name = {n.name: n for n in fp32.graph.node}
     record["excluded"] = [{"node": n, "op": by_name[n].op_type, "local_error": round(errors.get(n, 0.0), 6)}

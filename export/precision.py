@@ -125,6 +125,9 @@ class Fp16Converter:
             return convert_float_to_float16(self.model, keep_io_types=True, op_block_list=list(FP16_KEEP_OPS),
                                             node_block_list=sorted(set(self.always_kept) | set(exclude)))
 
+    def close(self) -> None:
+        """Nothing to release (the INT8 converter's interface)."""
+
     def record(self) -> dict[str, Any]:
         return {"kept_ops": list(FP16_KEEP_OPS), "output_heads": output_heads(self.model),
                 "overflow": {k: round(v, 1) for k, v in sorted(self.overflow.items())}}

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vla.runtime.commands import encode_command
+from vla.runtime.commands import write_command
 from vla.runtime.ego import FIELDS as EGO_FIELDS
 from vla.runtime.ego import EgoHistory
 from vla.runtime.feeds import example_feed
@@ -91,7 +91,7 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
         feeds[t.name][...] = t.detail["initial"]
     commands = _commands(manifest)
     if commands:
-        _set_command(manifest, feeds, commands[int(rng.integers(len(commands)))])
+        write_command(manifest, commands[int(rng.integers(len(commands)))], feeds.__getitem__)
     ego_specs = [t for t in manifest.inputs_with("ego") if tuple(t.detail.get("fields", ())) == EGO_FIELDS]
     history = EgoHistory(ego_specs[0].shape[1], ego_specs[0].detail["rate_hz"]) if ego_specs else None
     # Ego history before the first tick, so tick 0 already has a full past.
@@ -118,16 +118,6 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
 def _ego_update(history: EgoHistory, road: Road, t: float) -> None:
     pose = road.ego_at(max(t, 0.0))
     history.update(t, pose.speed, pose.accel, pose.yaw_rate)
-
-
-def _set_command(manifest: Manifest, feeds: dict[str, np.ndarray], phrase: str) -> None:
-    texts = manifest.inputs_with("text")
-    ids = [t for t in texts if t.detail["kind"] == "ids"]
-    enc = encode_command(phrase, manifest.vocabulary, ids[0].shape[-1] if ids else 16)
-    for t in manifest.inputs_with("command"):
-        feeds[t.name][...] = enc.nav_id
-    for t in texts:
-        feeds[t.name][0] = enc.token_ids if t.detail["kind"] == "ids" else enc.mask
 
 
 def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks_per_drive: int = 4,

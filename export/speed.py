@@ -6,7 +6,9 @@ a noisy machine slows them alike and their ratio stays meaningful; the figures a
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,9 +19,6 @@ from vla.runtime.backends.ort import open_session
 def median_latencies_ms(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], runs: int = 10,
                         warmup: int = 2, threads: int | None = None) -> dict[str, float]:
     """Median latency (ms) of each named model on ``feeds``, measured interleaved."""
-    import tempfile
-    from pathlib import Path
-
     sessions = {}
     with tempfile.TemporaryDirectory(prefix="vla-speed-") as tmp:
         for name, model in models.items():

@@ -9,12 +9,14 @@ driving model must not silently get a different instruction from the one the use
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import VlaError
+from .manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,21 @@ def encode_command(text: str, vocab: dict[str, Any], length: int) -> EncodedComm
     mask = np.zeros(length, dtype=bool)
     mask[: len(words)] = True
     return EncodedCommand(text, int(best[1]["id"]), best[1]["name"], ids, mask)
+
+
+def write_command(manifest: Manifest, text: str | None, feed: Callable[[str], np.ndarray]) -> str:
+    """Encode ``text`` (default: the vocabulary's first command) into the manifest's command and text
+    inputs, each written through ``feed(name)`` (batch 1); returns the nav command's name, or "" when
+    the model takes no command."""
+    cmd_inputs, text_inputs = manifest.inputs_with("command"), manifest.inputs_with("text")
+    if not cmd_inputs and not text_inputs:
+        return ""
+    vocab = manifest.vocabulary
+    ids = [t for t in text_inputs if t.detail["kind"] == "ids"]
+    length = ids[0].shape[-1] if ids else 1
+    enc = encode_command(text or vocab["commands"][0]["phrases"][0], vocab, length)
+    for t in cmd_inputs:
+        feed(t.name)[...] = enc.nav_id
+    for t in text_inputs:
+        feed(t.name)[0] = enc.token_ids if t.detail["kind"] == "ids" else enc.mask
+    return enc.nav_name

@@ -59,7 +59,7 @@ from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, decode_tra
 
 from .backends.base import Backend
 from .camera_group import GroupVerdict, judge_group
-from .commands import encode_command
+from .commands import write_command
 from .ego import EgoHistory
 from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from .engine_worker import EngineWorker
@@ -120,6 +120,9 @@ class Runner:
             for i, name in enumerate(spec.detail["names"]):
                 self._pre.append((name, Preprocessor(spec.detail, buf[i])))
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
+        # Device backends (torch, TensorRT) move state outputs to inputs without a host round trip.
+        device_commit = getattr(backend, "commit_state", None)
+        self._commit_state = (lambda out: device_commit()) if device_commit else self._copy_state
         for t in m.inputs_with("state"):
             backend.feed(t.name)[...] = t.detail["initial"]
         ego_specs = m.inputs_with("ego")
@@ -158,19 +161,7 @@ class Runner:
     # ---- control --------------------------------------------------------------------------------
     def set_command(self, text: str | None) -> str:
         """Encode a route command into the command/text inputs; returns the nav command's name."""
-        m = self.backend.manifest
-        cmd_inputs, text_inputs = m.inputs_with("command"), m.inputs_with("text")
-        if not cmd_inputs and not text_inputs:
-            return ""
-        vocab = m.vocabulary
-        ids = [t for t in text_inputs if t.detail["kind"] == "ids"]
-        length = ids[0].shape[-1] if ids else 1
-        enc = encode_command(text or vocab["commands"][0]["phrases"][0], vocab, length)
-        for t in cmd_inputs:
-            self.backend.feed(t.name)[...] = enc.nav_id
-        for t in text_inputs:
-            self.backend.feed(t.name)[0] = enc.token_ids if t.detail["kind"] == "ids" else enc.mask
-        return enc.nav_name
+        return write_command(self.backend.manifest, text, self.backend.feed)
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run after the tick in progress (at most one budget away); any thread, signal-safe."""
@@ -418,6 +409,10 @@ class Runner:
                           f"(budget {self.cfg.budget_ms:g} ms)"), True
         return self._collect(lat)
 
+    def _copy_state(self, out: dict[str, np.ndarray]) -> None:
+        for dst, src in self._states:
+            np.copyto(self.backend.feed(dst), out[src])
+
     def _collect_late_run(self) -> None:
         """Take in a run that finished after its tick was published (state and last good only)."""
         if self._in_flight is not None and self._worker is not None and not self._worker.busy:
@@ -447,12 +442,7 @@ class Runner:
             problem = f"{kind}: {decoded.problem}"
             decoded = None
         else:
-            commit = getattr(self.backend, "commit_state", None)
-            if commit is not None:  # device backends: state outputs -> inputs without a host round trip
-                commit()
-            else:
-                for dst, src in self._states:
-                    np.copyto(self.backend.feed(dst), out[src])
+            self._commit_state(out)
             np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = flight
         lat["decode"] = (time.monotonic() - t) * 1000.0

@@ -167,6 +167,7 @@ class BundleTarget(Target):
         from vla.kernels.decode import new_result_buffer
 
         from ..engine import open_engine
+        from ..feeds import example_feed
         from ..preprocess import Preprocessor
         from ..sources.base import Frame
         from ..sources.scene import frame_shape
@@ -185,8 +186,6 @@ class BundleTarget(Target):
                 frame = Frame(camera=name, seq=1, capture_time=time.monotonic(), data=data, fmt="yuyv",
                               width=w, height=h)
                 self._frames.append((Preprocessor(spec.detail, buf[i]), frame))
-        from ..feeds import example_feed
-
         for spec in m.inputs:
             if spec.role != "camera":
                 self.backend_obj.feed(spec.name)[...] = example_feed(spec, m, rng)
