@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from . import _core
 from .decode import DecodedTrajectory, decode_trajectory
-from .preprocess import FORMATS, preprocess
+from .preprocess import FORMATS, PreparedPreprocess, prepare, preprocess, preprocess_many
 
 
 @lru_cache(maxsize=1)
@@ -47,10 +47,13 @@ def cuda_status() -> str:
 __all__ = [
     "FORMATS",
     "DecodedTrajectory",
+    "PreparedPreprocess",
     "cuda_available",
     "cuda_compiled",
     "cuda_report",
     "cuda_status",
     "decode_trajectory",
+    "prepare",
     "preprocess",
+    "preprocess_many",
 ]

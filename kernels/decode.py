@@ -159,8 +159,11 @@ def _problem(r: np.void, verdict: int, horizon: float, max_curvature: float, max
 
 def _decoded(words: np.ndarray, points: Any, horizon: float, max_curvature: float, max_accel: float,
              max_speed: float) -> DecodedTrajectory:
+    verdict = int(words[2])
+    if verdict == 0:  # the common case, kept short: in a loop it runs on caches the engine has just evicted
+        return DecodedTrajectory(mode=int(words[0]), score=float(words.view(np.float32)[1]), points=points,
+                                 verdict=0, problem=None)
     r = words.view(RESULT_DTYPE)[0]
-    verdict = int(r["verdict"])
     first = {1 << b: int(r["first"][b]) for b in range(_N_FLAGS) if r["first"][b] >= 0}
     return DecodedTrajectory(
         mode=int(r["mode"]),
@@ -252,3 +255,33 @@ def _number(value: object, name: str) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected a number, got {value!r}") from None
+
+
+class TrajectoryDecoder:
+    """:func:`decode_trajectory` for a loop over host outputs of one engine: the step, the limits
+    and the output buffers are set up once, so a tick makes one native call and reads 3 words.
+
+    That matters because the call runs right after the engine, whose working set has just evicted
+    the caches: every Python step of the general entry point is a handful of cache misses there.
+    The native side still checks every array it is given. ``points`` (the [T, 6] output) is
+    rewritten by each call, as ``decode_trajectory(..., out=...)`` would.
+    """
+
+    def __init__(self, dt: float, steps: int, *, max_curvature: float = 0.3, max_accel: float = 8.0,
+                 max_speed: float = 60.0) -> None:
+        self.dt = _number(dt, "dt")
+        self.limits = (_number(max_curvature, "max_curvature"), _number(max_accel, "max_accel"),
+                       _number(max_speed, "max_speed"))
+        if not (self.dt > 0 and all(v > 0 for v in self.limits)):
+            raise ValueError(f"dt and the limits must be > 0, got dt={dt!r}, limits={self.limits}")
+        self.horizon = int(steps) * self.dt
+        self.points = np.zeros((int(steps), len(COLUMNS)), dtype=np.float32)
+        self.result = new_result_buffer()
+
+    def __call__(self, trajectory: np.ndarray, score: np.ndarray | None, batch: int = 0) -> DecodedTrajectory:
+        """Decode host ``trajectory`` [(B,) K, T, F] with T = ``steps`` (and ``score`` [(B,) K] or None)."""
+        if trajectory.shape[-2] != self.points.shape[0]:
+            raise ValueError(f"trajectory: {trajectory.shape[-2]} waypoints, but this decoder was set up for "
+                             f"{self.points.shape[0]}")
+        _core.decode_trajectory(trajectory, score, None, self.points, self.result, self.dt, *self.limits, batch, None)
+        return _decoded(self.result, self.points, self.horizon, *self.limits)

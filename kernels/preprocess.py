@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,9 @@ from . import _core
 from .arrays import as_kernel_array
 
 FORMATS: tuple[str, ...] = tuple(_core.PIXEL_FORMATS)
+__all__ = ["FORMATS", "PreparedPreprocess", "centre_crop", "frame_size", "prepare", "preprocess", "preprocess_many",
+           "roi_matrix", "yuv_coefficients"]
+MAX_HOMOGRAPHY_ENTRY = 1e15
 COLORSPACES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
 
@@ -69,6 +73,109 @@ def _triple(name: str, value: float | Sequence[float]) -> tuple[float, float, fl
     return vals[0], vals[1], vals[2]
 
 
+@dataclass(frozen=True)
+class PreparedPreprocess:
+    """One camera's preprocessing with everything but the frame worked out (:func:`prepare`).
+
+    The matrix, colour and normalisation constants depend only on the frame size and the options,
+    so a loop computes them once per camera and per frame size, and a tick only hands over frames.
+    """
+
+    fmt: str
+    out: Any  # the output array in a form the native side reads (DLPack producers already converted)
+    frame_size: tuple[int, int]  # (width, height) the matrix was made for
+    args: tuple  # _core arguments after (src, fmt code, out): layout, matrix, bilinear, yuv, ...
+
+    def job(self, src: Any) -> tuple:
+        """The native job tuple for one frame of ``frame_size``; a ValueError names a mismatch."""
+        src = as_kernel_array(src, "src")
+        if not hasattr(src, "shape") or len(src.shape) not in (2, 3):
+            raise ValueError(f"src: expected a 2-D or 3-D frame array, got {type(src).__name__}")
+        size = frame_size(src, self.fmt)
+        if size != self.frame_size:
+            w, h = self.frame_size
+            raise ValueError(f"src: a {size[0]}x{size[1]} frame, but this preprocessing was prepared for {w}x{h}")
+        return (src, FORMATS.index(self.fmt), self.out, *self.args)
+
+
+def prepare(
+    fmt: str,
+    out: Any,
+    size: tuple[int, int],
+    *,
+    roi: Sequence[float] | None = None,
+    interp: str = "bilinear",
+    mean: float | Sequence[float] = 0.0,
+    std: float | Sequence[float] = 1.0,
+    colorspace: str = "bt601",
+    full_range: bool = False,
+    homography: Any = None,
+    layout: str = "chw",
+    channel_order: str = "rgb",
+    border: float | Sequence[float] = 0.0,
+) -> PreparedPreprocess:
+    """Check the options of :func:`preprocess` for frames of ``size`` (width, height) and work out
+    the kernel's constants once; run it with :func:`preprocess_many` (or ``preprocess``)."""
+    kernel_out = as_kernel_array(out, "out")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt: {fmt!r} is not one of {list(FORMATS)}")
+    if interp not in ("bilinear", "nearest"):
+        raise ValueError(f"interp: {interp!r} is not 'bilinear' or 'nearest'")
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel_order: {channel_order!r} is not 'rgb' or 'bgr'")
+    if layout not in ("chw", "hwc"):
+        raise ValueError(f"layout: {layout!r} is not 'chw' or 'hwc'")
+    if not hasattr(kernel_out, "shape") or len(kernel_out.shape) != 3:
+        raise ValueError("out: expected a 3-D array ((3, H, W) or (H, W, 3)), got "
+                         f"{getattr(kernel_out, 'shape', kernel_out)!r}")
+    out_h, out_w = kernel_out.shape[1:3] if layout == "chw" else kernel_out.shape[0:2]
+    width, height = (int(v) for v in size)
+    if homography is not None:
+        if roi is not None:
+            raise ValueError("roi: give roi or homography, not both (fold the crop into the homography)")
+        h = np.asarray(homography, dtype=np.float64)
+        if h.shape != (3, 3) or not np.isfinite(h).all():
+            raise ValueError(f"homography: expected a finite 3x3 matrix, got shape {h.shape}")
+        h = h / h[2, 2] if h[2, 2] != 0 else h
+        # Within this bound every projected coordinate stays finite in float32 (the CPU twin is
+        # compiled to assume finite values; see CMakeLists.txt).
+        if np.abs(h).max() > MAX_HOMOGRAPHY_ENTRY:
+            raise ValueError(f"homography: entries above {MAX_HOMOGRAPHY_ENTRY:g} (after scaling h[2, 2] to 1) "
+                             "are not a camera mapping; check the matrix")
+        matrix = [float(v) for v in h.ravel()]
+    else:
+        x, y, w, hh = (0.0, 0.0, float(width), float(height)) if roi is None else (float(v) for v in roi)
+        if not (w > 0 and hh > 0 and x >= 0 and y >= 0 and x + w <= width and y + hh <= height):
+            raise ValueError(f"roi: ({x:g}, {y:g}, {w:g}, {hh:g}) is not a non-empty window inside the "
+                             f"{width}x{height} frame")
+        matrix = roi_matrix((x, y, w, hh), max(int(out_w), 1), max(int(out_h), 1))
+    m, s = _triple("mean", mean), _triple("std", std)
+    if min(s) <= 0:
+        raise ValueError(f"std: must be > 0, got {std!r}")
+    scale = tuple(1.0 / v for v in s)
+    bias = tuple(-a / b for a, b in zip(m, s, strict=True))
+    args = (layout, matrix, interp == "bilinear", yuv_coefficients(colorspace, bool(full_range)),
+            channel_order == "bgr", scale, bias, _triple("border", border))
+    return PreparedPreprocess(fmt, kernel_out, (width, height), args)
+
+
+def preprocess_many(jobs: Sequence[tuple[PreparedPreprocess, Any]], *, stream: Any = None, threads: int = 0) -> None:
+    """Run several prepared jobs, ``[(prepared, frame), ...]``, in one native call.
+
+    Host frames: the rows of all jobs are shared by one pool of ``threads`` (0: all cores), so a
+    rig of cameras pays for one thread start-up and one release of the GIL. Device frames: the
+    kernels are launched in order on ``stream`` without synchronising. Every job is checked before
+    any runs; a ValueError starts with ``jobs[i]`` for the job it is about.
+    """
+    native = []
+    for i, (prepared, src) in enumerate(jobs):
+        try:
+            native.append(prepared.job(src))
+        except ValueError as exc:
+            raise ValueError(f"jobs[{i}]: {exc}") from None
+    _core.preprocess_batch(native, stream, int(threads))
+
+
 def preprocess(
     src: Any,
     fmt: str,
@@ -96,45 +203,18 @@ def preprocess(
     for ``"hwc"``, uint8/float32/float16, any strides; pass ``engine_input[0, camera]`` to write a
     camera's slot of a batched input directly. Device arrays run on ``stream`` (a handle or an object
     with ``.cuda_stream``/``.ptr``) and return without synchronising. ``threads=0``: all cores.
+    A loop that converts the same cameras every tick should :func:`prepare` once instead.
     """
-    given_out = out
-    src, out = as_kernel_array(src, "src"), as_kernel_array(out, "out")
+    kernel_src = as_kernel_array(src, "src")
     if fmt not in FORMATS:
         raise ValueError(f"fmt: {fmt!r} is not one of {list(FORMATS)}")
-    if interp not in ("bilinear", "nearest"):
-        raise ValueError(f"interp: {interp!r} is not 'bilinear' or 'nearest'")
-    if channel_order not in ("rgb", "bgr"):
-        raise ValueError(f"channel_order: {channel_order!r} is not 'rgb' or 'bgr'")
-    if layout not in ("chw", "hwc"):
-        raise ValueError(f"layout: {layout!r} is not 'chw' or 'hwc'")
-    if not hasattr(src, "shape") or len(src.shape) not in (2, 3):
-        raise ValueError(f"src: expected a 2-D or 3-D frame array, got {type(src).__name__}")
-    if not hasattr(out, "shape") or len(out.shape) != 3:
-        raise ValueError(f"out: expected a 3-D array ((3, H, W) or (H, W, 3)), got {getattr(out, 'shape', out)!r}")
-    out_h, out_w = (out.shape[1], out.shape[2]) if layout == "chw" else (out.shape[0], out.shape[1])
-    width, height = frame_size(src, fmt)
-    if homography is not None:
-        if roi is not None:
-            raise ValueError("roi: give roi or homography, not both (fold the crop into the homography)")
-        h = np.asarray(homography, dtype=np.float64)
-        if h.shape != (3, 3) or not np.isfinite(h).all():
-            raise ValueError(f"homography: expected a finite 3x3 matrix, got shape {h.shape}")
-        matrix = [float(v) for v in (h / h[2, 2] if h[2, 2] != 0 else h).ravel()]
-    else:
-        x, y, w, hh = (0.0, 0.0, float(width), float(height)) if roi is None else (float(v) for v in roi)
-        if not (w > 0 and hh > 0 and x >= 0 and y >= 0 and x + w <= width and y + hh <= height):
-            raise ValueError(f"roi: ({x:g}, {y:g}, {w:g}, {hh:g}) is not a non-empty window inside the "
-                             f"{width}x{height} frame")
-        matrix = roi_matrix((x, y, w, hh), max(int(out_w), 1), max(int(out_h), 1))
-    m, s = _triple("mean", mean), _triple("std", std)
-    if min(s) <= 0:
-        raise ValueError(f"std: must be > 0, got {std!r}")
-    scale = tuple(1.0 / v for v in s)
-    bias = tuple(-a / b for a, b in zip(m, s, strict=True))
-    _core.preprocess(src, FORMATS.index(fmt), out, layout, matrix, interp == "bilinear",
-                     yuv_coefficients(colorspace, bool(full_range)), channel_order == "bgr", scale, bias,
-                     _triple("border", border), stream, int(threads))
-    return given_out
+    if not hasattr(kernel_src, "shape") or len(kernel_src.shape) not in (2, 3):
+        raise ValueError(f"src: expected a 2-D or 3-D frame array, got {type(kernel_src).__name__}")
+    prepared = prepare(fmt, out, frame_size(kernel_src, fmt), roi=roi, interp=interp, mean=mean, std=std,
+                       colorspace=colorspace, full_range=full_range, homography=homography, layout=layout,
+                       channel_order=channel_order, border=border)
+    _core.preprocess(*prepared.job(kernel_src), stream, int(threads))
+    return out
 
 
 def centre_crop(width: int, height: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:

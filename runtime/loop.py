@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, decode_trajectory, new_result_buffer
+from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, TrajectoryDecoder
 
 from .backends.base import Backend
 from .camera_group import GroupVerdict, judge_group
@@ -66,7 +66,7 @@ from .engine_worker import EngineWorker
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
 from .health import Health, HealthConfig, next_health, reason_kind
-from .preprocess import Preprocessor
+from .preprocess import RigPreprocessor
 from .realtime import IdleCollector
 from .schedule import frame_tick, next_tick
 from .sources.base import CameraSource, Frame
@@ -114,13 +114,9 @@ class Runner:
         if any(t.shape and t.shape[0] != 1 for t in m.inputs):
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
         self._stop = threading.Event()
-        self._pre: list[tuple[str, Preprocessor]] = []
-        for spec in m.inputs_with("camera"):
-            buf = backend.feed(spec.name)[0]
-            for i, name in enumerate(spec.detail["names"]):
-                self._pre.append((name, Preprocessor(spec.detail, buf[i])))
+        self._pre = RigPreprocessor.for_backend(backend)
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
-        # Device backends (torch, TensorRT) move state outputs to inputs without a host round trip.
+        # Backends with double-buffered state (ONNX Runtime, torch, TensorRT) swap buffers: no copy.
         device_commit = getattr(backend, "commit_state", None)
         self._commit_state = (lambda out: device_commit()) if device_commit else self._copy_state
         for t in m.inputs_with("state"):
@@ -141,8 +137,11 @@ class Runner:
         scores = m.outputs_with("score")
         self._score_name = scores[0].name if scores else None
         self._last_good = np.zeros((self._points, 3), dtype=np.float32)
-        self._decoded = np.zeros((self._points, len(COLUMNS)), dtype=np.float32)  # reused every tick
-        self._result = new_result_buffer()
+        c = config
+        # The model's trajectories are checked against the limits; a fallback's is only described.
+        self._decode = TrajectoryDecoder(self._dt, self._points, max_curvature=c.max_curvature,
+                                         max_accel=c.max_accel, max_speed=c.max_speed)
+        self._describe = TrajectoryDecoder(self._dt, self._points)
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
         self._worker: EngineWorker | None = None
@@ -296,8 +295,7 @@ class Runner:
                                           self.cfg.stop_horizon_s)
             # The same representation as a model trajectory (speed, acceleration, curvature); its
             # verdict does not matter: this is what is published whatever it says.
-            points = decode_trajectory(shifted[None, None], None, self._dt, out=self._decoded,
-                                       result=self._result).points
+            points = self._describe(shifted[None, None], None).points
             if problem is not None:
                 self.reasons[reason_kind(problem)] += 1
         else:
@@ -386,13 +384,13 @@ class Runner:
                    lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
         """Fill the inputs, run the engine until the deadline, decode: (trajectory, problem, late)."""
         t = time.monotonic()
-        for name, pre in self._pre:
+        for name in self._pre.names:
             self._last_seq[name] = frames[name].seq
-            try:
-                pre(frames[name])
-            except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
-                lat["preprocess"] = (time.monotonic() - t) * 1000.0
-                return None, str(exc), False
+        try:
+            self._pre(frames)
+        except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
+            lat["preprocess"] = (time.monotonic() - t) * 1000.0
+            return None, str(exc), False
         if self._ego is not None:
             self._ego.fill(self._ego_buf, capture)
         for buf, std in self._noise:
@@ -432,10 +430,7 @@ class Runner:
             return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", False
         t = time.monotonic()
         out = worker.outputs
-        c = self.cfg
-        decoded = decode_trajectory(out[self._traj_name], out[self._score_name] if self._score_name else None,
-                                    self._dt, max_curvature=c.max_curvature, max_accel=c.max_accel,
-                                    max_speed=c.max_speed, out=self._decoded, result=self._result)
+        decoded = self._decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
         problem = None
         if decoded.problem is not None:
             kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"

@@ -1,52 +1,91 @@
-"""Raw camera frame -> the engine's camera slot, with the fused ``vla.kernels.preprocess`` kernel.
+"""Raw camera frames -> the engine's camera slots, with the fused ``vla.kernels`` preprocess kernel.
 
 One pass per camera: colour conversion (BT.601 limited range, as V4L2/USB cameras deliver), a
 centred crop to the model's aspect ratio, a bilinear resize, normalisation when the graph does not
 do it, and the layout, written straight into the slot of the batched input. The CPU twin runs
 here; the CUDA kernel runs the same arithmetic on device buffers.
+
+All cameras of a tick go through one native call (``preprocess_many``): the kernel's constants
+are worked out once per camera and frame size, not per tick, and the rig's rows share one pool of
+threads. In the loop the call uses every core: it runs only while the engine is idle (a tick whose
+engine is still busy falls back without preprocessing), so the engine's cores are free.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from vla.kernels import preprocess
+from vla.kernels import PreparedPreprocess, prepare, preprocess_many
 from vla.kernels.preprocess import centre_crop
 
-from .cpu import default_threads
 from .errors import CameraError
 from .sources.base import PIXEL_FORMATS, Frame
 
 
-class Preprocessor:
-    """Converts frames of one camera into ``out`` (its [3, H, W] or [H, W, 3] slot of the input)."""
+class CameraPreprocessing:
+    """How one camera's frames become ``out`` (its [3, H, W] or [H, W, 3] slot of the input)."""
 
-    def __init__(self, camera: dict[str, Any], out: np.ndarray, threads: int | None = None) -> None:
+    def __init__(self, name: str, camera: dict[str, Any], out: Any) -> None:
         if camera["color"] == "GRAY":
             raise CameraError("GRAY camera inputs are not supported by the preprocessing kernel yet")
-        self.out = out
-        self.threads = threads or default_threads()  # cores - 1: the spare one is the cameras'
+        self.name, self.out = name, out
         self.layout = "chw" if camera["layout"] == "NCHW" else "hwc"
         self.channel_order = camera["color"].lower()
         norm = camera.get("normalization")
         apply = norm is not None and not norm["in_graph"]
         self.mean = norm["mean"] if apply else 0.0
         self.std = norm["std"] if apply else 1.0
-        self.out_h, self.out_w = (out.shape[1], out.shape[2]) if self.layout == "chw" else out.shape[:2]
-        self._key: tuple | None = None
-        self._roi: tuple[int, int, int, int] = (0, 0, 1, 1)
+        shape = tuple(out.shape)
+        self.out_h, self.out_w = shape[1:3] if self.layout == "chw" else shape[0:2]
+        self._prepared: dict[tuple[str, int, int], PreparedPreprocess] = {}
 
-    def __call__(self, frame: Frame) -> None:
-        if frame.fmt not in PIXEL_FORMATS:
-            raise CameraError(f"camera '{frame.camera}': pixel format {frame.fmt!r} is not supported")
-        key = (frame.width, frame.height)
-        if self._key != key:  # the crop follows the frame size, which a camera may change
-            self._roi = centre_crop(frame.width, frame.height, self.out_w, self.out_h)
-            self._key = key
+    def prepared(self, frame: Frame) -> PreparedPreprocess:
+        """The kernel set-up for this frame's format and size (worked out once, then reused)."""
+        key = (frame.fmt, frame.width, frame.height)
+        found = self._prepared.get(key)
+        if found is None:  # a camera may change size or format (a reconnect, a new mode)
+            if frame.fmt not in PIXEL_FORMATS:
+                raise CameraError(f"camera '{self.name}': pixel format {frame.fmt!r} is not supported")
+            roi = centre_crop(frame.width, frame.height, self.out_w, self.out_h)
+            try:
+                found = prepare(frame.fmt, self.out, (frame.width, frame.height), roi=roi, mean=self.mean,
+                                std=self.std, layout=self.layout, channel_order=self.channel_order)
+            except ValueError as exc:
+                raise CameraError(f"camera '{self.name}': cannot preprocess its frames ({exc})") from None
+            self._prepared[key] = found
+        return found
+
+
+class RigPreprocessor:
+    """Converts one frame of every camera into the engine's camera inputs in one native call."""
+
+    def __init__(self, cameras: list[CameraPreprocessing], threads: int = 0, stream: Any = None) -> None:
+        self.cameras, self.threads, self.stream = cameras, threads, stream  # threads 0: every core
+
+    @classmethod
+    def for_backend(cls, backend: Any, threads: int = 0) -> RigPreprocessor:
+        """One camera per name in the manifest's camera inputs, each writing its slot of ``feed``."""
+        cams = []
+        for spec in backend.manifest.inputs_with("camera"):
+            buf = backend.feed(spec.name)[0]
+            cams.extend(CameraPreprocessing(name, spec.detail, buf[i]) for i, name in enumerate(spec.detail["names"]))
+        return cls(cams, threads)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.cameras]
+
+    def __call__(self, frames: Mapping[str, Frame]) -> None:
+        """Preprocess ``frames[name]`` for every camera; a bad frame is a CameraError naming its camera."""
+        jobs = [(cam.prepared(frames[cam.name]), frames[cam.name].data) for cam in self.cameras]
         try:
-            preprocess(frame.data, frame.fmt, self.out, roi=self._roi, mean=self.mean, std=self.std,
-                       layout=self.layout, channel_order=self.channel_order, threads=self.threads)
+            preprocess_many(jobs, stream=self.stream, threads=self.threads)
         except ValueError as exc:
-            raise CameraError(f"camera '{frame.camera}': bad frame ({exc})") from None
+            text = str(exc)
+            if text.startswith("jobs["):  # "jobs[i]: ..." names the camera's position
+                index, _, rest = text[5:].partition("]: ")
+                if index.isdigit() and int(index) < len(self.cameras):
+                    raise CameraError(f"camera '{self.cameras[int(index)].name}': bad frame ({rest})") from None
+            raise CameraError(f"bad frame ({text})") from None
+

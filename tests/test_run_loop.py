@@ -78,6 +78,8 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
     committed = 0
     try:
         for rec in runner:
+            # State is double-buffered: feed() names the buffer the next run reads.
+            memory, valid = backend.feed("memory"), backend.feed("memory_valid")
             if rec["status"] == "ok":
                 committed += 1
                 # The model's new memory is the next tick's input, and it is the old one shifted.

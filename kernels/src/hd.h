@@ -12,7 +12,13 @@
 
 namespace vla {
 
-VLA_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// Written as min-then-max so each half is one instruction on x86 (MINPS/MAXPS return their second
+// operand for NaN, exactly as these comparisons do; for lo <= hi the result equals the textbook
+// "v < lo ? lo : v > hi ? hi : v" bit for bit, NaN and signed zeros included).
+VLA_HD float clampf(float v, float lo, float hi) {
+  const float t = hi < v ? hi : v;
+  return lo > t ? lo : t;
+}
 VLA_HD int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // IEEE float -> half bits, round to nearest even (same as NumPy's astype(float16)). The CUDA

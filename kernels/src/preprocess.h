@@ -240,6 +240,7 @@ auto dispatch_preprocess(const PreprocessParams& p, Args&&... args) {
 
 // Host entry points (defined in preprocess_cpu.cpp / preprocess_cuda.cu).
 void preprocess_cpu(const PreprocessParams& p, int threads);
+void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads);  // rows of all jobs share the threads
 int preprocess_cuda(const PreprocessParams& p, uintptr_t stream);  // returns a cudaError_t
 
 }  // namespace vla

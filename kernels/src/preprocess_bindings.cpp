@@ -6,6 +6,7 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
 #include "array_args.h"
 #include "preprocess.h"
@@ -117,39 +118,95 @@ void bind_output(const ArrayArg& o, const std::string& layout, PreprocessParams&
   p.os_x = o.strides[x] / o.itemsize;
 }
 
-void preprocess_py(py::handle src, int fmt, py::handle out, const std::string& layout, std::array<float, 9> matrix,
-                   bool bilinear, std::array<float, 6> yuv, bool swap_rb, std::array<float, 3> scale,
-                   std::array<float, 3> bias, std::array<float, 3> border, py::handle stream, int threads) {
+// A job's arrays, checked and turned into kernel parameters (the arrays stay referenced by `views`).
+struct BoundJob {
+  PreprocessParams p;
+  ArrayArg src, out;
+};
+
+BoundJob bind_job(py::handle src, int fmt, py::handle out, const std::string& layout,
+                  const std::array<float, 9>& matrix, bool bilinear, const std::array<float, 6>& yuv, bool swap_rb,
+                  const std::array<float, 3>& scale, const std::array<float, 3>& bias,
+                  const std::array<float, 3>& border) {
   if (fmt < 0 || fmt >= FMT_COUNT) throw arg_error("fmt", "unknown pixel format code " + std::to_string(fmt));
   if (layout != "chw" && layout != "hwc") throw arg_error("layout", "must be 'chw' or 'hwc', got '" + layout + "'");
-  const ArrayArg s = parse_array(src, "src", false);
-  const ArrayArg o = parse_array(out, "out", true);
-  if (s.device != o.device) {
-    throw arg_error("out", std::string("is in ") + (o.device ? "device" : "host") + " memory but src is in " +
-                               (s.device ? "device" : "host") + " memory; put both on the same side");
+  BoundJob j{PreprocessParams{}, parse_array(src, "src", false), parse_array(out, "out", true)};
+  if (j.src.device != j.out.device) {
+    throw arg_error("out", std::string("is in ") + (j.out.device ? "device" : "host") + " memory but src is in " +
+                               (j.src.device ? "device" : "host") + " memory; put both on the same side");
   }
-  PreprocessParams p;
-  bind_source(s, fmt, p);
-  bind_output(o, layout, p);
+  PreprocessParams& p = j.p;
+  bind_source(j.src, fmt, p);
+  bind_output(j.out, layout, p);
   for (int i = 0; i < 9; ++i) p.m[i] = matrix[i];
   p.bilinear = bilinear;
   p.yo = yuv[0], p.ys = yuv[1], p.rv = yuv[2], p.gu = yuv[3], p.gv = yuv[4], p.bu = yuv[5];
   p.swap_rb = swap_rb;
   for (int i = 0; i < 3; ++i) p.scale[i] = scale[i], p.bias[i] = bias[i], p.border[i] = border[i];
-  if (s.device) {
-    const std::string why = cuda_unavailable_reason();
-    if (!why.empty()) throw std::runtime_error("preprocess: CUDA unavailable: " + why);
-    const uintptr_t st = parse_stream(stream);
+  return j;
+}
+
+// Device jobs: launches in order on one stream, nothing waited for.
+void launch_cuda(const std::vector<PreprocessParams>& ps, py::handle stream) {
+  const std::string why = cuda_unavailable_reason();
+  if (!why.empty()) throw std::runtime_error("preprocess: CUDA unavailable: " + why);
+  const uintptr_t st = parse_stream(stream);
 #ifdef VLA_HAVE_CUDA
+  for (const PreprocessParams& p : ps) {
     const int err = preprocess_cuda(p, st);
     if (err != 0) throw std::runtime_error("preprocess: CUDA launch failed with cudaError " + std::to_string(err));
+  }
 #else
-    (void)st;
+  (void)ps;
+  (void)st;
 #endif
+}
+
+void preprocess_py(py::handle src, int fmt, py::handle out, const std::string& layout, std::array<float, 9> matrix,
+                   bool bilinear, std::array<float, 6> yuv, bool swap_rb, std::array<float, 3> scale,
+                   std::array<float, 3> bias, std::array<float, 3> border, py::handle stream, int threads) {
+  const BoundJob j = bind_job(src, fmt, out, layout, matrix, bilinear, yuv, swap_rb, scale, bias, border);
+  if (j.src.device) {
+    launch_cuda({j.p}, stream);
     return;
   }
   py::gil_scoped_release nogil;
-  preprocess_cpu(p, threads);
+  preprocess_cpu(j.p, threads);
+}
+
+// Several frames in one call: every job is checked before any runs; host jobs share one pool of
+// threads (rows of all jobs split between them), device jobs are launched in order on `stream`.
+void preprocess_batch_py(const py::list& jobs, py::handle stream, int threads) {
+  std::vector<BoundJob> bound;
+  bound.reserve(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    try {
+      const py::tuple t = jobs[i].cast<py::tuple>();
+      if (t.size() != 11) throw py::value_error("expected an 11-tuple of preprocess arguments");
+      bound.push_back(bind_job(t[0], t[1].cast<int>(), t[2], t[3].cast<std::string>(),
+                               t[4].cast<std::array<float, 9>>(), t[5].cast<bool>(), t[6].cast<std::array<float, 6>>(),
+                               t[7].cast<bool>(), t[8].cast<std::array<float, 3>>(),
+                               t[9].cast<std::array<float, 3>>(), t[10].cast<std::array<float, 3>>()));
+    } catch (const py::value_error& e) {
+      throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
+    } catch (const py::cast_error& e) {
+      throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
+    }
+    if (bound.back().src.device != bound.front().src.device) {
+      throw py::value_error("jobs[" + std::to_string(i) + "]: mixes host and device arrays with jobs[0]; "
+                            "run host and device frames in separate calls");
+    }
+  }
+  std::vector<PreprocessParams> ps;
+  ps.reserve(bound.size());
+  for (const BoundJob& j : bound) ps.push_back(j.p);
+  if (ps.empty()) return;
+  if (bound.front().src.device) {
+    launch_cuda(ps, stream);
+    return;
+  }
+  py::gil_scoped_release nogil;
+  preprocess_cpu_batch(ps.data(), static_cast<int>(ps.size()), threads);
 }
 
 }  // namespace
@@ -159,6 +216,8 @@ void bind_preprocess(py::module_& m) {
         py::arg("matrix"), py::arg("bilinear"), py::arg("yuv"), py::arg("swap_rb"), py::arg("scale"), py::arg("bias"),
         py::arg("border"), py::arg("stream"), py::arg("threads"),
         "Low-level preprocess; use vla.kernels.preprocess, which computes these arguments.");
+  m.def("preprocess_batch", &preprocess_batch_py, py::arg("jobs"), py::arg("stream"), py::arg("threads"),
+        "Low-level batch of preprocess jobs; use vla.kernels.preprocess_many.");
   py::list names;
   for (const char* n : kFormatNames) names.append(n);
   m.attr("PIXEL_FORMATS") = names;

@@ -1,6 +1,7 @@
 // CPU twin of the preprocess kernel: the same preprocess_pixel<> as the CUDA kernel, over rows
 // split between threads.
 #include <algorithm>
+#include <vector>
 
 #include "parallel.h"
 #include "preprocess.h"
@@ -38,24 +39,43 @@ void chunk(const PreprocessParams& q, int oy, int x0, int n) {
   }
 }
 
-struct CpuLauncher {
+// Rows [r0, r1) of one job.
+struct CpuRows {
   template <int FMT, bool BILINEAR, int OUT>
-  static void run(const PreprocessParams& p, int threads) {
-    parallel_rows(p.out_h, threads, [&p](int r0, int r1) {
-      // A local copy: stores through the output pointer could alias a shared struct's fields and
-      // force the compiler to reload every constant after every pixel.
-      const PreprocessParams q = p;
-      for (int oy = r0; oy < r1; ++oy) {
-        for (int x0 = 0; x0 < q.out_w; x0 += kChunk) chunk<FMT, BILINEAR, OUT>(q, oy, x0, std::min(kChunk, q.out_w - x0));
-      }
-    });
+  static void run(const PreprocessParams& p, int r0, int r1) {
+    // A local copy: stores through the output pointer could alias a shared struct's fields and
+    // force the compiler to reload every constant after every pixel.
+    const PreprocessParams q = p;
+    for (int oy = r0; oy < r1; ++oy) {
+      for (int x0 = 0; x0 < q.out_w; x0 += kChunk) chunk<FMT, BILINEAR, OUT>(q, oy, x0, std::min(kChunk, q.out_w - x0));
+    }
   }
 };
 
 }  // namespace
 
 void preprocess_cpu(const PreprocessParams& p, int threads) {
-  dispatch_preprocess<CpuLauncher>(p, useful_threads(threads, p.out_h, 40L * p.out_w));
+  preprocess_cpu_batch(&p, 1, threads);
+}
+
+void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads) {
+  // The rows of all jobs, end to end: one pool of threads shares them, so a rig of cameras costs
+  // one thread start-up, not one per camera.
+  std::vector<int> first(n + 1, 0);
+  long work = 0;
+  for (int i = 0; i < n; ++i) {
+    first[i + 1] = first[i] + ps[i].out_h;
+    work += static_cast<long>(ps[i].out_h) * ps[i].out_w;
+  }
+  const int rows = first[n];
+  if (rows == 0) return;
+  const int t = useful_threads(threads, rows, 40L * work / rows);
+  parallel_rows(rows, t, [&](int g0, int g1) {
+    for (int i = 0; i < n && g0 < g1; ++i) {
+      const int r0 = std::max(g0, first[i]) - first[i], r1 = std::min(g1, first[i + 1]) - first[i];
+      if (r0 < r1) dispatch_preprocess<CpuRows>(ps[i], r0, r1);
+    }
+  });
 }
 
 }  // namespace vla

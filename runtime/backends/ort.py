@@ -42,6 +42,11 @@ def graph_types(args: list) -> dict[str, tuple[str, tuple]]:
 
 
 class OrtBackend(Backend):
+    """Recurrent state is double-buffered: each state input and the output it is fed from (manifest
+    role ``state``, ``from_output``) own two arrays, bound crosswise in two IO bindings, and
+    ``commit_state()`` swaps them, so the next run reads what the last one wrote without a copy.
+    ``feed(state input)`` returns the array the next run reads."""
+
     name = "onnxruntime"
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, threads: int, spin: bool) -> None:
@@ -51,18 +56,36 @@ class OrtBackend(Backend):
         self.spin = spin
         self._inputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.inputs}
         self._outputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.outputs}
-        self._binding = session.io_binding()
-        for name, arr in self._inputs.items():
-            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        for name, arr in self._outputs.items():
-            self._binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        # state input -> its output; the second array of each pair is the input's other buffer
+        pairs = {t.name: t.detail["from_output"] for t in manifest.inputs_with("state")
+                 if t.detail.get("from_output") in self._outputs}
+        spare = {i: np.zeros_like(self._inputs[i]) for i in pairs}
+        self._parity = 0
+        self._views: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+        self._bindings = []
+        for parity in (0, 1):
+            inputs, outputs = dict(self._inputs), dict(self._outputs)
+            for i, o in pairs.items():
+                first, second = (self._inputs[i], spare[i]) if parity == 0 else (spare[i], self._inputs[i])
+                inputs[i], outputs[o] = first, second  # this run reads first and writes second
+            binding = session.io_binding()
+            for name, arr in inputs.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+            for name, arr in outputs.items():
+                binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            self._views.append((inputs, outputs))
+            self._bindings.append(binding)
 
     def feed(self, name: str) -> np.ndarray:
-        return self._inputs[name]
+        return self._views[self._parity][0][name]
 
     def run(self) -> dict[str, np.ndarray]:
-        self.session.run_with_iobinding(self._binding)
-        return self._outputs
+        self.session.run_with_iobinding(self._bindings[self._parity])
+        return self._views[self._parity][1]
+
+    def commit_state(self) -> None:
+        """The last run's state outputs become the next run's state inputs (a swap, no copy)."""
+        self._parity ^= 1
 
     def describe(self) -> str:
         return (f"onnxruntime {ort.__version__} CPUExecutionProvider, {self.threads} intra-op thread(s), "

@@ -168,7 +168,7 @@ class BundleTarget(Target):
 
         from ..engine import open_engine
         from ..feeds import example_feed
-        from ..preprocess import Preprocessor
+        from ..preprocess import RigPreprocessor
         from ..sources.base import Frame
         from ..sources.scene import frame_shape
 
@@ -178,14 +178,12 @@ class BundleTarget(Target):
         m = self.backend_obj.manifest
         rng = np.random.default_rng(cfg.seed)
         w, h = camera_size
-        self._frames: list[tuple[Any, Any]] = []
-        for spec in m.inputs_with("camera"):
-            buf = self.backend_obj.feed(spec.name)[0]
-            for i, name in enumerate(spec.detail["names"]):
-                data = rng.integers(16, 236, size=frame_shape("yuyv", w, h), dtype=np.uint8)
-                frame = Frame(camera=name, seq=1, capture_time=time.monotonic(), data=data, fmt="yuyv",
-                              width=w, height=h)
-                self._frames.append((Preprocessor(spec.detail, buf[i]), frame))
+        self._pre = RigPreprocessor.for_backend(self.backend_obj)
+        self._frames = {
+            name: Frame(camera=name, seq=1, capture_time=time.monotonic(), fmt="yuyv", width=w, height=h,
+                        data=rng.integers(16, 236, size=frame_shape("yuyv", w, h), dtype=np.uint8))
+            for name in self._pre.names
+        }
         for spec in m.inputs:
             if spec.role != "camera":
                 self.backend_obj.feed(spec.name)[...] = example_feed(spec, m, rng)
@@ -200,8 +198,7 @@ class BundleTarget(Target):
         self.cameras = len(self._frames)
 
     def _preprocess(self) -> None:
-        for pre, frame in self._frames:
-            pre(frame)
+        self._pre(self._frames)
 
     def _compute(self) -> None:
         self._outputs = self.backend_obj.run()
