@@ -9,7 +9,7 @@ written into benchmarks/RESULTS.md (between the ``suite`` markers) with the mach
 3. Preprocessing: the fused kernel's CPU twin vs the OpenCV chain (same frames, same output).
 4. Precision: FP32 vs FP16 vs INT8 exports of the reference model (``precision.py``).
 
-    python benchmarks/suite.py [--out bundles/suite] [--ticks 600] [--no-compile] [--no-write]
+    python benchmarks/suite.py [--out bundles/suite] [--ticks 600] [--no-compile] [--no-write] [--rt-priority N]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from machine import describe
 from precision import measure_precisions, table
 
 from vla.runtime.bench.loop_bench import run_loop_bench
+from vla.runtime.realtime import apply_realtime
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -90,8 +91,9 @@ def section(r: dict, command: str) -> str:
     lines += ["", f"Target ONNX Runtime ≥ 1.3× eager: **{'met' if ok else 'not met'}** "
               f"({ot['speedup_vs_eager']['onnxruntime']:.2f}×).", ""]
     st = loop["stages"]
+    rt = ", ".join(loop.get("realtime") or []) or "default scheduling"
     lines += [f"**Loop overhead** (`vla-bench --loop`, {st['e2e']['count']} ticks at 10 Hz, 3 synthetic cameras "
-              "1280×720 YUYV): per tick, ms; overhead = e2e − acquire (the cameras' delivery, here the "
+              f"1280×720 YUYV, {rt}): per tick, ms; overhead = e2e − acquire (the cameras' delivery, here the "
               "synthetic rig's rendering) − compute", "",
               "| stage | median | p90 | p99 | p99.9 | max |", "|---|---|---|---|---|---|"]
     for name in ("acquire", "preprocess", "compute", "decode", "overhead", "e2e"):
@@ -129,6 +131,8 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
     p.add_argument("--json", metavar="FILE", help="also save the figures (re-render them later with --render)")
     p.add_argument("--render", metavar="FILE", help="only re-render the section from a saved --json run")
+    p.add_argument("--rt-priority", type=int, metavar="N",
+                   help="run the loop under SCHED_FIFO priority N, as vla-run --rt-priority would on a vehicle")
     args = p.parse_args()
     command = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
     if args.render:
@@ -144,8 +148,10 @@ def main() -> int:
     ot = ort_vs_torch(args.out / "fp32", args.runs, not args.no_compile)
     print(f"ort vs torch: {ot['median_ms']}", file=sys.stderr)
     kern = kernel_speedup()
+    realtime = apply_realtime(None, args.rt_priority)  # last: the exports and comparisons stay unprivileged
     loop = run_loop_bench(str(args.out / "fp32"), "synthetic://", ticks=args.ticks, rate_hz=10.0, budget_ms=100.0)
     loop.pop("samples", None)
+    loop["realtime"] = realtime
     result = {"machine": describe(), "date": date.today().isoformat(), "command": command, "runs": args.runs,
               "ort_vs_torch": ot,
               "loop": loop, "kernels": kern, "precision": prec}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _core
-from .decode import DecodedTrajectory, decode_trajectory
+from .decode import DecodedTrajectory, TrajectoryDecoder, decode_trajectory
 from .preprocess import FORMATS, PreparedPreprocess, prepare, preprocess, preprocess_many
 
 
@@ -48,6 +48,7 @@ __all__ = [
     "FORMATS",
     "DecodedTrajectory",
     "PreparedPreprocess",
+    "TrajectoryDecoder",
     "cuda_available",
     "cuda_compiled",
     "cuda_report",

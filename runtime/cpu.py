@@ -1,4 +1,4 @@
-"""How many cores the runtime's own parallel work (the engine, the preprocessing kernel) may use."""
+"""How many cores the runtime's parallel work may use: the engine, and the loop's preprocessing."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ def default_threads() -> int:
     slowest thread, so an engine spread over every core inherits the jitter of everything else on
     the machine: on 2 cores beside the synthetic rig, a second engine thread cut the median
     end-to-end latency from 67 to 51 ms but left the p99.9 where it was (83 vs 82 ms; see
-    benchmarks/RESULTS.md), for twice the CPU. The preprocessing kernel follows the same rule: with
-    both cores it took 1.33 ms per tick for three 720p cameras in the loop, with one 1.06 ms, because
-    its second thread waited for the core the camera process renders on.
+    benchmarks/RESULTS.md), for twice the CPU. The loop's preprocessing is the exception: it runs
+    only while the engine is idle, as one call for all cameras, and takes every core
+    (``runtime/preprocess.py``).
     """
+    return max(1, usable_cores() - 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset/cgroups affinity), not all the machine has."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1

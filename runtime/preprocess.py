@@ -19,6 +19,7 @@ from typing import Any
 from vla.kernels import PreparedPreprocess, prepare, preprocess_many
 from vla.kernels.preprocess import centre_crop
 
+from .cpu import usable_cores
 from .errors import CameraError
 from .sources.base import PIXEL_FORMATS, Frame
 
@@ -60,11 +61,12 @@ class CameraPreprocessing:
 class RigPreprocessor:
     """Converts one frame of every camera into the engine's camera inputs in one native call."""
 
-    def __init__(self, cameras: list[CameraPreprocessing], threads: int = 0, stream: Any = None) -> None:
-        self.cameras, self.threads, self.stream = cameras, threads, stream  # threads 0: every core
+    def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None, stream: Any = None) -> None:
+        self.cameras, self.stream = cameras, stream
+        self.threads = threads or usable_cores()  # the engine is idle while this runs
 
     @classmethod
-    def for_backend(cls, backend: Any, threads: int = 0) -> RigPreprocessor:
+    def for_backend(cls, backend: Any, threads: int | None = None) -> RigPreprocessor:
         """One camera per name in the manifest's camera inputs, each writing its slot of ``feed``."""
         cams = []
         for spec in backend.manifest.inputs_with("camera"):

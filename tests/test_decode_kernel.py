@@ -466,3 +466,33 @@ def test_dlpack_inputs():
     got = decode_trajectory(torch.from_numpy(traj), torch.ones(1), 0.1)
     want = decode_trajectory(traj, np.ones(1, np.float32), 0.1)
     np.testing.assert_array_equal(got.points, want.points)
+
+
+# --- the loop's prepared decoder ------------------------------------------------------------------
+def test_trajectory_decoder_equals_decode_trajectory():
+    decoder = kernels.TrajectoryDecoder(DT, T, max_curvature=0.2, max_accel=6.0, max_speed=40.0)
+    cases = [
+        (modes(straight(10.0), circle(30.0, 12.0)), scores(0.1, 0.9)),  # plausible, mode 1
+        (modes(circle(3.0, 12.0)), None),  # too tight a turn: CURVATURE
+        (modes(straight(50.0)), scores(0.5)),  # SPEED
+    ]
+    nan_mode = straight(5.0)
+    nan_mode[7, 1] = np.nan
+    cases.append((modes(nan_mode), scores(1.0)))
+    for traj, score in cases:
+        want = decode_trajectory(traj, score, DT, max_curvature=0.2, max_accel=6.0, max_speed=40.0)
+        got = decoder(traj, score)
+        assert (got.mode, got.verdict, got.problem, got.first) == (want.mode, want.verdict, want.problem, want.first)
+        assert got.score == want.score or (math.isnan(got.score) and math.isnan(want.score))
+        assert np.array_equal(got.points, want.points, equal_nan=True)
+        assert got.points is decoder.points  # written in place, nothing allocated per call
+
+
+def test_trajectory_decoder_rejects_what_it_was_not_set_up_for():
+    decoder = kernels.TrajectoryDecoder(DT, T)
+    with pytest.raises(ValueError, match="trajectory: 32 waypoints, but this decoder was set up for 64"):
+        decoder(modes(straight(5.0, t=TIMES[:32])), None)
+    with pytest.raises(ValueError, match="trajectory: expected float32"):
+        decoder(straight(5.0)[None].astype(np.float64), None)
+    with pytest.raises(ValueError, match="must be > 0"):
+        kernels.TrajectoryDecoder(DT, T, max_speed=0.0)

@@ -26,7 +26,7 @@ import pytest
 from av.video.reformatter import VideoReformatter
 
 import vla.kernels as K
-from vla.kernels.preprocess import roi_matrix, yuv_coefficients
+from vla.kernels.preprocess import centre_crop, roi_matrix, yuv_coefficients
 
 RNG = np.random.default_rng(1234)
 
@@ -314,6 +314,45 @@ def test_writes_only_its_slot_of_a_batched_input():
     solo = np.empty((3, 36, 64), np.uint8)
     K.preprocess(frame, "nv12", solo)
     assert np.array_equal(batch[1, 2], solo)
+
+
+# ---- several cameras in one call -----------------------------------------------------------------
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_preprocess_many_equals_one_call_per_camera(threads):
+    """One native call for a rig (rows of all cameras shared by the threads) writes exactly what a
+    call per camera writes, whatever the split of rows between threads."""
+    cams = [("yuyv", 72, 128, 0), ("nv12", 48, 96, 16), ("rgb", 60, 100, 4)]
+    frames = [make_frame(fmt, h, w, pad, smooth_frame=False) for fmt, h, w, pad in cams]
+    batch = np.zeros((1, 3, 3, 37, 61), np.float32)
+    solo = np.zeros_like(batch)
+    jobs = []
+    for i, ((fmt, h, w, _pad), frame) in enumerate(zip(cams, frames, strict=True)):
+        roi = centre_crop(w, h, 61, 37)
+        opts = dict(roi=roi, mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0))
+        jobs.append((K.prepare(fmt, batch[0, i], (w, h), **opts), frame))
+        K.preprocess(frame, fmt, solo[0, i], threads=1, **opts)
+    K.preprocess_many(jobs, threads=threads)
+    assert np.array_equal(batch, solo)
+    assert np.abs(batch).sum() > 0
+
+
+def test_preprocess_many_names_the_bad_job():
+    good = make_frame("yuyv", 16, 16, 0, smooth_frame=False)
+    out = np.zeros((2, 3, 8, 8), np.uint8)
+    prepared = [K.prepare("yuyv", out[i], (16, 16)) for i in range(2)]
+    with pytest.raises(ValueError, match=r"^jobs\[1\]: src: a 32x16 frame, but .* prepared for 16x16"):
+        K.preprocess_many([(prepared[0], good), (prepared[1], np.zeros((16, 32, 2), np.uint8))])
+    with pytest.raises(ValueError, match=r"^jobs\[1\]: src: dtype must be uint8"):
+        K.preprocess_many([(prepared[0], good), (prepared[1], good.astype(np.uint16))])
+    assert not out.any()  # every job is checked before any runs
+    K.preprocess_many([])  # nothing to do is not an error
+
+
+def test_homography_too_large_to_stay_finite_is_refused():
+    # The CPU twin is compiled to assume finite values; this bound keeps every projection finite.
+    with pytest.raises(ValueError, match="homography: entries above"):
+        K.preprocess(np.zeros((8, 8), np.uint8), "gray", np.zeros((3, 4, 4), np.float32),
+                     homography=[[1e16, 0, 0], [0, 1, 0], [0, 0, 1]])
 
 
 # ---- bad input: a ValueError naming the argument ------------------------------------------------

@@ -217,3 +217,26 @@ def test_metrics_endpoint_and_ego_profile_from_the_command_line(reference_bundle
     info = [dict(labels) for name, labels in samples if name == "vla_model_info"]
     assert len(info) == 1 and info[0]["model"] == "vla-reference" and "onnxruntime" in info[0]["backend"]
     assert all(t["ego_age_ms"] is not None and t["ego_age_ms"] < 200 for t in ticks if t["status"] == "ok")
+
+
+def test_onnxruntime_state_is_swapped_not_copied(reference_bundle):
+    """commit_state() makes the last run's state outputs the next run's inputs: the same arrays,
+    bound crosswise, so nothing is copied; an uncommitted run leaves the inputs as they were."""
+    backend = open_engine(str(reference_bundle), backend="ort")
+    rng = np.random.default_rng(3)
+    for spec in backend.manifest.inputs:
+        if spec.role in ("camera", "ego", "noise"):
+            buf = backend.feed(spec.name)
+            buf[...] = rng.integers(0, 255, buf.shape) if buf.dtype == np.uint8 else rng.standard_normal(buf.shape)
+    before = backend.feed("memory").copy()
+    out = backend.run()
+    new_memory = out["new_memory"]
+    assert np.array_equal(backend.feed("memory"), before)  # not committed: the input is untouched
+    assert not np.array_equal(new_memory, before)
+    backend.commit_state()
+    assert backend.feed("memory") is new_memory and backend.feed("memory_valid") is out["new_memory_valid"]
+    kept = new_memory.copy()
+    out2 = backend.run()
+    assert out2["new_memory"] is not new_memory  # written into the other buffer
+    np.testing.assert_array_equal(new_memory, kept)  # the input of this run was not overwritten
+    np.testing.assert_array_equal(out2["new_memory"][0, :3], kept[0, 1:])  # the model shifts its memory
