@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     standing = args.ego == "camera" and not isinstance(runner.ego_input, FrameEgoInput)
     print(f"vla-run: ego {runner.ego_input.describe()}"
           + (" (these cameras carry no vehicle state: a standing vehicle; give --ego udp://…)" if standing else "")
-          + (f"; metrics on http://0.0.0.0:{metrics.port}/metrics" if metrics else ""), file=sys.stderr)
+          + (f"; metrics on http://0.0.0.0:{metrics.port}/metrics" if metrics else "")
+          + f"; data path {runner.data_path}", file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:

@@ -60,6 +60,7 @@ from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, Trajectory
 from .backends.base import Backend
 from .camera_group import GroupVerdict, judge_group
 from .commands import write_command
+from .device_path import DeviceDecoder
 from .ego import EgoHistory
 from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from .engine_worker import EngineWorker
@@ -114,7 +115,9 @@ class Runner:
         if any(t.shape and t.shape[0] != 1 for t in m.inputs):
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
         self._stop = threading.Event()
-        self._pre = RigPreprocessor.for_backend(backend)
+        # A GPU backend with CUDA kernels: raw frames up, trajectory down, the rest on the device.
+        self._device = backend.device_io() if hasattr(backend, "device_io") else None
+        self._pre = RigPreprocessor.for_backend(backend, device=self._device)
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
         # Backends with double-buffered state (ONNX Runtime, torch, TensorRT) swap buffers: no copy.
         device_commit = getattr(backend, "commit_state", None)
@@ -142,6 +145,11 @@ class Runner:
         self._decode = TrajectoryDecoder(self._dt, self._points, max_curvature=c.max_curvature,
                                          max_accel=c.max_accel, max_speed=c.max_speed)
         self._describe = TrajectoryDecoder(self._dt, self._points)
+        self._device_decode = None
+        if self._device is not None:
+            self._device_decode = DeviceDecoder(self._device, self._dt, self._points, max_curvature=c.max_curvature,
+                                                max_accel=c.max_accel, max_speed=c.max_speed)
+            self._device.host_outputs(())  # the loop reads every output it needs on the device
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
         self._worker: EngineWorker | None = None
@@ -430,7 +438,12 @@ class Runner:
             return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", False
         t = time.monotonic()
         out = worker.outputs
-        decoded = self._decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
+        if self._device_decode is not None:
+            dev = self._device
+            decoded = self._device_decode(dev.output(self._traj_name),
+                                          dev.output(self._score_name) if self._score_name else None)
+        else:
+            decoded = self._decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
         problem = None
         if decoded.problem is not None:
             kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"
@@ -442,6 +455,13 @@ class Runner:
             self._last_good_time = flight
         lat["decode"] = (time.monotonic() - t) * 1000.0
         return decoded, problem, False
+
+    @property
+    def data_path(self) -> str:
+        """One line for the start-up banner: where preprocessing and decoding run."""
+        if self._device is not None:
+            return "GPU (raw frames uploaded; preprocess, engine and decode on the device; trajectory downloaded)"
+        return "host (preprocess and decode on the CPU)"
 
     def summary(self) -> dict[str, Any]:
         """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""

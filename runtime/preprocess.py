@@ -19,7 +19,9 @@ from typing import Any
 from vla.kernels import PreparedPreprocess, prepare, preprocess_many
 from vla.kernels.preprocess import centre_crop
 
+from .backends.device_io import DeviceIO
 from .cpu import usable_cores
+from .device_path import FrameUploads
 from .errors import CameraError
 from .sources.base import PIXEL_FORMATS, Frame
 
@@ -59,20 +61,28 @@ class CameraPreprocessing:
 
 
 class RigPreprocessor:
-    """Converts one frame of every camera into the engine's camera inputs in one native call."""
+    """Converts one frame of every camera into the engine's camera inputs in one native call.
 
-    def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None, stream: Any = None) -> None:
-        self.cameras, self.stream = cameras, stream
+    With ``uploads`` (the GPU data path, ``runtime/device_path.py``) the outputs are the engine's
+    device buffers: each raw frame is uploaded on ``stream`` and the CUDA kernel writes the slots.
+    """
+
+    def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None, stream: Any = None,
+                 uploads: Any = None) -> None:
+        self.cameras, self.stream, self.uploads = cameras, stream, uploads
         self.threads = threads or usable_cores()  # the engine is idle while this runs
 
     @classmethod
-    def for_backend(cls, backend: Any, threads: int | None = None) -> RigPreprocessor:
-        """One camera per name in the manifest's camera inputs, each writing its slot of ``feed``."""
+    def for_backend(cls, backend: Any, threads: int | None = None, device: DeviceIO | None = None) -> RigPreprocessor:
+        """One camera per name in the manifest's camera inputs, each writing its slot of the input:
+        the host buffer (``feed``), or with ``device`` the engine's device buffer."""
         cams = []
         for spec in backend.manifest.inputs_with("camera"):
-            buf = backend.feed(spec.name)[0]
+            buf = (device.input(spec.name) if device is not None else backend.feed(spec.name))[0]
             cams.extend(CameraPreprocessing(name, spec.detail, buf[i]) for i, name in enumerate(spec.detail["names"]))
-        return cls(cams, threads)
+        if device is None:
+            return cls(cams, threads)
+        return cls(cams, threads, stream=device.stream, uploads=FrameUploads(device))
 
     @property
     def names(self) -> list[str]:
@@ -80,7 +90,11 @@ class RigPreprocessor:
 
     def __call__(self, frames: Mapping[str, Frame]) -> None:
         """Preprocess ``frames[name]`` for every camera; a bad frame is a CameraError naming its camera."""
-        jobs = [(cam.prepared(frames[cam.name]), frames[cam.name].data) for cam in self.cameras]
+        jobs = []
+        for cam in self.cameras:
+            frame = frames[cam.name]
+            prepared = cam.prepared(frame)  # checks the format before anything is uploaded
+            jobs.append((prepared, self.uploads(frame) if self.uploads is not None else frame.data))
         try:
             preprocess_many(jobs, stream=self.stream, threads=self.threads)
         except ValueError as exc:
@@ -90,4 +104,3 @@ class RigPreprocessor:
                 if index.isdigit() and int(index) < len(self.cameras):
                     raise CameraError(f"camera '{self.cameras[int(index)].name}': bad frame ({rest})") from None
             raise CameraError(f"bad frame ({text})") from None
-

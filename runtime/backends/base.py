@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..manifest import Manifest
+from .device_io import DeviceIO
 
 
 class Backend(ABC):
@@ -29,6 +30,11 @@ class Backend(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for logs: engine, version, device, threads."""
+
+    def device_io(self) -> DeviceIO | None:
+        """The engine's device buffers and stream for the GPU data path (``runtime/device_path.py``);
+        None for host backends, which the loop feeds through ``feed``."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release the engine."""

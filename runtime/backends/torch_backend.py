@@ -35,6 +35,7 @@ means "I am writing this", and the host values, not the device's, are used next.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from ..errors import VlaError
 from ..feeds import example_feeds
 from ..manifest import Manifest, check_against_graph
 from .base import Backend
+from .device_io import DeviceIO
 
 PROGRAM_FILE = "program.pt2"
 
@@ -147,6 +149,7 @@ class TorchBackend(Backend):
         self._outs = tuple(self._dev_out[t.name] for t in manifest.outputs)
         # CUDA: inputs whose host staging buffer is the source (uploaded every run), in manifest order.
         self._upload = {t.name for t in manifest.inputs}
+        self._download = [t.name for t in manifest.outputs]  # CUDA: outputs copied back by run()
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if cuda else []
         self._warm_up_and_check(origin)
 
@@ -231,8 +234,8 @@ class TorchBackend(Backend):
             for dst, out in zip(self._outs, self._forward(), strict=True):
                 dst.copy_(out)
             compute_end.record(self.stream)
-            for name, dev in self._dev_out.items():
-                self._staging_out[name].copy_(dev, non_blocking=True)
+            for name in self._download:
+                self._staging_out[name].copy_(self._dev_out[name], non_blocking=True)
             d2h_end.record(self.stream)
         self.stream.synchronize()  # the returned arrays are complete; the staging buffers are free to write
         self._timings = {"h2d": h2d_start.elapsed_time(h2d_end), "compute": h2d_end.elapsed_time(compute_end),
@@ -277,6 +280,18 @@ class TorchBackend(Backend):
             self._upload.discard(name)
         return self._dev_in[name]
 
+    def host_outputs(self, names: Iterable[str]) -> None:
+        """CUDA: copy only these outputs back at the end of each run; the others stay on the device
+        (their host arrays keep old values). Default: all of them."""
+        wanted = set(names)
+        self._download = [t.name for t in self.manifest.outputs if t.name in wanted]
+
+    def device_io(self) -> DeviceIO | None:
+        """The GPU data path's access to this backend; None on the CPU or when the kernels have no CUDA."""
+        from vla.kernels import cuda_available
+
+        return TorchDeviceIO(self) if self.stream is not None and cuda_available() else None
+
     def device_output(self, name: str) -> torch.Tensor:
         """The tensor the last run wrote ``name`` into (CUDA: on the GPU, valid until the next run)."""
         return self._dev_out[name]
@@ -285,3 +300,43 @@ class TorchBackend(Backend):
         """The last run's stages in ms: ``h2d``, ``compute``, ``d2h`` (CUDA events) on CUDA;
         ``compute`` (host wall time of the forward and the output copy) on the CPU."""
         return dict(self._timings)
+
+
+class TorchDeviceIO(DeviceIO):
+    """The GPU data path's view of a CUDA torch backend (``runtime/device_path.py``)."""
+
+    def __init__(self, backend: TorchBackend) -> None:
+        self._backend = backend
+        self._pinned: dict[int, torch.Tensor] = {}  # host array address -> its pinned tensor
+
+    @property
+    def stream(self) -> Any:
+        return self._backend.stream
+
+    def input(self, name: str) -> torch.Tensor:
+        return self._backend.device_input(name, writable=True)
+
+    def output(self, name: str) -> torch.Tensor:
+        return self._backend.device_output(name)
+
+    def host_outputs(self, names: Iterable[str]) -> None:
+        self._backend.host_outputs(names)
+
+    def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[torch.Tensor, np.ndarray]:
+        tdtype = TORCH_DTYPES[np.dtype(dtype).name]
+        device = torch.empty(shape, dtype=tdtype, device=self._backend.device)
+        pinned = torch.empty(shape, dtype=tdtype, pin_memory=True)
+        host = pinned.numpy()
+        self._pinned[host.ctypes.data] = pinned
+        return device, host
+
+    def upload(self, device: torch.Tensor, host: np.ndarray) -> None:
+        with torch.cuda.stream(self._backend.stream):
+            device.copy_(self._pinned[host.ctypes.data], non_blocking=True)
+
+    def download(self, host: np.ndarray, device: torch.Tensor) -> None:
+        with torch.cuda.stream(self._backend.stream):
+            self._pinned[host.ctypes.data].copy_(device, non_blocking=True)
+
+    def synchronize(self) -> None:
+        self._backend.stream.synchronize()

@@ -32,6 +32,7 @@ import ctypes
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import numpy as np
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph, parse_manifest
 from .base import Backend
+from .device_io import DeviceArray, DeviceIO
 
 #: I/O tensor types: name -> ("input" | "output", dtype name, shape with None for dynamic dims).
 EngineIO = dict[str, tuple[str, str, tuple[int | None, ...]]]
@@ -181,6 +183,7 @@ class TrtBackend(Backend):
         self._slots: list[int] = []
         self._host_ptrs: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
+        self._extra: list[tuple[int, int]] = []  # (device, pinned host) pairs made for the data path
         self._events: list[Any] = []
         self._graphs: dict[int, Any] = {}
         try:
@@ -252,6 +255,7 @@ class TrtBackend(Backend):
         self._outputs = [t for t in self.buffers.outputs if t.in_manifest]
         self._host_out = {t.name: self._host[t.name] for t in self._outputs}
         self._upload = {t.name for t in self._inputs}  # inputs whose host buffer is the source
+        self._download = {t.name for t in self._outputs}  # outputs copied back by run()
         check("cudaStreamSynchronize", rt.cudaStreamSynchronize(self._stream))
 
     # ---- addresses and launches ----------------------------------------------------------------------
@@ -340,8 +344,9 @@ class TrtBackend(Backend):
         enqueue_ms = (time.perf_counter() - start) * 1000.0
         check("cudaEventRecord", rt.cudaEventRecord(ev[2], stream))
         for t in self._outputs:
-            check("cudaMemcpyAsync", rt.cudaMemcpyAsync(self._host_ptrs[t.name], self._slots[slots[t.name]],
-                                                        t.nbytes, d2h, stream))
+            if t.name in self._download:
+                check("cudaMemcpyAsync", rt.cudaMemcpyAsync(self._host_ptrs[t.name], self._slots[slots[t.name]],
+                                                            t.nbytes, d2h, stream))
         check("cudaEventRecord", rt.cudaEventRecord(ev[3], stream))
         check("cudaStreamSynchronize", rt.cudaStreamSynchronize(stream))
         elapsed = [check("cudaEventElapsedTime", rt.cudaEventElapsedTime(ev[i], ev[i + 1])) for i in range(3)]
@@ -371,7 +376,10 @@ class TrtBackend(Backend):
             rt.cudaFree(ptr)
         for ptr in self._host_ptrs.values():
             rt.cudaFreeHost(ptr)
-        self._slots, self._host_ptrs, self._events = [], {}, []
+        for device, host in self._extra:
+            rt.cudaFree(device)
+            rt.cudaFreeHost(host)
+        self._slots, self._host_ptrs, self._events, self._extra = [], {}, [], []
         self._host.clear()
         if self._stream is not None:
             rt.cudaStreamDestroy(self._stream)
@@ -404,6 +412,85 @@ class TrtBackend(Backend):
     def stream_handle(self) -> int:
         """The stream every run is enqueued on: device-side producers must order their work before ``run()``."""
         return int(self._stream)
+
+    def produce_on_device(self, name: str) -> None:
+        """Input ``name`` is written on the device (by a kernel on ``stream_handle``): stop uploading
+        its host buffer, until ``feed(name)``."""
+        self._upload.discard(name)
+
+    def host_outputs(self, names: Iterable[str]) -> None:
+        """Copy only these outputs back at the end of each run; the others stay on the device."""
+        wanted = set(names)
+        self._download = {t.name for t in self._outputs if t.name in wanted}
+
+    def extra_buffers(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int, np.ndarray]:
+        """A device buffer and a pinned host buffer (and its NumPy view), freed with the backend."""
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        device = self._check("cudaMalloc", self._rt.cudaMalloc(nbytes))
+        try:
+            host = self._check("cudaMallocHost", self._rt.cudaMallocHost(nbytes))
+        except BaseException:
+            self._rt.cudaFree(device)
+            raise
+        self._extra.append((device, host))
+        return int(device), int(host), _host_array(host, nbytes, np.dtype(dtype).name, tuple(shape))
+
+    def copy_async(self, dst: int, src: int, nbytes: int, *, to_device: bool) -> None:
+        """Enqueue a copy between pinned host and device memory on the backend's stream."""
+        kind = self._rt.cudaMemcpyKind
+        self._check("cudaMemcpyAsync", self._rt.cudaMemcpyAsync(
+            dst, src, nbytes, kind.cudaMemcpyHostToDevice if to_device else kind.cudaMemcpyDeviceToHost,
+            self._stream))
+
+    def synchronize(self) -> None:
+        self._check("cudaStreamSynchronize", self._rt.cudaStreamSynchronize(self._stream))
+
+    def device_io(self) -> DeviceIO | None:
+        """The GPU data path's access to this backend; None when the kernels were built without CUDA."""
+        from vla.kernels import cuda_available
+
+        return TrtDeviceIO(self) if cuda_available() else None
+
+
+class TrtDeviceIO(DeviceIO):
+    """The GPU data path's view of a TensorRT backend (``runtime/device_path.py``): ``cudaMalloc``
+    buffers as :class:`DeviceArray`, copies with ``cudaMemcpyAsync`` on the backend's stream."""
+
+    def __init__(self, backend: TrtBackend) -> None:
+        self._backend = backend
+        self._host_ptr: dict[int, int] = {}  # host array address -> its cudaMallocHost pointer
+
+    @property
+    def stream(self) -> int:
+        return self._backend.stream_handle
+
+    def _array(self, name: str) -> DeviceArray:
+        t = self._backend.buffers.tensor(name)
+        return DeviceArray(self._backend.device_pointer(name), t.shape, t.dtype, owner=self._backend)
+
+    def input(self, name: str) -> DeviceArray:
+        self._backend.produce_on_device(name)
+        return self._array(name)
+
+    def output(self, name: str) -> DeviceArray:
+        return self._array(name)
+
+    def host_outputs(self, names: Iterable[str]) -> None:
+        self._backend.host_outputs(names)
+
+    def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[DeviceArray, np.ndarray]:
+        device_ptr, host_ptr, host = self._backend.extra_buffers(shape, np.dtype(dtype))
+        self._host_ptr[host.ctypes.data] = host_ptr
+        return DeviceArray(device_ptr, shape, dtype, owner=self._backend), host
+
+    def upload(self, device: DeviceArray, host: np.ndarray) -> None:
+        self._backend.copy_async(device.ptr, self._host_ptr[host.ctypes.data], device.nbytes, to_device=True)
+
+    def download(self, host: np.ndarray, device: DeviceArray) -> None:
+        self._backend.copy_async(self._host_ptr[host.ctypes.data], device.ptr, device.nbytes, to_device=False)
+
+    def synchronize(self) -> None:
+        self._backend.synchronize()
 
 
 # ---- opening ``--engine`` -----------------------------------------------------------------------------
