@@ -133,6 +133,7 @@ class Runner:
         self.ego_input = ego
         self._noise = [(backend.feed(t.name), float(t.detail.get("std", 1.0))) for t in m.inputs_with("noise")]
         self._rng = np.random.default_rng(config.seed)
+        self._noise_drawn = False  # the next run's noise is in its inputs already
         self.command_name = self.set_command(config.command)
         traj = m.outputs_with("trajectory")[0]
         self._traj_name, self._dt = traj.name, float(traj.detail["dt"])
@@ -211,6 +212,7 @@ class Runner:
         started = time.monotonic()
         for next_due in schedule:
             yield self._tick()
+            self._draw_noise()  # off the next tick's critical path
             collector.idle(next_due - time.monotonic())
             if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
                 self.stop(f"{self.ticks} ticks done")
@@ -401,19 +403,28 @@ class Runner:
             return None, str(exc), False
         if self._ego is not None:
             self._ego.fill(self._ego_buf, capture)
-        for buf, std in self._noise:
-            self._rng.standard_normal(out=buf, dtype=np.float32)
-            if std != 1.0:
-                buf *= std
+        self._draw_noise()
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
         worker = self._worker
         worker.submit()
+        self._noise_drawn = False
         self._in_flight = capture
         if not worker.wait(deadline - time.monotonic()):
             running = (time.monotonic() - worker.started) * 1000.0
             return None, (f"late: engine still running {running:.0f} ms in at the deadline "
                           f"(budget {self.cfg.budget_ms:g} ms)"), True
         return self._collect(lat)
+
+    def _draw_noise(self) -> None:
+        """The next run's noise inputs (one draw per run, so a seed gives the same sequence whichever
+        ticks fall back); done between ticks when the engine is idle, else just before the run."""
+        if self._noise_drawn or (self._worker is not None and self._worker.busy):
+            return
+        for buf, std in self._noise:
+            self._rng.standard_normal(out=buf, dtype=np.float32)
+            if std != 1.0:
+                buf *= std
+        self._noise_drawn = True
 
     def _copy_state(self, out: dict[str, np.ndarray]) -> None:
         for dst, src in self._states:

@@ -94,6 +94,28 @@ def test_ego_history_straight_and_turning():
     np.testing.assert_allclose(out[:, 2], w * 0.1 * np.arange(-15, 1), atol=1e-9)
 
 
+def test_ego_history_resamples_as_np_interp_does():
+    """fill() interpolates all columns at once; it must give np.interp's values column by column,
+    held at the ends, on irregular sample times and for a grid reaching past both ends."""
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 40):
+        h = EgoHistory(steps=16, rate_hz=10)
+        t = np.cumsum(rng.uniform(0.01, 0.2, n))
+        for ti in t:
+            h.update(float(ti), float(rng.uniform(0, 20)), float(rng.normal()), float(rng.normal(0, 0.2)))
+        b = h._buf[: h._n]
+        for now in (t[-1], t[-1] + 0.35, t[0] + 0.05):
+            times = now + h._grid
+            want = np.stack([np.interp(times, b[:, 0], b[:, k]) for k in range(1, 7)], axis=1)
+            x0, y0, yaw0 = want[-1, :3]
+            c, s_ = np.cos(yaw0), np.sin(yaw0)
+            dx, dy = want[:, 0] - x0, want[:, 1] - y0
+            want[:, 0], want[:, 1], want[:, 2] = c * dx + s_ * dy, -s_ * dx + c * dy, want[:, 2] - yaw0
+            out = np.zeros((16, 6))
+            h.fill(out, now)
+            np.testing.assert_allclose(out, want, rtol=0, atol=1e-9, err_msg=f"n={n}, now={now}")
+
+
 def test_ego_history_without_samples_is_zero():
     out = np.ones((16, 6))
     EgoHistory(16, 10).fill(out)

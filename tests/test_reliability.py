@@ -304,8 +304,10 @@ def test_a_lagging_camera_is_named(reference_bundle):
     # Three rigs, one per camera; the right one freezes for 300 ms (less than --stall-ms).
     cams = ("front=synthetic://?size=160x120&fps=30", "left=synthetic://?size=160x120&fps=30&seed=1",
             "right=synthetic://?size=160x120&fps=30&seed=2&stall_after=12&stall_ms=300")
-    records, runner = _run(reference_bundle, RunConfig(max_ticks=12, stall_ms=1000, sync_tolerance_ms=50),
-                           camera_args=cams)
+    # A generous budget: waiting for a laggard within the tolerance plus a slow engine on a busy
+    # 2-core machine must not make a tick late; this test is about naming the camera.
+    records, runner = _run(reference_bundle, RunConfig(max_ticks=12, stall_ms=1000, sync_tolerance_ms=50,
+                                                       budget_ms=250), camera_args=cams)
     named = [r for r in records if r["status"] != "ok"]
     assert named, [r["reason"] for r in records]
     for r in named:  # the frozen camera is named: no new frame, or a new frame too far behind the others
