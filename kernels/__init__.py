@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from . import _core
 from .decode import DecodedTrajectory, TrajectoryDecoder, decode_trajectory
-from .preprocess import FORMATS, PreparedPreprocess, prepare, preprocess, preprocess_many
+from .preprocess import FORMATS, PreparedPreprocess, prepare, preprocess, preprocess_many, preprocess_start
 
 
 @lru_cache(maxsize=1)
@@ -57,4 +57,5 @@ __all__ = [
     "prepare",
     "preprocess",
     "preprocess_many",
+    "preprocess_start",
 ]

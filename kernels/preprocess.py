@@ -33,7 +33,7 @@ from .arrays import as_kernel_array
 
 FORMATS: tuple[str, ...] = tuple(_core.PIXEL_FORMATS)
 __all__ = ["FORMATS", "PreparedPreprocess", "centre_crop", "frame_size", "prepare", "preprocess", "preprocess_many",
-           "roi_matrix", "yuv_coefficients"]
+           "preprocess_start", "roi_matrix", "yuv_coefficients"]
 MAX_HOMOGRAPHY_ENTRY = 1e15
 COLORSPACES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
@@ -159,13 +159,16 @@ def prepare(
     return PreparedPreprocess(fmt, kernel_out, (width, height), args)
 
 
-def preprocess_many(jobs: Sequence[tuple[PreparedPreprocess, Any]], *, stream: Any = None, threads: int = 0) -> None:
-    """Run several prepared jobs, ``[(prepared, frame), ...]``, in one native call.
+def preprocess_start(jobs: Sequence[tuple[PreparedPreprocess, Any]], *, stream: Any = None,
+                     threads: int = 0) -> Any:
+    """Start several prepared jobs, ``[(prepared, frame), ...]``; ``.wait()`` on the result finishes them.
 
-    Host frames: the rows of all jobs are shared by one pool of ``threads`` (0: all cores), so a
-    rig of cameras pays for one thread start-up and one release of the GIL. Device frames: the
-    kernels are launched in order on ``stream`` without synchronising. Every job is checked before
-    any runs; a ValueError starts with ``jobs[i]`` for the job it is about.
+    Host frames: the rows of all jobs are shared by one team of ``threads`` (0: all cores); the
+    helper threads start at once, and the caller's thread joins in at ``wait()``, so it can do other
+    work in between (the loop fills its other inputs). Do not touch the outputs before ``wait()``.
+    Device frames: the kernels are launched in order on ``stream`` and ``wait()`` returns at once
+    (synchronise the stream to wait for them). Every job is checked before any starts; a ValueError
+    starts with ``jobs[i]`` for the job it is about.
     """
     native = []
     for i, (prepared, src) in enumerate(jobs):
@@ -173,7 +176,12 @@ def preprocess_many(jobs: Sequence[tuple[PreparedPreprocess, Any]], *, stream: A
             native.append(prepared.job(src))
         except ValueError as exc:
             raise ValueError(f"jobs[{i}]: {exc}") from None
-    _core.preprocess_batch(native, stream, int(threads))
+    return _core.PreprocessRun(native, stream, int(threads))
+
+
+def preprocess_many(jobs: Sequence[tuple[PreparedPreprocess, Any]], *, stream: Any = None, threads: int = 0) -> None:
+    """Run several prepared jobs in one native call: :func:`preprocess_start`, then wait."""
+    preprocess_start(jobs, stream=stream, threads=threads).wait()
 
 
 def preprocess(

@@ -51,17 +51,9 @@ class EgoHistory:
             out[...] = 0.0
             return
         b = self._buf[: self._n]
-        t = b[:, 0]
-        times = (t[-1] if now is None else now) + self._grid
-        if self._n == 1:
-            vals = np.broadcast_to(b[0, 1:], (len(times), 6))
-        else:
-            # np.interp's rule (linear inside, the end values held outside) for the six columns at
-            # once: this runs on every tick, on caches the engine's last run has evicted, where
-            # each NumPy call costs several microseconds. Sample times strictly increase (update).
-            j = np.clip(np.searchsorted(t, times, side="right") - 1, 0, self._n - 2)
-            w = np.clip((times - t[j]) / (t[j + 1] - t[j]), 0.0, 1.0)
-            lo = b[j, 1:]
-            vals = lo + w[:, None] * (b[j + 1, 1:] - lo)
-        to_frame(vals[:, :3], vals[-1, :3], out=out[:, :3])  # into the ego frame at the newest grid point
-        out[:, 3:6] = vals[:, 3:6]
+        t_now = b[-1, 0] if now is None else now
+        times = t_now + self._grid
+        cols = [np.interp(times, b[:, 0], b[:, k]) for k in range(1, 7)]
+        poses = np.stack(cols[:3], axis=1)
+        to_frame(poses, poses[-1], out=out[:, :3])  # into the ego frame at the newest grid point
+        out[:, 3], out[:, 4], out[:, 5] = cols[3], cols[4], cols[5]

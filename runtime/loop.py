@@ -397,13 +397,15 @@ class Runner:
         for name in self._pre.names:
             self._last_seq[name] = frames[name].seq
         try:
-            self._pre(frames)
+            running = self._pre.start(frames)
         except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
             lat["preprocess"] = (time.monotonic() - t) * 1000.0
             return None, str(exc), False
+        # While the kernel's helper threads convert the frames, this thread fills the other inputs.
         if self._ego is not None:
             self._ego.fill(self._ego_buf, capture)
         self._draw_noise()
+        running.wait()
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
         worker = self._worker
         worker.submit()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vla.kernels import PreparedPreprocess, prepare, preprocess_many
+from vla.kernels import PreparedPreprocess, prepare, preprocess_start
 from vla.kernels.preprocess import centre_crop
 
 from .backends.device_io import DeviceIO
@@ -90,13 +90,18 @@ class RigPreprocessor:
 
     def __call__(self, frames: Mapping[str, Frame]) -> None:
         """Preprocess ``frames[name]`` for every camera; a bad frame is a CameraError naming its camera."""
+        self.start(frames).wait()
+
+    def start(self, frames: Mapping[str, Frame]) -> Any:
+        """Check every frame and start the kernels; ``.wait()`` on the result finishes them (on the
+        host the caller's thread joins the helpers there, so it can fill other inputs first)."""
         jobs = []
         for cam in self.cameras:
             frame = frames[cam.name]
             prepared = cam.prepared(frame)  # checks the format before anything is uploaded
             jobs.append((prepared, self.uploads(frame) if self.uploads is not None else frame.data))
         try:
-            preprocess_many(jobs, stream=self.stream, threads=self.threads)
+            return preprocess_start(jobs, stream=self.stream, threads=self.threads)
         except ValueError as exc:
             text = str(exc)
             if text.startswith("jobs["):  # "jobs[i]: ..." names the camera's position

@@ -359,3 +359,23 @@ def test_rig_yields_the_cpu_by_default_and_nice_0_competes():
             close_all(srcs)
     with pytest.raises(CameraError, match="nice='20'"):
         synthetic.parse_uri("synthetic://?nice=20")
+
+
+def test_rig_does_not_inherit_real_time_scheduling():
+    """Under vla-run --rt-priority the parent is SCHED_FIFO; its camera process must stay an
+    ordinary, niced process, or it renders as the engine's real-time equal."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        pytest.skip("this machine does not permit SCHED_FIFO")
+    try:
+        sources = synthetic.open_synthetic("synthetic://?size=64x48&fps=30", ["front"])
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        pid = sources[0].pid
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10  # the default nice=10 still applies
+    finally:
+        for s in sources:
+            s.close()

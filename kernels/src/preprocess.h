@@ -12,6 +12,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "hd.h"
 
@@ -238,9 +240,13 @@ auto dispatch_preprocess(const PreprocessParams& p, Args&&... args) {
 #undef VLA_OUT
 }
 
+class RowTeam;  // parallel.h
+
 // Host entry points (defined in preprocess_cpu.cpp / preprocess_cuda.cu).
 void preprocess_cpu(const PreprocessParams& p, int threads);
 void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads);  // rows of all jobs share the threads
+// The same, started: helper threads begin now; the caller joins in with finish() (parallel.h).
+std::unique_ptr<RowTeam> preprocess_cpu_start(std::vector<PreprocessParams> ps, int threads);
 int preprocess_cuda(const PreprocessParams& p, uintptr_t stream);  // returns a cudaError_t
 
 }  // namespace vla

@@ -5,10 +5,12 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "array_args.h"
+#include "parallel.h"
 #include "preprocess.h"
 
 namespace py = pybind11;
@@ -174,40 +176,56 @@ void preprocess_py(py::handle src, int fmt, py::handle out, const std::string& l
   preprocess_cpu(j.p, threads);
 }
 
-// Several frames in one call: every job is checked before any runs; host jobs share one pool of
-// threads (rows of all jobs split between them), device jobs are launched in order on `stream`.
-void preprocess_batch_py(const py::list& jobs, py::handle stream, int threads) {
-  std::vector<BoundJob> bound;
-  bound.reserve(jobs.size());
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    try {
-      const py::tuple t = jobs[i].cast<py::tuple>();
-      if (t.size() != 11) throw py::value_error("expected an 11-tuple of preprocess arguments");
-      bound.push_back(bind_job(t[0], t[1].cast<int>(), t[2], t[3].cast<std::string>(),
-                               t[4].cast<std::array<float, 9>>(), t[5].cast<bool>(), t[6].cast<std::array<float, 6>>(),
-                               t[7].cast<bool>(), t[8].cast<std::array<float, 3>>(),
-                               t[9].cast<std::array<float, 3>>(), t[10].cast<std::array<float, 3>>()));
-    } catch (const py::value_error& e) {
-      throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
-    } catch (const py::cast_error& e) {
-      throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
+// Several frames, started: every job is checked before any runs; host jobs are handed to one team
+// of threads whose helpers start at once (the caller joins in with wait()), device jobs are
+// launched in order on `stream` and wait() has nothing to do. The run keeps the arrays alive.
+class PreprocessRun {
+ public:
+  PreprocessRun(const py::list& jobs, py::handle stream, int threads) {
+    bound_.reserve(jobs.size());
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      try {
+        const py::tuple t = jobs[i].cast<py::tuple>();
+        if (t.size() != 11) throw py::value_error("expected an 11-tuple of preprocess arguments");
+        bound_.push_back(bind_job(t[0], t[1].cast<int>(), t[2], t[3].cast<std::string>(),
+                                  t[4].cast<std::array<float, 9>>(), t[5].cast<bool>(),
+                                  t[6].cast<std::array<float, 6>>(), t[7].cast<bool>(),
+                                  t[8].cast<std::array<float, 3>>(), t[9].cast<std::array<float, 3>>(),
+                                  t[10].cast<std::array<float, 3>>()));
+      } catch (const py::value_error& e) {
+        throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
+      } catch (const py::cast_error& e) {
+        throw py::value_error("jobs[" + std::to_string(i) + "]: " + e.what());
+      }
+      if (bound_.back().src.device != bound_.front().src.device) {
+        throw py::value_error("jobs[" + std::to_string(i) + "]: mixes host and device arrays with jobs[0]; "
+                              "run host and device frames in separate calls");
+      }
     }
-    if (bound.back().src.device != bound.front().src.device) {
-      throw py::value_error("jobs[" + std::to_string(i) + "]: mixes host and device arrays with jobs[0]; "
-                            "run host and device frames in separate calls");
+    std::vector<PreprocessParams> ps;
+    ps.reserve(bound_.size());
+    for (const BoundJob& j : bound_) ps.push_back(j.p);
+    if (ps.empty()) return;
+    if (bound_.front().src.device) {
+      launch_cuda(ps, stream);
+      return;
     }
+    team_ = preprocess_cpu_start(std::move(ps), threads);
   }
-  std::vector<PreprocessParams> ps;
-  ps.reserve(bound.size());
-  for (const BoundJob& j : bound) ps.push_back(j.p);
-  if (ps.empty()) return;
-  if (bound.front().src.device) {
-    launch_cuda(ps, stream);
-    return;
+  PreprocessRun(const PreprocessRun&) = delete;
+  PreprocessRun& operator=(const PreprocessRun&) = delete;
+  ~PreprocessRun() { team_.reset(); }  // an unwaited run still finishes before its arrays go
+
+  void wait() {
+    if (!team_) return;
+    py::gil_scoped_release nogil;
+    team_->finish();
   }
-  py::gil_scoped_release nogil;
-  preprocess_cpu_batch(ps.data(), static_cast<int>(ps.size()), threads);
-}
+
+ private:
+  std::vector<BoundJob> bound_;
+  std::unique_ptr<RowTeam> team_;
+};
 
 }  // namespace
 
@@ -216,8 +234,9 @@ void bind_preprocess(py::module_& m) {
         py::arg("matrix"), py::arg("bilinear"), py::arg("yuv"), py::arg("swap_rb"), py::arg("scale"), py::arg("bias"),
         py::arg("border"), py::arg("stream"), py::arg("threads"),
         "Low-level preprocess; use vla.kernels.preprocess, which computes these arguments.");
-  m.def("preprocess_batch", &preprocess_batch_py, py::arg("jobs"), py::arg("stream"), py::arg("threads"),
-        "Low-level batch of preprocess jobs; use vla.kernels.preprocess_many.");
+  py::class_<PreprocessRun>(m, "PreprocessRun", "Low-level started batch; use vla.kernels.preprocess_start.")
+      .def(py::init<const py::list&, py::handle, int>(), py::arg("jobs"), py::arg("stream"), py::arg("threads"))
+      .def("wait", &PreprocessRun::wait, "Take part in the remaining rows and return when all are done.");
   py::list names;
   for (const char* n : kFormatNames) names.append(n);
   m.attr("PIXEL_FORMATS") = names;

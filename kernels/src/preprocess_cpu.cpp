@@ -1,6 +1,7 @@
 // CPU twin of the preprocess kernel: the same preprocess_pixel<> as the CUDA kernel, over rows
 // split between threads.
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "parallel.h"
@@ -59,8 +60,13 @@ void preprocess_cpu(const PreprocessParams& p, int threads) {
 }
 
 void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads) {
-  // The rows of all jobs, end to end: one pool of threads shares them, so a rig of cameras costs
+  preprocess_cpu_start(std::vector<PreprocessParams>(ps, ps + n), threads)->finish();
+}
+
+std::unique_ptr<RowTeam> preprocess_cpu_start(std::vector<PreprocessParams> ps, int threads) {
+  // The rows of all jobs, end to end: one team of threads shares them, so a rig of cameras costs
   // one thread start-up, not one per camera.
+  const int n = static_cast<int>(ps.size());
   std::vector<int> first(n + 1, 0);
   long work = 0;
   for (int i = 0; i < n; ++i) {
@@ -68,9 +74,8 @@ void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads) {
     work += static_cast<long>(ps[i].out_h) * ps[i].out_w;
   }
   const int rows = first[n];
-  if (rows == 0) return;
-  const int t = useful_threads(threads, rows, 40L * work / rows);
-  parallel_rows(rows, t, [&](int g0, int g1) {
+  const int t = rows > 0 ? useful_threads(threads, rows, 40L * work / rows) : 1;
+  return std::make_unique<RowTeam>(rows, t, [ps = std::move(ps), first = std::move(first), n](int g0, int g1) {
     for (int i = 0; i < n && g0 < g1; ++i) {
       const int r0 = std::max(g0, first[i]) - first[i], r1 = std::min(g1, first[i + 1]) - first[i];
       if (r0 < r1) dispatch_preprocess<CpuRows>(ps[i], r0, r1);

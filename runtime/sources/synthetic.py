@@ -199,6 +199,10 @@ def _child_main(shm_name: str, params: SyntheticParams, names: list[str], conn: 
         import cv2
 
         cv2.setNumThreads(1)  # one core, beside the model
+        # A real camera costs the host nothing: when the parent runs real-time (vla-run
+        # --rt-priority), a child would inherit SCHED_FIFO and render as the engine's equal.
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         if params.nice:
             os.nice(params.nice)
         shm = SharedMemory(name=shm_name)
