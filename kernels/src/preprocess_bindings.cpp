@@ -120,7 +120,7 @@ void bind_output(const ArrayArg& o, const std::string& layout, PreprocessParams&
   p.os_x = o.strides[x] / o.itemsize;
 }
 
-// A job's arrays, checked and turned into kernel parameters (the arrays stay referenced by `views`).
+// A job's arrays, checked and turned into kernel parameters (`src` and `out` keep the arrays referenced).
 struct BoundJob {
   PreprocessParams p;
   ArrayArg src, out;
