@@ -5,10 +5,11 @@ centred crop to the model's aspect ratio, a bilinear resize, normalisation when 
 do it, and the layout, written straight into the slot of the batched input. The CPU twin runs
 here; the CUDA kernel runs the same arithmetic on device buffers.
 
-All cameras of a tick go through one native call (``preprocess_many``): the kernel's constants
-are worked out once per camera and frame size, not per tick, and the rig's rows share one pool of
-threads. In the loop the call uses every core: it runs only while the engine is idle (a tick whose
-engine is still busy falls back without preprocessing), so the engine's cores are free.
+All cameras of a tick go through one native call (``preprocess_start``, then ``wait``): the
+kernel's constants are worked out once per camera and frame size, not per tick, and the rig's rows
+are shared by one team of threads whose helpers start at once, while the loop thread fills the other
+inputs before it joins in. The call uses every core: it runs only while the engine is idle (a tick
+whose engine is still busy falls back without preprocessing), so the engine's cores are free.
 """
 
 from __future__ import annotations
