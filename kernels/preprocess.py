@@ -214,8 +214,6 @@ def preprocess(
     A loop that converts the same cameras every tick should :func:`prepare` once instead.
     """
     kernel_src = as_kernel_array(src, "src")
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: {fmt!r} is not one of {list(FORMATS)}")
     if not hasattr(kernel_src, "shape") or len(kernel_src.shape) not in (2, 3):
         raise ValueError(f"src: expected a 2-D or 3-D frame array, got {type(kernel_src).__name__}")
     prepared = prepare(fmt, out, frame_size(kernel_src, fmt), roi=roi, interp=interp, mean=mean, std=std,

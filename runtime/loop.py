@@ -49,7 +49,7 @@ import gc
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,15 +142,19 @@ class Runner:
         self._score_name = scores[0].name if scores else None
         self._last_good = np.zeros((self._points, 3), dtype=np.float32)
         c = config
-        # The model's trajectories are checked against the limits; a fallback's is only described.
-        self._decode = TrajectoryDecoder(self._dt, self._points, max_curvature=c.max_curvature,
-                                         max_accel=c.max_accel, max_speed=c.max_speed)
-        self._describe = TrajectoryDecoder(self._dt, self._points)
-        self._device_decode = None
-        if self._device is not None:
-            self._device_decode = DeviceDecoder(self._device, self._dt, self._points, max_curvature=c.max_curvature,
-                                                max_accel=c.max_accel, max_speed=c.max_speed)
-            self._device.host_outputs(())  # the loop reads every output it needs on the device
+        limits = {"max_curvature": c.max_curvature, "max_accel": c.max_accel, "max_speed": c.max_speed}
+        traj_name, score_name = self._traj_name, self._score_name
+        # The model's trajectory, checked against the limits: on the host from the outputs run()
+        # returns, or on the device from the engine's own buffers (then run() returns none).
+        self._decode: Callable[[dict[str, np.ndarray]], DecodedTrajectory]
+        if self._device is None:
+            host = TrajectoryDecoder(self._dt, self._points, **limits)
+            self._decode = lambda out: host(out[traj_name], out[score_name] if score_name else None)
+        else:
+            dev, on_device = self._device, DeviceDecoder(self._device, self._dt, self._points, **limits)
+            self._decode = lambda out: on_device(dev.output(traj_name), dev.output(score_name) if score_name else None)
+            dev.host_outputs(())
+        self._describe = TrajectoryDecoder(self._dt, self._points)  # a fallback's is only described, not checked
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
         self._worker: EngineWorker | None = None
@@ -451,12 +455,7 @@ class Runner:
             return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", False
         t = time.monotonic()
         out = worker.outputs
-        if self._device_decode is not None:
-            dev = self._device
-            decoded = self._device_decode(dev.output(self._traj_name),
-                                          dev.output(self._score_name) if self._score_name else None)
-        else:
-            decoded = self._decode(out[self._traj_name], out[self._score_name] if self._score_name else None)
+        decoded = self._decode(out)
         problem = None
         if decoded.problem is not None:
             kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"

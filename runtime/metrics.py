@@ -41,11 +41,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from .errors import VlaError
 from .health import reason_kind
+from .loop import STAGES  # the stages a record's latency_ms carries
 
 #: Milliseconds: dense where a 10-30 Hz loop lives (a 100 ms budget), sparse towards 500 ms.
 LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
 STATUSES = ("ok", "late", "fallback", "fault")
-STAGES = ("acquire", "preprocess", "engine", "decode", "e2e")
 MAX_REASONS = 32  # distinct fallback-reason labels kept; further kinds are counted as "other"
 
 

@@ -69,7 +69,7 @@ class RigPreprocessor:
     """
 
     def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None, stream: Any = None,
-                 uploads: Any = None) -> None:
+                 uploads: FrameUploads | None = None) -> None:
         self.cameras, self.stream, self.uploads = cameras, stream, uploads
         self.threads = threads or usable_cores()  # the engine is idle while this runs
 

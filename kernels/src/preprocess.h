@@ -244,8 +244,8 @@ class RowTeam;  // parallel.h
 
 // Host entry points (defined in preprocess_cpu.cpp / preprocess_cuda.cu).
 void preprocess_cpu(const PreprocessParams& p, int threads);
-void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads);  // rows of all jobs share the threads
-// The same, started: helper threads begin now; the caller joins in with finish() (parallel.h).
+// Several jobs, started: their rows are shared by one team whose helper threads begin now; the
+// caller joins in with finish() (parallel.h).
 std::unique_ptr<RowTeam> preprocess_cpu_start(std::vector<PreprocessParams> ps, int threads);
 int preprocess_cuda(const PreprocessParams& p, uintptr_t stream);  // returns a cudaError_t
 

@@ -56,11 +56,7 @@ struct CpuRows {
 }  // namespace
 
 void preprocess_cpu(const PreprocessParams& p, int threads) {
-  preprocess_cpu_batch(&p, 1, threads);
-}
-
-void preprocess_cpu_batch(const PreprocessParams* ps, int n, int threads) {
-  preprocess_cpu_start(std::vector<PreprocessParams>(ps, ps + n), threads)->finish();
+  preprocess_cpu_start({p}, threads)->finish();
 }
 
 std::unique_ptr<RowTeam> preprocess_cpu_start(std::vector<PreprocessParams> ps, int threads) {
