@@ -35,6 +35,8 @@ from machine import describe
 
 import vla.kernels as K
 from vla.runtime.bench.loop_bench import run_loop_bench
+from vla.runtime.cli_support import run_main
+from vla.runtime.errors import VlaError
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = HERE / "thresholds.json"
@@ -85,13 +87,18 @@ def main() -> int:
     p.add_argument("--engine", help="bundle to run (default: export the reference model to a temp folder)")
     p.add_argument("--ticks", type=int, default=100)
     args = p.parse_args()
+    if args.ticks < 1:
+        raise VlaError("--ticks must be 1 or more")
     limits = json.loads(THRESHOLDS.read_text())["thresholds"]
     with tempfile.TemporaryDirectory(prefix="vla-gate-") as tmp:
         engine = args.engine
         if engine is None:
             engine = str(Path(tmp) / "reference")
-            subprocess.run([sys.executable, "-m", "vla.export.cli", "reference", "-o", engine], check=True,
-                           capture_output=True)
+            done = subprocess.run([sys.executable, "-m", "vla.export.cli", "reference", "-o", engine],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise VlaError(f"exporting the reference model failed: {last}")
         kern = kernel_speedup()
         loop = loop_efficiency(engine, args.ticks)
     figures = {"kernel_speedup_vs_opencv": kern["speedup"], "loop_efficiency": loop["efficiency"]}
@@ -111,4 +118,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("gate", main))

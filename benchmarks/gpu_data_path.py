@@ -21,11 +21,15 @@ missing and exits 2.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from vla.runtime.cli_support import run_main
+from vla.runtime.errors import VlaError
 
 
 def main() -> int:
@@ -34,6 +38,9 @@ def main() -> int:
     p.add_argument("--ticks", type=int, default=300)
     p.add_argument("--size", default="1920x1080", help="camera frame size, WIDTHxHEIGHT")
     args = p.parse_args()
+    size = re.fullmatch(r"(\d+)x(\d+)", args.size)
+    if args.ticks < 1 or size is None:
+        raise VlaError(f"--ticks must be 1 or more and --size WIDTHxHEIGHT (got {args.ticks}, {args.size!r})")
 
     import torch
 
@@ -48,7 +55,7 @@ def main() -> int:
         why = "PyTorch sees no CUDA device" if not torch.cuda.is_available() else K.cuda_status()
         print(f"gpu_data_path: error: needs a CUDA device ({why})", file=sys.stderr)
         return 2
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = int(size[1]), int(size[2])
     backend = open_engine(args.engine, backend="torch", device="cuda")
     io = backend.device_io()
     m = backend.manifest
@@ -101,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("gpu_data_path", main))

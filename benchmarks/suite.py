@@ -28,6 +28,8 @@ from machine import describe
 from precision import measure_precisions, table
 
 from vla.runtime.bench.loop_bench import run_loop_bench
+from vla.runtime.cli_support import run_main
+from vla.runtime.errors import VlaError
 from vla.runtime.realtime import apply_realtime
 
 HERE = Path(__file__).resolve().parent
@@ -134,9 +136,14 @@ def main() -> int:
     p.add_argument("--rt-priority", type=int, metavar="N",
                    help="run the loop under SCHED_FIFO priority N, as vla-run --rt-priority would on a vehicle")
     args = p.parse_args()
+    if args.ticks < 1 or args.runs < 1:
+        raise VlaError("--ticks and --runs must be 1 or more")
     command = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
     if args.render:
-        saved = json.loads(Path(args.render).read_text())
+        try:
+            saved = json.loads(Path(args.render).read_text())
+        except (OSError, ValueError) as exc:
+            raise VlaError(f"--render {args.render}: cannot read a saved suite run ({exc})") from None
         text = section(saved, saved.get("command", command))
         print(text)
         if not args.no_write:
@@ -148,7 +155,8 @@ def main() -> int:
     ot = ort_vs_torch(args.out / "fp32", args.runs, not args.no_compile)
     print(f"ort vs torch: {ot['median_ms']}", file=sys.stderr)
     kern = kernel_speedup()
-    realtime = apply_realtime(None, args.rt_priority)  # last: the exports and comparisons stay unprivileged
+    # Last: the exports and comparisons above stay unprivileged.
+    realtime = apply_realtime(None, args.rt_priority, prog="suite")
     loop = run_loop_bench(str(args.out / "fp32"), "synthetic://", ticks=args.ticks, rate_hz=10.0, budget_ms=100.0)
     loop.pop("samples", None)
     loop["realtime"] = realtime
@@ -167,4 +175,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    sys.exit(main())
+    sys.exit(run_main("suite", main))

@@ -16,6 +16,7 @@ bundles calibrated on different data can be told apart.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,8 @@ def _npz_sets(files: list[Path], manifest: Manifest, rng: np.random.Generator) -
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise VlaError(f"--calib {path}: not a readable .npz recording ({exc})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty or corrupt files too
+            raise VlaError(f"--calib {path}: not a readable .npz recording ({exc or type(exc).__name__})") from None
         feeds = {}
         for spec in manifest.inputs:
             if spec.name not in arrays:

@@ -86,8 +86,8 @@ class PreparedPreprocess:
     frame_size: tuple[int, int]  # (width, height) the matrix was made for
     args: tuple  # _core arguments after (src, fmt code, out): layout, matrix, bilinear, yuv, ...
 
-    def job(self, src: Any) -> tuple:
-        """The native job tuple for one frame of ``frame_size``; a ValueError names a mismatch."""
+    def check(self, src: Any) -> Any:
+        """``src`` as the kernels read it, if it is a frame of ``frame_size``; else a ValueError."""
         src = as_kernel_array(src, "src")
         if not hasattr(src, "shape") or len(src.shape) not in (2, 3):
             raise ValueError(f"src: expected a 2-D or 3-D frame array, got {type(src).__name__}")
@@ -95,7 +95,11 @@ class PreparedPreprocess:
         if size != self.frame_size:
             w, h = self.frame_size
             raise ValueError(f"src: a {size[0]}x{size[1]} frame, but this preprocessing was prepared for {w}x{h}")
-        return (src, FORMATS.index(self.fmt), self.out, *self.args)
+        return src
+
+    def job(self, src: Any) -> tuple:
+        """The native job tuple for one frame of ``frame_size``; a ValueError names a mismatch."""
+        return (self.check(src), FORMATS.index(self.fmt), self.out, *self.args)
 
 
 def prepare(

@@ -96,11 +96,16 @@ class RigPreprocessor:
     def start(self, frames: Mapping[str, Frame]) -> Any:
         """Check every frame and start the kernels; ``.wait()`` on the result finishes them (on the
         host the caller's thread joins the helpers there, so it can fill other inputs first)."""
-        jobs = []
-        for cam in self.cameras:
+        checked = []
+        for cam in self.cameras:  # every frame checked before anything is uploaded or started
             frame = frames[cam.name]
-            prepared = cam.prepared(frame)  # checks the format before anything is uploaded
-            jobs.append((prepared, self.uploads(frame) if self.uploads is not None else frame.data))
+            prepared = cam.prepared(frame)
+            try:
+                prepared.check(frame.data)
+            except ValueError as exc:
+                raise CameraError(f"camera '{cam.name}': bad frame ({exc})") from None
+            checked.append((prepared, frame))
+        jobs = [(p, self.uploads(f) if self.uploads is not None else f.data) for p, f in checked]
         try:
             return preprocess_start(jobs, stream=self.stream, threads=self.threads)
         except ValueError as exc:

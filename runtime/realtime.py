@@ -29,7 +29,8 @@ def parse_cpus(spec: str) -> set[int]:
     return cpus
 
 
-def apply_realtime(cpus: str | None, rt_priority: int | None, warn=lambda m: print(m, file=sys.stderr)) -> list[str]:
+def apply_realtime(cpus: str | None, rt_priority: int | None, warn=lambda m: print(m, file=sys.stderr),
+                   prog: str = "vla-run") -> list[str]:
     """Apply ``--cpu`` and ``--rt-priority``; return what was applied, warn about what was not."""
     applied = []
     if cpus:
@@ -38,7 +39,7 @@ def apply_realtime(cpus: str | None, rt_priority: int | None, warn=lambda m: pri
             os.sched_setaffinity(0, wanted)
             applied.append(f"CPUs {sorted(wanted)}")
         except (OSError, ValueError) as exc:
-            warn(f"vla-run: warning: --cpu {cpus}: not applied ({getattr(exc, 'strerror', None) or exc}); "
+            warn(f"{prog}: warning: --cpu {cpus}: not applied ({getattr(exc, 'strerror', None) or exc}); "
                  f"this process may use CPUs {sorted(os.sched_getaffinity(0))}")
     if rt_priority is not None:
         lo, hi = os.sched_get_priority_min(os.SCHED_FIFO), os.sched_get_priority_max(os.SCHED_FIFO)
@@ -48,7 +49,7 @@ def apply_realtime(cpus: str | None, rt_priority: int | None, warn=lambda m: pri
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
             applied.append(f"SCHED_FIFO {rt_priority}")
         except PermissionError:
-            warn(f"vla-run: warning: --rt-priority {rt_priority}: not permitted (needs CAP_SYS_NICE or an "
+            warn(f"{prog}: warning: --rt-priority {rt_priority}: not permitted (needs CAP_SYS_NICE or an "
                  "rtprio limit in /etc/security/limits.conf); running with normal scheduling")
     return applied
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cpu import default_threads
 from ..errors import VlaError
 from ..feeds import example_feeds
 from ..manifest import Manifest, check_against_graph
@@ -99,8 +100,6 @@ class TorchBackend(Backend):
 
     def __init__(self, program: str | Path, manifest: Manifest, device: str = "cpu",
                  threads: int | None = None) -> None:
-        from .ort import default_threads
-
         if device not in ("cpu", "cuda"):
             raise VlaError(f"--device {device}: the torch backend runs on cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():

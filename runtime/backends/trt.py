@@ -423,8 +423,9 @@ class TrtBackend(Backend):
         wanted = set(names)
         self._download = {t.name for t in self._outputs if t.name in wanted}
 
-    def extra_buffers(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int, np.ndarray]:
-        """A device buffer and a pinned host buffer (and its NumPy view), freed with the backend."""
+    def extra_buffers(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, np.ndarray]:
+        """A device buffer and a pinned host buffer (a NumPy view whose ``ctypes.data`` is the pinned
+        pointer), freed with the backend."""
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         device = self._check("cudaMalloc", self._rt.cudaMalloc(nbytes))
         try:
@@ -433,7 +434,7 @@ class TrtBackend(Backend):
             self._rt.cudaFree(device)
             raise
         self._extra.append((device, host))
-        return int(device), int(host), _host_array(host, nbytes, np.dtype(dtype).name, tuple(shape))
+        return int(device), _host_array(host, nbytes, np.dtype(dtype).name, tuple(shape))
 
     def copy_async(self, dst: int, src: int, nbytes: int, *, to_device: bool) -> None:
         """Enqueue a copy between pinned host and device memory on the backend's stream."""
@@ -458,7 +459,6 @@ class TrtDeviceIO(DeviceIO):
 
     def __init__(self, backend: TrtBackend) -> None:
         self._backend = backend
-        self._host_ptr: dict[int, int] = {}  # host array address -> its cudaMallocHost pointer
 
     @property
     def stream(self) -> int:
@@ -479,15 +479,14 @@ class TrtDeviceIO(DeviceIO):
         self._backend.host_outputs(names)
 
     def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[DeviceArray, np.ndarray]:
-        device_ptr, host_ptr, host = self._backend.extra_buffers(shape, np.dtype(dtype))
-        self._host_ptr[host.ctypes.data] = host_ptr
+        device_ptr, host = self._backend.extra_buffers(shape, np.dtype(dtype))
         return DeviceArray(device_ptr, shape, dtype, owner=self._backend), host
 
     def upload(self, device: DeviceArray, host: np.ndarray) -> None:
-        self._backend.copy_async(device.ptr, self._host_ptr[host.ctypes.data], device.nbytes, to_device=True)
+        self._backend.copy_async(device.ptr, host.ctypes.data, device.nbytes, to_device=True)
 
     def download(self, host: np.ndarray, device: DeviceArray) -> None:
-        self._backend.copy_async(self._host_ptr[host.ctypes.data], device.ptr, device.nbytes, to_device=False)
+        self._backend.copy_async(host.ctypes.data, device.ptr, device.nbytes, to_device=False)
 
     def synchronize(self) -> None:
         self._backend.synchronize()

@@ -84,6 +84,8 @@ def _check(args: argparse.Namespace) -> None:
         target = getattr(args, name)
         if target and not Path(target).resolve().parent.is_dir():
             raise VlaError(f"--{name} {target}: its folder does not exist")
+        if target and Path(target).is_dir():
+            raise VlaError(f"--{name} {target}: is a folder; give a file name")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -98,8 +100,7 @@ def bench(args: argparse.Namespace) -> int:
     _check(args)
     from ..realtime import apply_realtime
 
-    realtime = apply_realtime(args.cpu, args.rt_priority,
-                              warn=lambda m: print(m.replace("vla-run:", "vla-bench:"), file=sys.stderr))
+    realtime = apply_realtime(args.cpu, args.rt_priority, prog="vla-bench")
     env = environment.collect()
     env["describe"] = environment.describe(env)
     signal.signal(signal.SIGTERM, _interrupt)  # a service stop reports what was measured, like Ctrl-C
@@ -123,10 +124,12 @@ def bench(args: argparse.Namespace) -> int:
     result["environment"] = env
     result["warnings"] = environment.clock_warnings(env)
     print(report.format_table(result))
-    if args.json:
-        Path(args.json).write_text(report.to_json(result))
-    if args.markdown:
-        Path(args.markdown).write_text(report.to_markdown(result))
+    for target, text in ((args.json, report.to_json), (args.markdown, report.to_markdown)):
+        if target:
+            try:
+                Path(target).write_text(text(result))
+            except OSError as exc:  # the figures are on stdout already; say what was not saved
+                raise VlaError(f"{target}: cannot write ({exc.strerror or exc})") from None
     if args.png:
         report.write_png(result, args.png)
     return 130 if result["interrupted"] else 0

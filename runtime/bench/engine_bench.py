@@ -163,8 +163,7 @@ class BundleTarget(Target):
 
     def __init__(self, path: str, cfg: BenchConfig, camera_size: tuple[int, int] = (1280, 720),
                  backend: str = "auto") -> None:
-        from vla.kernels import decode_trajectory
-        from vla.kernels.decode import new_result_buffer
+        from vla.kernels import TrajectoryDecoder
 
         from ..engine import open_engine
         from ..feeds import example_feed
@@ -190,10 +189,7 @@ class BundleTarget(Target):
         traj = m.outputs_with("trajectory")[0]
         scores = m.outputs_with("score")
         self._traj, self._score = traj.name, scores[0].name if scores else None
-        self._dt = float(traj.detail["dt"])
-        self._decode = decode_trajectory
-        self._out = np.zeros((traj.shape[-2], 6), dtype=np.float32)
-        self._result = new_result_buffer()
+        self._decoder = TrajectoryDecoder(float(traj.detail["dt"]), traj.shape[-2])  # the loop's decoder
         self._outputs: dict[str, np.ndarray] = {}
         self.cameras = len(self._frames)
 
@@ -205,8 +201,7 @@ class BundleTarget(Target):
 
     def _decode_out(self) -> None:
         out = self._outputs
-        self._decode(out[self._traj][0], out[self._score][0] if self._score else None, self._dt,
-                     out=self._out, result=self._result)
+        self._decoder(out[self._traj], out[self._score] if self._score else None)
 
     def stages(self) -> list[tuple[str, Any]]:
         return [("preprocess", self._preprocess), ("compute", self._compute), ("decode", self._decode_out)]
@@ -227,14 +222,13 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
             raise VlaError(f"--engine {engine}: TensorRT is not installed (import tensorrt failed); a .plan "
                            "runs only where TensorRT is, e.g. on the Jetson that built it") from None
         # The runner's own CUDA-event timings (last_timings_ms) are not yet split into h2d/compute/d2h
-        # stages here: compute is the host-timed run, which synchronises on its stream.
-        return BundleTarget(engine, cfg, backend="trt")
+        # stages here: compute is the host-timed run, which synchronises on its stream. The backend
+        # choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
+        return BundleTarget(engine, cfg, backend=backend)
     if cfg.cuda_graph:
         raise VlaError("--cuda-graph needs a GPU backend (TensorRT or torch on CUDA); the CPU backends have none")
     if backend == "torch" and not path.is_dir():
         raise VlaError("--backend torch runs a bundle's program.pt2; give a bundle folder from vla-export")
-    if backend not in ("auto", "ort", "torch"):
-        raise VlaError(f"--backend {backend}: not available in this build (choose ort, torch or auto)")
     if path.is_dir():
         return BundleTarget(engine, cfg, backend=backend)
     if path.suffix != ".onnx":
