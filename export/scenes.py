@@ -24,6 +24,8 @@ from vla.runtime.ego import FIELDS as EGO_FIELDS
 from vla.runtime.ego import EgoHistory
 from vla.runtime.feeds import example_feed
 from vla.runtime.manifest import Manifest, TensorSpec
+from vla.runtime.preprocess import CameraPreprocessing, RigPreprocessor
+from vla.runtime.sources.base import Frame
 from vla.runtime.sources.scene import Rig, Road, SceneRenderer
 
 #: Runs the FP32 model: feeds in, outputs by name (used to roll the recurrent state forward).
@@ -56,14 +58,18 @@ def _camera_spec(manifest: Manifest) -> TensorSpec | None:
     return cams[0] if cams else None
 
 
-def _write_cameras(spec: TensorSpec, pictures: dict[str, np.ndarray], out: np.ndarray) -> None:
-    """RGB HWC pictures into the camera input (its layout and channel order)."""
-    cam = spec.detail
-    for i, name in enumerate(cam["names"]):
-        img = pictures[name]
-        if cam["color"] == "BGR":
-            img = img[..., ::-1]
-        out[0, i] = img.transpose(2, 0, 1) if cam["layout"] == "NCHW" else img
+def _camera_writer(spec: TensorSpec, out: np.ndarray) -> Callable[[dict[str, np.ndarray]], None]:
+    """RGB HWC pictures -> the camera input, exactly as the runtime feeds a frame
+    (``runtime/preprocess.py``): centre crop, resize, channel order, layout, and the manifest's
+    normalisation when the graph does not do it, so calibration and the gate see what the engine sees."""
+    cams = [CameraPreprocessing(name, spec.detail, out[0, i]) for i, name in enumerate(spec.detail["names"])]
+    rig = RigPreprocessor(cams, threads=1)
+
+    def write(pictures: dict[str, np.ndarray]) -> None:
+        rig({n: Frame(camera=n, data=img, fmt="rgb", width=img.shape[1], height=img.shape[0], seq=0,
+                      capture_time=0.0) for n, img in pictures.items()})
+
+    return write
 
 
 def _commands(manifest: Manifest) -> list[str]:
@@ -98,10 +104,11 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
     if history is not None:
         for k in range(history.steps + 1, 0, -1):
             _ego_update(history, road, t0 - k * history.period)
+    write_cameras = _camera_writer(cam, feeds[cam.name]) if cam is not None and frames is not None else None
     for k in range(warmup_ticks + ticks):
         t = t0 + k / TICK_HZ
-        if cam is not None and frames is not None:
-            _write_cameras(cam, frames.frame(max(t, 0.0)), feeds[cam.name])
+        if write_cameras is not None:
+            write_cameras(frames.frame(max(t, 0.0)))
         if history is not None:
             _ego_update(history, road, t)
             history.fill(feeds[ego_specs[0].name][0])

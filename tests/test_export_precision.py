@@ -335,3 +335,22 @@ def test_bad_calibration_folder(tmp_path, make, needle):
 def test_calib_without_int8_is_refused(tmp_path):
     assert_one_line_error(run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--calib", tmp_path),
                           "--calib only applies to --precision int8")
+
+
+def test_calibration_pictures_reach_the_camera_input_as_the_runtime_feeds_them():
+    """Scene and calibration pictures go through the runtime's own preprocessing: with the
+    normalisation outside the graph, the input holds (v - mean) / std, not raw pixels."""
+    from vla.export.scenes import _camera_writer
+    from vla.runtime.manifest import TensorSpec
+
+    norm = {"mean": [120.0, 110.0, 100.0], "std": [60.0, 50.0, 40.0], "in_graph": False}
+    detail = {"names": ["front", "left"], "layout": "NCHW", "color": "RGB", "height": 8, "width": 16,
+              "normalization": norm}
+    spec = TensorSpec(name="images", dtype="float32", shape=(1, 2, 3, 8, 16), role="camera", detail=detail)
+    out = np.zeros(spec.shape, np.float32)
+    pictures = {"front": np.full((8, 16, 3), 200, np.uint8), "left": np.full((8, 16, 3), 20, np.uint8)}
+    _camera_writer(spec, out)(pictures)
+    for i, v in enumerate((200.0, 20.0)):
+        want = (v - np.array(norm["mean"])) / np.array(norm["std"])
+        np.testing.assert_allclose(out[0, i, :, 0, 0], want, rtol=1e-6)
+        np.testing.assert_allclose(out[0, i], np.broadcast_to(want[:, None, None], (3, 8, 16)), rtol=1e-6)
