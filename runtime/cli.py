@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "program.pt2) (default auto)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the engine runs (default cpu); cuda needs TensorRT or a CUDA build of PyTorch")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="GPU data path: launch each tick's device work plainly instead of replaying it as a CUDA "
+                   "graph (for comparison and debugging; the results are the same)")
     p.add_argument("--rebuild", action="store_true",
                    help="TensorRT: rebuild the bundle's cached plan when it is stale (another TensorRT version, "
                    "GPU, bundle or plugins) instead of refusing it")
@@ -170,14 +173,15 @@ def run(args: argparse.Namespace) -> int:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     realtime = apply_realtime(args.cpu, args.rt_priority)
     backend = open_engine(args.engine, threads=args.threads, backend=args.backend, device=args.device,
-                          rebuild=args.rebuild)
+                          rebuild=args.rebuild, cuda_graph=not args.no_cuda_graph)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
                        max_speed=args.max_speed, stop_horizon_s=args.stop_horizon, fault_after=args.fault_after,
                        fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after,
                        ego_stale_ms=args.ego_stale_ms, sync_tolerance_ms=args.sync_tolerance_ms,
-                       frame_wait_ms=args.frame_wait_ms)
+                       frame_wait_ms=args.frame_wait_ms, cuda_graph=not args.no_cuda_graph,
+                       log=lambda line: print(f"vla-run: {line}", file=sys.stderr, flush=True))
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise VlaError(f"--metrics-port must be 0-65535 (got {args.metrics_port})")
     ego = None if args.ego == "camera" else open_ego_input(args.ego)

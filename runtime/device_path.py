@@ -1,17 +1,30 @@
 """The loop's GPU data path: raw camera bytes in, the chosen trajectory out, the rest on the device.
 
 Used when the backend runs on a GPU (torch on CUDA, TensorRT) and the kernels were built with CUDA.
-Per tick, on the backend's stream (``DeviceIO.stream``), with one synchronisation at the end:
+A tick is split where the threads are:
 
-1. each camera's raw frame is copied into its pinned staging buffer (the one host copy) and
-   uploaded into a device frame buffer (:class:`FrameUploads`);
-2. the CUDA preprocess kernel writes every camera's slot of the engine's image input directly
-   (``RigPreprocessor`` with device outputs); the backend no longer uploads that input;
-3. the engine runs (the backend's ``run``; recurrent state stays on the device, ``commit_state``);
-   it copies back only the outputs the loop reads on the host, none by default;
-4. :class:`DeviceDecoder`: the CUDA decode kernel reads the engine's trajectory and score outputs
-   where they are and writes the chosen, resampled trajectory and its 80-byte verdict, and only
-   those two come back.
+- on the loop thread, :meth:`DeviceTick.stage` checks every camera's frame and copies it into its
+  pinned staging buffer (:class:`FrameUploads`), the one host copy of the frames;
+- on the engine thread, :meth:`DeviceTick.run` enqueues the tick's whole device work as one
+  sequence on the backend's stream (``DeviceIO.stream``), with one synchronisation at the end:
+
+  1. the raw frames go up into device frame buffers;
+  2. the CUDA preprocess kernel writes every camera's slot of the engine's image input directly;
+  3. the engine runs (``DeviceIO.enqueue_run``: the ego, noise and command inputs go up first;
+     recurrent state stays on the device, ``commit_state``); no output comes back to the host;
+  4. :class:`DeviceDecoder`: the CUDA decode kernel reads the engine's trajectory and score outputs
+     where they are and writes the chosen, resampled trajectory and its 80-byte verdict, and only
+     those two come back.
+
+**CUDA graphs.** Once the same sequence has run ``WARM_RUNS`` times (first runs allocate and pick
+kernels), it is captured into one CUDA graph (uploads + preprocess + engine + decode + download)
+and replayed from then on: one launch per tick instead of a dozen. A graph bakes in addresses and
+kernel arguments, so it is keyed by what they depend on (each camera's frame format and size, and
+the backend's ``run_key``: state buffers, which inputs are uploaded); a new key runs eagerly, then
+gets its own graph (at most ``MAX_GRAPHS``, least recently used dropped). When a capture fails (a
+backend or an engine that cannot be captured), graphs are turned off for the run, the reason is
+logged once, and plain launches go on: the same work, the same results. :func:`graph_action` is
+that decision, pure.
 
 So the host traffic per tick is the raw frames up and about 2 KB down, which is what the target
 (data-path overhead <= 0.3 ms with three 1080p cameras) is about. The arithmetic is the CPU twins'
@@ -20,41 +33,74 @@ So the host traffic per tick is the raw frames up and about 2 KB down, which is 
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
-from vla.kernels.decode import COLUMNS, RESULT_WORDS, DecodedTrajectory, decode_trajectory
+from vla.kernels import preprocess_many
+from vla.kernels.decode import COLUMNS, RESULT_WORDS, DecodedTrajectory, DeviceDecode, decode_trajectory
 
-from .backends.device_io import DeviceIO
+from .backends.device_io import CapturedGraph, CaptureError, DeviceIO
+from .preprocess import RigPreprocessor
 from .sources.base import Frame
+
+#: Eager runs of a sequence before it is captured (the first run allocates and picks kernels).
+WARM_RUNS = 2
+#: Graphs kept at once (a rig whose cameras change size may need a few; parity on TensorRT needs two).
+MAX_GRAPHS = 4
+
+GraphAction = Literal["replay", "capture", "eager"]
+
+
+def graph_action(key: Hashable, captured: Mapping[Hashable, Any], eager_runs: int, *, enabled: bool,
+                 warm: int = WARM_RUNS) -> GraphAction:
+    """How to run a tick whose device work has ``key``: replay its graph, capture one, or launch eagerly.
+
+    ``captured``: the graphs held, by key; ``eager_runs``: how often this key ran eagerly;
+    ``enabled``: graphs are wanted and no capture has failed.
+    """
+    if not enabled:
+        return "eager"
+    if key in captured:
+        return "replay"
+    return "capture" if eager_runs >= warm else "eager"
+
+
+def graphs_to_drop(order: list[Hashable], limit: int = MAX_GRAPHS) -> list[Hashable]:
+    """Keys to free before adding one more graph: the least recently used beyond ``limit - 1``."""
+    excess = len(order) - (limit - 1)
+    return order[:excess] if excess > 0 else []
 
 
 class FrameUploads:
     """Per camera, a pinned staging buffer and a device buffer for its raw frames (made for the
-    first frame of each shape, then reused): ``__call__`` enqueues the upload and returns the
-    device frame for the preprocess kernel."""
+    first frame of each shape, then reused)."""
 
     def __init__(self, io: DeviceIO) -> None:
         self.io = io
         self._buffers: dict[tuple[str, tuple[int, ...]], tuple[Any, np.ndarray]] = {}
 
-    def __call__(self, frame: Frame) -> Any:
+    def stage(self, frame: Frame) -> tuple[Any, np.ndarray]:
+        """Copy ``frame`` into its camera's pinned buffer; (device buffer, pinned buffer) to upload."""
         data = frame.data
         key = (frame.camera, tuple(data.shape))
         found = self._buffers.get(key)
         if found is None:
             found = self.io.staging(tuple(data.shape), np.uint8)
             self._buffers[key] = found
-        device, pinned = found
-        np.copyto(pinned, data)  # rows may be padded in the source: the staging copy is packed
-        self.io.upload(device, pinned)
-        return device
+        np.copyto(found[1], data)  # rows may be padded in the source: the staging copy is packed
+        return found
 
 
 class DeviceDecoder:
-    """``decode_trajectory`` on the device, reading the engine's outputs in place; returns the
-    same ``DecodedTrajectory`` as the host decoder, after one synchronisation."""
+    """``decode_trajectory`` on the device, reading the engine's outputs in place, into device
+    buffers whose pinned host copies ``read`` turns into the host decoder's ``DecodedTrajectory``.
+
+    ``steps`` is the engine's waypoint count T (the decode's horizon is T * dt); the points come
+    back on the native grid, one per waypoint.
+    """
 
     def __init__(self, io: DeviceIO, dt: float, steps: int, *, max_curvature: float = 0.3,
                  max_accel: float = 8.0, max_speed: float = 60.0) -> None:
@@ -62,11 +108,114 @@ class DeviceDecoder:
         self.limits = {"max_curvature": max_curvature, "max_accel": max_accel, "max_speed": max_speed}
         self._points, self.points = io.staging((int(steps), len(COLUMNS)), np.float32)
         self._result, self.result = io.staging((RESULT_WORDS,), np.int32)
+        # How the verdict words read back (a replayed graph's kernel writes these same buffers).
+        self._reader = DeviceDecode(self._points, self._result, int(steps) * self.dt, max_curvature, max_accel,
+                                    max_speed)
 
-    def __call__(self, trajectory: Any, score: Any | None) -> DecodedTrajectory:
-        pending = decode_trajectory(trajectory, score, self.dt, out=self._points, result=self._result,
-                                    stream=self.io.stream, **self.limits)
+    def enqueue(self, trajectory: Any, score: Any | None) -> None:
+        """The decode kernel and the downloads of its verdict and points, on the stream (no wait)."""
+        decode_trajectory(trajectory, score, self.dt, out=self._points, result=self._result, stream=self.io.stream,
+                          **self.limits)
         self.io.download(self.result, self._result)
         self.io.download(self.points, self._points)
+
+    def read(self) -> DecodedTrajectory:
+        """The decoded trajectory, once the stream has passed the downloads."""
+        return self._reader.read(self.result, self.points)
+
+    def __call__(self, trajectory: Any, score: Any | None) -> DecodedTrajectory:
+        self.enqueue(trajectory, score)
         self.io.synchronize()
-        return pending.read(self.result, self.points)
+        return self.read()
+
+
+class DeviceTick:
+    """One tick's device work (module doc): staged on the loop thread, run on the engine thread."""
+
+    def __init__(self, io: DeviceIO, rig: RigPreprocessor, decoder: DeviceDecoder, trajectory: str,
+                 score: str | None, *, cuda_graph: bool = True, log: Callable[[str], None] | None = None) -> None:
+        self.io, self.rig, self.decoder = io, rig, decoder
+        self._trajectory, self._score = trajectory, score
+        self.uploads = FrameUploads(io)
+        self._log = log or (lambda line: None)
+        self._graphs_on = cuda_graph
+        self.graph_note = "on (captured after the first runs)" if cuda_graph else "off (--no-cuda-graph)"
+        self._graphs: OrderedDict[Hashable, CapturedGraph] = OrderedDict()
+        self._eager: Counter[Hashable] = Counter()
+        self._jobs: list[tuple[Any, tuple[Any, np.ndarray]]] = []
+        self._frames_key: tuple[Any, ...] = ()
+        self.last_action: GraphAction | None = None
+
+    def stage(self, frames: Mapping[str, Frame]) -> None:
+        """Check every camera's frame and copy it into pinned staging; a bad frame is a CameraError
+        naming its camera, raised before anything is staged."""
+        checked = self.rig.check(frames)
+        self._jobs = [(prepared, self.uploads.stage(frame)) for prepared, frame in checked]
+        self._frames_key = tuple((f.camera, f.fmt, tuple(f.data.shape)) for _, f in checked)
+
+    def launch(self, mark: Callable[[str], None] | None = None) -> GraphAction:
+        """Enqueue the staged tick (a graph replay, or the plain launches) without waiting; returns
+        which. ``mark(stage)`` is called after each stage of a plain launch (benchmarks record events)."""
+        key = (self._frames_key, self.io.run_key())
+        action = graph_action(key, self._graphs, self._eager[key], enabled=self._graphs_on)
+        if action == "capture" and self._capture(key):
+            action = "replay"
+        elif action == "capture":
+            action = "eager"
+        if action == "replay":
+            self._graphs.move_to_end(key)
+            self._graphs[key].launch()
+        else:
+            self._enqueue(mark)
+            self._eager[key] += 1
+        self.last_action = action
+        return action
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Wait for the launched tick; the engine's host outputs (none on this path) for the worker."""
+        self.io.synchronize()
+        self.io.finish_run()
+        return {}
+
+    def run(self) -> dict[str, np.ndarray]:
+        """The engine thread's whole job for a tick: launch, then wait."""
+        self.launch()
+        return self.finish()
+
+    def decoded(self) -> DecodedTrajectory:
+        """The tick's decoded trajectory (after ``run``)."""
+        return self.decoder.read()
+
+    def close(self) -> None:
+        for graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
+
+    # ---- the device work --------------------------------------------------------------------------
+    def _enqueue(self, mark: Callable[[str], None] | None = None) -> None:
+        mark = mark or (lambda stage: None)
+        for device, pinned in (staged for _, staged in self._jobs):
+            self.io.upload(device, pinned)
+        mark("frames_up")
+        preprocess_many([(prepared, staged[0]) for prepared, staged in self._jobs], stream=self.io.stream)
+        mark("preprocess")
+        self.io.enqueue_run()
+        mark("engine")
+        self.decoder.enqueue(self.io.output(self._trajectory),
+                             self.io.output(self._score) if self._score is not None else None)
+        mark("decode")
+
+    def _capture(self, key: Hashable) -> bool:
+        """Capture the staged tick's work as ``key``'s graph; on failure turn graphs off (logged once)."""
+        for old in graphs_to_drop(list(self._graphs)):
+            self._graphs.pop(old).close()
+        try:
+            self._graphs[key] = self.io.capture(self._enqueue)
+        except CaptureError as exc:
+            self._graphs_on = False
+            self.close()
+            self.graph_note = f"off (capture failed: {' '.join(str(exc).split())[:160]}; plain launches)"
+            self._log(f"CUDA graph of the tick {self.graph_note}")
+            return False
+        self.graph_note = f"on ({len(self._graphs)} captured)"
+        return True

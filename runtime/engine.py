@@ -51,13 +51,14 @@ def _manifest_of(model_path: Path, manifest_path: Path | None, session: Any = No
 
 def open_engine(engine: str, threads: int | None = None, spin: bool = False, backend: str = "auto",
                 device: str = "cpu", available: dict[str, str | None] | None = None,
-                rebuild: bool = False) -> Backend:
+                rebuild: bool = False, cuda_graph: bool = True) -> Backend:
     """Open ``engine`` on the backend ``select.choose_backend`` picks for ``backend``/``device``.
 
     ONNX Runtime (CPU) and torch (``program.pt2``, CPU or CUDA) refuse a manifest that disagrees
     with their model, naming the tensor; TensorRT is opened by ``backends.trt`` when this build has
     it. ``available`` is ``select.probe_available()``'s answer (probed here when not given). The
     returned backend carries ``selection``: why it was chosen, with versions, for start-up lines.
+    ``cuda_graph``: TensorRT's ``run()`` replays the engine as a CUDA graph once captured.
     """
     from .backends.select import ONNXRUNTIME, TENSORRT, choose_backend, probe_available
 
@@ -66,7 +67,7 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
         available = probe_available(check_cuda=device == "cuda")
     chosen, why = choose_backend(backend, device, engine, available)
     if chosen == TENSORRT:
-        opened = _open_trt(engine, rebuild)
+        opened = _open_trt(engine, rebuild, cuda_graph)
     elif chosen == ONNXRUNTIME:
         opened = _open_ort(engine, threads, spin)
     else:
@@ -75,7 +76,7 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
     return opened
 
 
-def _open_trt(engine: str, rebuild: bool = False) -> Backend:
+def _open_trt(engine: str, rebuild: bool = False, cuda_graph: bool = True) -> Backend:
     try:
         from .backends.trt import open_trt_backend
     except ImportError as exc:
@@ -83,7 +84,7 @@ def _open_trt(engine: str, rebuild: bool = False) -> Backend:
                        f"({' '.join(str(exc).split())[:160]})") from None
     # TensorRT runs on the GPU whatever --device says; a bundle's cached plan is built once and reused,
     # a stale one refused with its reasons unless --rebuild.
-    return open_trt_backend(engine, device="cuda", rebuild=rebuild)
+    return open_trt_backend(engine, device="cuda", rebuild=rebuild, cuda_graph=cuda_graph)
 
 
 def _open_torch(engine: str, threads: int | None, device: str) -> Backend:

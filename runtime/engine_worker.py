@@ -7,21 +7,22 @@ GIL while they compute, so the waiting loop costs nothing; the hand-over costs t
 
 One request at a time: the inputs are the backend's preallocated buffers, so nothing may write
 them while a run is in flight (``busy``), and a hung engine shows up as ``busy`` on later ticks.
+What a run is, is the caller's: ``backend.run`` on the host path, ``DeviceTick.run`` (the tick's
+whole device work) on the GPU path.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from .backends.base import Backend
-
 
 class EngineWorker:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self) -> None:
+        self._run: Callable[[], dict[str, np.ndarray]] | None = None
         self._request = threading.Event()
         self._done = threading.Event()
         self._done.set()
@@ -37,10 +38,11 @@ class EngineWorker:
         """A run is in flight (submitted and not finished)."""
         return not self._done.is_set()
 
-    def submit(self) -> None:
-        """Start a run on the current inputs; the caller must not write inputs until it is done."""
+    def submit(self, run: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Start ``run`` (on the current inputs); the caller must not write inputs until it is done."""
         if self.busy:
             raise RuntimeError("engine run submitted while the previous one is still running")
+        self._run = run
         self.outputs, self.error = None, None
         self._done.clear()
         self.started = time.monotonic()
@@ -57,7 +59,7 @@ class EngineWorker:
             if self._closing:
                 return
             try:
-                self.outputs = self.backend.run()
+                self.outputs = self._run()  # type: ignore[misc]
             except BaseException as exc:  # reported to the loop as this run's error, never lost
                 self.error = exc
             self.finished = time.monotonic()

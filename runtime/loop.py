@@ -60,7 +60,7 @@ from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, Trajectory
 from .backends.base import Backend
 from .camera_group import GroupVerdict, judge_group
 from .commands import write_command
-from .device_path import DeviceDecoder
+from .device_path import DeviceDecoder, DeviceTick
 from .ego import EgoHistory
 from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from .engine_worker import EngineWorker
@@ -98,6 +98,8 @@ class RunConfig:
     fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
     recover_after: int = 3  # consecutive good ticks that end a fault
     first_frame_timeout_s: float = 15.0
+    cuda_graph: bool = True  # GPU data path: replay the tick's device work as a CUDA graph once captured
+    log: Callable[[str], None] | None = None  # one-off notices (a CUDA graph capture that failed)
     stats_window: int = 36000  # ticks kept for the summary's percentiles (an hour at 10 Hz)
 
 
@@ -118,6 +120,7 @@ class Runner:
         # A GPU backend with CUDA kernels: raw frames up, trajectory down, the rest on the device.
         self._device = backend.device_io() if hasattr(backend, "device_io") else None
         self._pre = RigPreprocessor.for_backend(backend, device=self._device)
+        self._device_tick: DeviceTick | None = None
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
         # Backends with double-buffered state (ONNX Runtime, torch, TensorRT) swap buffers: no copy.
         device_commit = getattr(backend, "commit_state", None)
@@ -144,16 +147,22 @@ class Runner:
         c = config
         limits = {"max_curvature": c.max_curvature, "max_accel": c.max_accel, "max_speed": c.max_speed}
         traj_name, score_name = self._traj_name, self._score_name
-        # The model's trajectory, checked against the limits: on the host from the outputs run()
-        # returns, or on the device from the engine's own buffers (then run() returns none).
+        # The engine thread's run and the model's trajectory, checked against the limits: on the host,
+        # backend.run() and a decode of the outputs it returns; on the device, the whole tick's device
+        # work (DeviceTick, a CUDA graph once captured) and a read of its 80-byte verdict and points.
         self._decode: Callable[[dict[str, np.ndarray]], DecodedTrajectory]
+        self._engine_run: Callable[[], dict[str, np.ndarray]]
         if self._device is None:
             host = TrajectoryDecoder(self._dt, self._points, **limits)
             self._decode = lambda out: host(out[traj_name], out[score_name] if score_name else None)
+            self._engine_run = backend.run
         else:
-            dev, on_device = self._device, DeviceDecoder(self._device, self._dt, self._points, **limits)
-            self._decode = lambda out: on_device(dev.output(traj_name), dev.output(score_name) if score_name else None)
-            dev.host_outputs(())
+            self._device.host_outputs(())
+            tick = DeviceTick(self._device, self._pre, DeviceDecoder(self._device, self._dt, self._points, **limits),
+                              traj_name, score_name, cuda_graph=config.cuda_graph, log=config.log)
+            self._device_tick = tick
+            self._decode = lambda out: tick.decoded()
+            self._engine_run = tick.run
         self._describe = TrajectoryDecoder(self._dt, self._points)  # a fallback's is only described, not checked
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
@@ -196,8 +205,8 @@ class Runner:
         self._wait_first_frames()
         # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
         # state; keep that off tick 0.
-        self._worker = EngineWorker(self.backend)
-        self._worker.submit()
+        self._worker = EngineWorker()
+        self._worker.submit(self.backend.run)
         self._worker.wait(None)
         if self._worker.error is not None:
             exc = self._worker.error
@@ -400,19 +409,24 @@ class Runner:
         t = time.monotonic()
         for name in self._pre.names:
             self._last_seq[name] = frames[name].seq
-        try:
-            running = self._pre.start(frames)
+        running = None
+        try:  # host: the kernel's helper threads start converting; GPU: the frames go into pinned staging
+            if self._device_tick is None:
+                running = self._pre.start(frames)
+            else:
+                self._device_tick.stage(frames)
         except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
             lat["preprocess"] = (time.monotonic() - t) * 1000.0
             return None, str(exc), False
-        # While the kernel's helper threads convert the frames, this thread fills the other inputs.
+        # Meanwhile this thread fills the other inputs.
         if self._ego is not None:
             self._ego.fill(self._ego_buf, capture)
         self._draw_noise()
-        running.wait()
+        if running is not None:
+            running.wait()
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
         worker = self._worker
-        worker.submit()
+        worker.submit(self._engine_run)
         self._noise_drawn = False
         self._in_flight = capture
         if not worker.wait(deadline - time.monotonic()):
@@ -471,8 +485,9 @@ class Runner:
     @property
     def data_path(self) -> str:
         """One line for the start-up banner: where preprocessing and decoding run."""
-        if self._device is not None:
-            return "GPU (raw frames uploaded; preprocess, engine and decode on the device; trajectory downloaded)"
+        if self._device_tick is not None:
+            return ("GPU (raw frames uploaded; preprocess, engine and decode on the device; trajectory downloaded; "
+                    f"CUDA graph of the tick {self._device_tick.graph_note})")
         return "host (preprocess and decode on the CPU)"
 
     def summary(self) -> dict[str, Any]:
@@ -501,4 +516,6 @@ class Runner:
         self.ego_input.close()
         if self._worker is not None and not self._worker.close(timeout=self.cfg.budget_ms / 1000.0):
             return  # the engine is stuck in a run: closing it under the run could crash; exit reclaims it
+        if self._device_tick is not None:
+            self._device_tick.close()
         self.backend.close()

@@ -3,7 +3,7 @@
 One pass per camera: colour conversion (BT.601 limited range, as V4L2/USB cameras deliver), a
 centred crop to the model's aspect ratio, a bilinear resize, normalisation when the graph does not
 do it, and the layout, written straight into the slot of the batched input. The CPU twin runs
-here; the CUDA kernel runs the same arithmetic on device buffers.
+here; the CUDA kernel runs the same arithmetic on device buffers (``device_path.DeviceTick``).
 
 All cameras of a tick go through one native call (``preprocess_start``, then ``wait``): the
 kernel's constants are worked out once per camera and frame size, not per tick, and the rig's rows
@@ -22,7 +22,6 @@ from vla.kernels.preprocess import centre_crop
 
 from .backends.device_io import DeviceIO
 from .cpu import usable_cores
-from .device_path import FrameUploads
 from .errors import CameraError
 from .sources.base import PIXEL_FORMATS, Frame
 
@@ -64,13 +63,13 @@ class CameraPreprocessing:
 class RigPreprocessor:
     """Converts one frame of every camera into the engine's camera inputs in one native call.
 
-    With ``uploads`` (the GPU data path, ``runtime/device_path.py``) the outputs are the engine's
-    device buffers: each raw frame is uploaded on ``stream`` and the CUDA kernel writes the slots.
+    Built with ``device`` (the GPU data path, ``runtime/device_path.py``), the cameras' outputs are
+    the engine's device buffers, and ``DeviceTick`` launches the CUDA kernel on them; ``start`` and
+    ``__call__`` are the host path.
     """
 
-    def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None, stream: Any = None,
-                 uploads: FrameUploads | None = None) -> None:
-        self.cameras, self.stream, self.uploads = cameras, stream, uploads
+    def __init__(self, cameras: list[CameraPreprocessing], threads: int | None = None) -> None:
+        self.cameras = cameras
         self.threads = threads or usable_cores()  # the engine is idle while this runs
 
     @classmethod
@@ -81,23 +80,17 @@ class RigPreprocessor:
         for spec in backend.manifest.inputs_with("camera"):
             buf = (device.input(spec.name) if device is not None else backend.feed(spec.name))[0]
             cams.extend(CameraPreprocessing(name, spec.detail, buf[i]) for i, name in enumerate(spec.detail["names"]))
-        if device is None:
-            return cls(cams, threads)
-        return cls(cams, threads, stream=device.stream, uploads=FrameUploads(device))
+        return cls(cams, threads)
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.cameras]
 
-    def __call__(self, frames: Mapping[str, Frame]) -> None:
-        """Preprocess ``frames[name]`` for every camera; a bad frame is a CameraError naming its camera."""
-        self.start(frames).wait()
-
-    def start(self, frames: Mapping[str, Frame]) -> Any:
-        """Check every frame and start the kernels; ``.wait()`` on the result finishes them (on the
-        host the caller's thread joins the helpers there, so it can fill other inputs first)."""
+    def check(self, frames: Mapping[str, Frame]) -> list[tuple[PreparedPreprocess, Frame]]:
+        """Every camera's kernel set-up with its frame, each frame checked against it; a bad frame
+        is a CameraError naming its camera."""
         checked = []
-        for cam in self.cameras:  # every frame checked before anything is uploaded or started
+        for cam in self.cameras:
             frame = frames[cam.name]
             prepared = cam.prepared(frame)
             try:
@@ -105,9 +98,18 @@ class RigPreprocessor:
             except ValueError as exc:
                 raise CameraError(f"camera '{cam.name}': bad frame ({exc})") from None
             checked.append((prepared, frame))
-        jobs = [(p, self.uploads(f) if self.uploads is not None else f.data) for p, f in checked]
+        return checked
+
+    def __call__(self, frames: Mapping[str, Frame]) -> None:
+        """Preprocess ``frames[name]`` for every camera; a bad frame is a CameraError naming its camera."""
+        self.start(frames).wait()
+
+    def start(self, frames: Mapping[str, Frame]) -> Any:
+        """Check every frame and start the conversion; ``.wait()`` on the result finishes it (the
+        caller's thread joins the helpers there, so it can fill other inputs first)."""
+        jobs = [(p, f.data) for p, f in self.check(frames)]
         try:
-            return preprocess_start(jobs, stream=self.stream, threads=self.threads)
+            return preprocess_start(jobs, threads=self.threads)
         except ValueError as exc:
             text = str(exc)
             if text.startswith("jobs["):  # "jobs[i]: ..." names the camera's position

@@ -132,7 +132,7 @@ def test_iterations_and_duration_are_both_minimums(tmp_path):
         (["--engine", "/nonexistent/x.onnx"], "no such file"),
         (["--engine", "{plan}"], "TensorRT is not installed"),
         (["--engine", "{onnx}", "--backend", "torch"], "--backend torch"),
-        (["--engine", "{onnx}", "--cuda-graph"], "--cuda-graph needs a GPU backend"),
+        (["--engine", "{onnx}", "--cuda-graph"], "--cuda-graph in engine mode replays TensorRT"),
         (["--engine", "{junk}"], "cannot load"),
         (["--engine", "{onnx}", "--iterations", "0"], "at least 1"),
     ],

@@ -95,8 +95,6 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
 
 def test_nan_output_falls_back_and_keeps_state(reference_bundle):
     backend = open_engine(str(reference_bundle))
-    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
-    runner = Runner(backend, cameras, RunConfig(max_ticks=4))
     real_run = backend.run
     calls = {"n": 0}
 
@@ -108,7 +106,9 @@ def test_nan_output_falls_back_and_keeps_state(reference_bundle):
             out["trajectory"][0, :, 5, 1] = np.nan
         return out
 
-    backend.run = poisoned
+    backend.run = poisoned  # before the Runner, which takes the engine's run when it is made
+    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(max_ticks=4))
     try:
         records = list(runner)
     finally:

@@ -730,3 +730,32 @@ def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp
     with pytest.raises(VlaError) as err:
         open_trt_backend(bundle, log=lines.append)
     assert "bundle changed (model hash sha256:cd34cd34…" in str(err.value) and "pass --rebuild" in str(err.value)
+
+
+@needs_trt_gpu
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_loop_on_the_trt_gpu_path(built_plan, cuda_graph):
+    """The loop on TensorRT's GPU data path (TrtDeviceIO): frames up, preprocess, engine and decode on
+    the device; with CUDA graphs, one per state parity, captured after the first runs and replayed."""
+    import vla.kernels as K
+    from vla.runtime.backends.trt import open_trt_backend
+    from vla.runtime.loop import RunConfig, Runner
+    from vla.runtime.sources import open_cameras
+
+    if not K.cuda_available():
+        pytest.skip(f"the kernels were built without CUDA here ({K.cuda_status()})")
+    backend = open_trt_backend(built_plan, cuda_graph=cuda_graph, log=lambda _line: None)
+    cameras = open_cameras(["synthetic://?size=1920x1080&fps=30"], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(max_ticks=20, cuda_graph=cuda_graph))
+    try:
+        assert runner.data_path.startswith("GPU")
+        records = list(runner)
+        tick = runner._device_tick
+        assert tick.last_action == ("replay" if cuda_graph else "eager"), tick.graph_note
+        if cuda_graph:
+            assert tick.graph_note == "on (2 captured)"
+    finally:
+        runner.close()
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(ok) >= 15, [r["reason"] for r in records if r["status"] != "ok"]
+    assert all(np.isfinite(r["trajectory"]).all() for r in ok)

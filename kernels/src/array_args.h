@@ -111,5 +111,8 @@ inline uintptr_t parse_stream(py::handle stream) {
 
 // Raised (as RuntimeError) when a device array reaches a build or machine that cannot run CUDA.
 std::string cuda_unavailable_reason();
+// The same, asked once per process (devices do not come and go): the launch paths call this, since
+// the query behind it (device count and properties) costs more than a kernel launch.
+const std::string& cached_cuda_unavailable_reason();
 
 }  // namespace vla

@@ -31,6 +31,11 @@ std::string cuda_unavailable_reason() {
 #endif
 }
 
+const std::string& cached_cuda_unavailable_reason() {
+  static const std::string reason = cuda_unavailable_reason();
+  return reason;
+}
+
 }  // namespace vla
 
 namespace {

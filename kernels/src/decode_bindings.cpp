@@ -69,11 +69,6 @@ float positive_limit(double v, const char* name) {
   return static_cast<float>(v);
 }
 
-const std::string& cached_cuda_unavailable_reason() {
-  static const std::string reason = cuda_unavailable_reason();  // devices do not come and go
-  return reason;
-}
-
 void decode_trajectory_py(py::handle trajectory, py::handle score, py::handle times, py::handle out,
                           py::handle result, double dt, double max_curvature, double max_accel,
                           double max_speed, int batch, py::handle stream) {

@@ -150,7 +150,7 @@ BoundJob bind_job(py::handle src, int fmt, py::handle out, const std::string& la
 
 // Device jobs: launches in order on one stream, nothing waited for.
 void launch_cuda(const std::vector<PreprocessParams>& ps, py::handle stream) {
-  const std::string why = cuda_unavailable_reason();
+  const std::string& why = cached_cuda_unavailable_reason();
   if (!why.empty()) throw std::runtime_error("preprocess: CUDA unavailable: " + why);
   const uintptr_t st = parse_stream(stream);
 #ifdef VLA_HAVE_CUDA

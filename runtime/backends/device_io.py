@@ -8,7 +8,10 @@ engine's buffers:
   the decode kernel after it, with no synchronisation in between;
 - the device buffers of inputs the kernels write (which the backend then stops uploading) and of
   outputs the decode reads (which the backend then stops copying back);
-- pinned staging buffers and asynchronous copies for the raw frames in and the result out.
+- pinned staging buffers and asynchronous copies for the raw frames in and the result out;
+- its run enqueued without a wait (``enqueue_run``), so a tick's device work is one sequence on the
+  stream, and stream capture of that sequence into a CUDA graph (``capture``), with ``run_key``
+  saying when a captured graph no longer matches what the backend would enqueue.
 
 Device arrays are handed over as objects with ``__cuda_array_interface__`` (what ``vla.kernels``
 reads): torch tensors on the torch backend, :class:`DeviceArray` views of ``cudaMalloc`` memory on
@@ -18,7 +21,7 @@ TensorRT. :class:`DeviceArray` is pure Python and tested anywhere; the rest need
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import numpy as np
@@ -97,3 +100,41 @@ class DeviceIO(ABC):
     @abstractmethod
     def synchronize(self) -> None:
         """Wait for everything enqueued on the stream."""
+
+    # ---- the run, and CUDA graphs of a whole tick ----------------------------------------------------
+    @abstractmethod
+    def enqueue_run(self) -> None:
+        """Enqueue one run of the engine on the stream and return without waiting: the inputs the host
+        still feeds go up, the engine runs, the outputs named in ``host_outputs`` come down. The
+        backend's own engine-only CUDA graph is not used: the caller may be capturing a larger one."""
+
+    @abstractmethod
+    def finish_run(self) -> None:
+        """After the stream has reached the end of a run (eager or replayed): the backend's bookkeeping
+        of a finished run (e.g. that ``commit_state`` now has a run to commit)."""
+
+    @abstractmethod
+    def run_key(self) -> Hashable:
+        """What ``enqueue_run`` would bake into a captured graph (buffer addresses, which inputs are
+        uploaded, which outputs come back): a graph captured under another key must not be replayed."""
+
+    @abstractmethod
+    def capture(self, work: Callable[[], None]) -> CapturedGraph:
+        """Record ``work``'s launches on the stream into an executable graph; nothing runs yet.
+        Raises :class:`CaptureError` with the reason when the work cannot be captured."""
+
+
+class CaptureError(RuntimeError):
+    """A stream capture that failed; the message says why (the caller falls back to plain launches)."""
+
+
+class CapturedGraph(ABC):
+    """An instantiated CUDA graph of a tick's device work."""
+
+    @abstractmethod
+    def launch(self) -> None:
+        """Enqueue the whole graph on the stream it was captured on (no wait)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the graph (idempotent)."""

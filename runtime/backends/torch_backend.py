@@ -23,6 +23,10 @@ inputs or read outputs on the GPU: they are ordinary torch tensors, so ``torch.u
 then stops uploading its staging buffer until ``feed(name)`` is called again. Work on these
 tensors must be ordered before ``run()``: enqueue it on ``backend.stream`` or synchronise.
 
+**CUDA graphs**: the GPU data path (``TorchDeviceIO``, ``runtime/device_path.py``) captures a
+whole tick, ``enqueue_run`` included, with ``torch.cuda.graph`` on ``stream`` and replays it;
+``run_key`` says which copies such a graph baked in. ``run()`` itself launches eagerly.
+
 **Recurrent state** stays on the device with ``commit_state()``: each state output (manifest role
 ``state``, ``from_output``) is copied into its input device to device, and the input is no longer
 uploaded from the host. ``feed(name)`` on a state input makes the host buffer the source again
@@ -35,7 +39,7 @@ means "I am writing this", and the host values, not the device's, are used next.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,7 @@ from ..errors import VlaError
 from ..feeds import example_feeds
 from ..manifest import Manifest, check_against_graph
 from .base import Backend
-from .device_io import DeviceIO
+from .device_io import CapturedGraph, CaptureError, DeviceIO
 
 PROGRAM_FILE = "program.pt2"
 
@@ -223,23 +227,39 @@ class TorchBackend(Backend):
                     dst.copy_(out)
             self._timings = {"compute": (time.perf_counter() - start) * 1000.0}
             return self._host_out
-        h2d_start, h2d_end, compute_end, d2h_end = self._events
+        ev = self._events
+        self.enqueue_run(ev)
+        self.stream.synchronize()  # the returned arrays are complete; the staging buffers are free to write
+        self._timings = {"h2d": ev[0].elapsed_time(ev[1]), "compute": ev[1].elapsed_time(ev[2]),
+                         "d2h": ev[2].elapsed_time(ev[3])}
+        return self._host_out
+
+    def enqueue_run(self, events: list[torch.cuda.Event] | None = None) -> None:
+        """CUDA: enqueue a run on ``stream`` without waiting: the staged inputs up, the model, the
+        outputs ``host_outputs`` names down; with ``events`` (four), recorded around the three stages.
+        Everything it does can be captured in a CUDA graph (the model's own allocations then come
+        from the graph's pool; the results are copied into the fixed output tensors)."""
+        assert self.stream is not None, "enqueue_run is the CUDA path"
         with torch.cuda.stream(self.stream), torch.inference_mode():
-            h2d_start.record(self.stream)
+            if events:
+                events[0].record(self.stream)
             for t in self.manifest.inputs:
                 if t.name in self._upload:
                     self._dev_in[t.name].copy_(self._staging_in[t.name], non_blocking=True)
-            h2d_end.record(self.stream)
+            if events:
+                events[1].record(self.stream)
             for dst, out in zip(self._outs, self._forward(), strict=True):
                 dst.copy_(out)
-            compute_end.record(self.stream)
+            if events:
+                events[2].record(self.stream)
             for name in self._download:
                 self._staging_out[name].copy_(self._dev_out[name], non_blocking=True)
-            d2h_end.record(self.stream)
-        self.stream.synchronize()  # the returned arrays are complete; the staging buffers are free to write
-        self._timings = {"h2d": h2d_start.elapsed_time(h2d_end), "compute": h2d_end.elapsed_time(compute_end),
-                         "d2h": compute_end.elapsed_time(d2h_end)}
-        return self._host_out
+            if events:
+                events[3].record(self.stream)
+
+    def run_key(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """What ``enqueue_run`` bakes into a captured graph: which inputs go up, which outputs come down."""
+        return frozenset(self._upload), tuple(self._download)
 
     def describe(self) -> str:
         if self.device.type == "cuda":
@@ -339,3 +359,47 @@ class TorchDeviceIO(DeviceIO):
 
     def synchronize(self) -> None:
         self._backend.stream.synchronize()
+
+    def enqueue_run(self) -> None:
+        self._backend.enqueue_run()
+
+    def finish_run(self) -> None:
+        pass  # commit_state copies on the device whenever it is called: nothing to record
+
+    def run_key(self) -> Hashable:
+        return self._backend.run_key()
+
+    def capture(self, work: Callable[[], None]) -> CapturedGraph:
+        """``torch.cuda.graph`` on the backend's stream (thread-local capture mode: the loop thread
+        goes on); the graph's allocations come from its own memory pool, kept with it."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=self._backend.stream,
+                                                          capture_error_mode="thread_local"):
+                work()
+        except Exception as exc:
+            why = _first_line(exc)
+            try:  # a failed capture must not leave work behind
+                torch.cuda.synchronize(self._backend.device)
+            except Exception as again:
+                why = f"{why}; then {_first_line(again)}"
+            raise CaptureError(why) from None
+        return TorchGraph(graph, self._backend.stream)
+
+
+class TorchGraph(CapturedGraph):
+    """A captured ``torch.cuda.CUDAGraph``, replayed on the stream it was captured on."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream) -> None:
+        self._graph: torch.cuda.CUDAGraph | None = graph
+        self._stream = stream
+
+    def launch(self) -> None:
+        assert self._graph is not None, "launch after close"
+        with torch.cuda.stream(self._stream):
+            self._graph.replay()
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.reset()
+            self._graph = None

@@ -16,10 +16,16 @@ and the state it read, untouched. ``feed(name)`` on a state input makes its host
 again (uploaded at the next run), exactly as in the torch backend, so the loop's host commit
 (``np.copyto(feed(dst), out[src])``) stays correct.
 
-**CUDA graphs**: after one plain run at a parity, the enqueue is captured (``cudaStreamBeginCapture``
-... ``cudaGraphInstantiate``) and then launched as a graph; one graph per parity, since the state
-swap changes the addresses TensorRT was given. A capture that fails turns graphs off for this
-backend and plain launches go on (TensorRT cannot capture some plans, e.g. with data-dependent shapes).
+**CUDA graphs**, two kinds. ``run()`` (the host data path, ``vla-bench``): after one plain run at a
+parity, the engine's enqueue is captured (``capture_graph``: ``cudaStreamBeginCapture`` ...
+``cudaGraphInstantiate``) and then launched as a graph; one graph per parity, since the state swap
+changes the addresses TensorRT was given. A capture that fails turns these graphs off for this
+backend and plain launches go on (TensorRT cannot capture some plans, e.g. with data-dependent
+shapes). The GPU data path (``TrtDeviceIO``) instead captures the whole tick, uploads, preprocess,
+``enqueue_run`` (a plain ``execute_async_v3`` inside), decode and downloads, in one graph per key
+(``runtime/device_path.py``); ``run_key`` names what such a graph bakes in. Both kinds hold one graph
+per parity over one execution context; they are replayed one at a time on one stream, so they
+never use the context's scratch memory at once.
 
 TensorRT and ``cuda.bindings`` are imported only when a backend is made; without them the
 constructor raises a one-line ``VlaError``. ``plan_buffers`` (which device buffers, and which
@@ -32,7 +38,7 @@ import ctypes
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,7 @@ import numpy as np
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph, parse_manifest
 from .base import Backend
-from .device_io import DeviceArray, DeviceIO
+from .device_io import CapturedGraph, CaptureError, DeviceArray, DeviceIO
 
 #: I/O tensor types: name -> ("input" | "output", dtype name, shape with None for dynamic dims).
 EngineIO = dict[str, tuple[str, str, tuple[int | None, ...]]]
@@ -151,6 +157,36 @@ def parse_device(device: str | int) -> int:
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def capture_graph(rt: Any, stream: Any, work: Callable[[], None]) -> Any:
+    """Record ``work``'s launches on ``stream`` and instantiate them: an executable CUDA graph.
+
+    Thread-local capture mode, so other threads' CUDA calls go on. The capture is always ended (or
+    the stream would stay capturing) and its error cleared, so plain launches can follow a failure,
+    which raises ``CaptureError`` with the reason.
+    """
+    mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    (err,) = rt.cudaStreamBeginCapture(stream, mode)
+    if int(err) != 0:
+        rt.cudaGetLastError()
+        raise CaptureError(f"cudaStreamBeginCapture: {err}")
+    why = ""
+    try:
+        work()
+    except Exception as exc:
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+    err, graph = rt.cudaStreamEndCapture(stream)
+    if not why and int(err) == 0 and graph is not None:
+        err, exe = rt.cudaGraphInstantiate(graph, 0)
+        rt.cudaGraphDestroy(graph)  # the executable graph does not need its template
+        if int(err) == 0:
+            return exe
+        why = f"cudaGraphInstantiate: {err}"
+    elif graph is not None:
+        rt.cudaGraphDestroy(graph)
+    rt.cudaGetLastError()
+    raise CaptureError(why or f"cudaStreamEndCapture: {err}")
 
 
 class TrtBackend(Backend):
@@ -266,7 +302,8 @@ class TrtBackend(Backend):
                 raise VlaError(f"TensorRT set_tensor_address('{name}') failed ({self._sink.last_error()})")
         self._bound_parity = parity
 
-    def _enqueue(self) -> None:
+    def _enqueue_engine(self) -> None:
+        """The engine alone: its CUDA graph at this parity (captured after one plain run), else a plain enqueue."""
         rt, stream, p = self._rt, self._stream, self._parity
         graph = self._graphs.get(p)
         if graph is None and self.cuda_graph and self._plain_runs[p] >= 1:
@@ -274,42 +311,26 @@ class TrtBackend(Backend):
         if graph is not None:
             self._check("cudaGraphLaunch", rt.cudaGraphLaunch(graph, stream))
             return
-        if not self._context.execute_async_v3(int(stream)):
-            raise VlaError(f"TensorRT execute_async_v3 failed: {self._sink.last_error()}")
+        self._execute()
         self._plain_runs[p] += 1
 
     def _capture(self, parity: int) -> Any | None:
         """Capture one enqueue on our stream into an executable graph; None (graphs off) if it fails."""
-        rt, stream = self._rt, self._stream
-        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal  # other threads' CUDA calls go on
-        why = ""
-        (err,) = rt.cudaStreamBeginCapture(stream, mode)
-        if int(err) == 0:
-            try:
-                enqueued = bool(self._context.execute_async_v3(int(stream)))
-            except Exception as exc:
-                enqueued, why = False, f"execute_async_v3 raised {type(exc).__name__}"
-            err, graph = rt.cudaStreamEndCapture(stream)  # always end it, or the stream stays capturing
-            if enqueued and int(err) == 0 and graph is not None:
-                err, exe = rt.cudaGraphInstantiate(graph, 0)
-                rt.cudaGraphDestroy(graph)  # the executable graph does not need its template
-                if int(err) == 0:
-                    self._graphs[parity] = exe
-                    self.graph_note = f"on ({len(self._graphs)} captured)"
-                    return exe
-                why = f"cudaGraphInstantiate: {err}"
-            else:
-                if graph is not None:
-                    rt.cudaGraphDestroy(graph)
-                why = why or (self._sink.last_error() if not enqueued else f"cudaStreamEndCapture: {err}")
-        else:
-            why = f"cudaStreamBeginCapture: {err}"
-        rt.cudaGetLastError()  # clear the capture's error so the plain launch that follows starts clean
-        self._drop_graphs()  # one rule for every parity: graphs on, or plain launches
-        self.cuda_graph = False
-        self.graph_note = f"off (capture failed: {' '.join(str(why).split())[:120]}; plain launches)"
-        self._log(f"TensorRT backend: CUDA graph {self.graph_note}")
-        return None
+        try:
+            exe = capture_graph(self._rt, self._stream, self._execute)
+        except CaptureError as exc:
+            self._drop_graphs()  # one rule for every parity: graphs on, or plain launches
+            self.cuda_graph = False
+            self.graph_note = f"off (capture failed: {str(exc)[:120]}; plain launches)"
+            self._log(f"TensorRT backend: CUDA graph {self.graph_note}")
+            return None
+        self._graphs[parity] = exe
+        self.graph_note = f"on ({len(self._graphs)} captured)"
+        return exe
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise VlaError(f"TensorRT execute_async_v3 failed: {self._sink.last_error()}")
 
     def _drop_graphs(self) -> None:
         for exe in self._graphs.values():
@@ -324,6 +345,20 @@ class TrtBackend(Backend):
         return buf
 
     def run(self) -> dict[str, np.ndarray]:
+        ev = self._events
+        enqueue_ms = self.enqueue_run(engine_graph=self.cuda_graph, events=ev)
+        self.synchronize()
+        elapsed = [self._check("cudaEventElapsedTime", self._rt.cudaEventElapsedTime(ev[i], ev[i + 1]))
+                   for i in range(3)]
+        self._timings = {"h2d": elapsed[0], "compute": elapsed[1], "d2h": elapsed[2], "enqueue": enqueue_ms}
+        self._ran_since_commit = True
+        return self._host_out
+
+    def enqueue_run(self, *, engine_graph: bool = False, events: list[Any] | None = None) -> float:
+        """Enqueue a run on the stream without waiting: H2D of the inputs the host feeds, the engine
+        (its own CUDA graph with ``engine_graph``, else ``execute_async_v3``), D2H of the outputs
+        ``host_outputs`` names; with ``events`` (four), recorded around the three stages. Returns the
+        host time of the engine's enqueue in ms. Everything it does can be stream-captured."""
         rt, stream, check = self._rt, self._stream, self._check
         if self._thread != threading.get_ident():  # the current device is per thread (the loop's worker)
             check("cudaSetDevice", rt.cudaSetDevice(self.device.index))
@@ -332,27 +367,34 @@ class TrtBackend(Backend):
             self._bind(self._parity)
         slots = self.buffers.addresses(self._parity)
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        ev = self._events
-        check("cudaEventRecord", rt.cudaEventRecord(ev[0], stream))
+        record = (lambda i: check("cudaEventRecord", rt.cudaEventRecord(events[i], stream))) if events else None
+        if record:
+            record(0)
         for t in self._inputs:
             if t.name in self._upload:
                 check("cudaMemcpyAsync", rt.cudaMemcpyAsync(self._slots[slots[t.name]], self._host_ptrs[t.name],
                                                             t.nbytes, h2d, stream))
-        check("cudaEventRecord", rt.cudaEventRecord(ev[1], stream))
+        if record:
+            record(1)
         start = time.perf_counter()
-        self._enqueue()
+        if engine_graph:
+            self._enqueue_engine()
+        else:
+            self._execute()
         enqueue_ms = (time.perf_counter() - start) * 1000.0
-        check("cudaEventRecord", rt.cudaEventRecord(ev[2], stream))
+        if record:
+            record(2)
         for t in self._outputs:
             if t.name in self._download:
                 check("cudaMemcpyAsync", rt.cudaMemcpyAsync(self._host_ptrs[t.name], self._slots[slots[t.name]],
                                                             t.nbytes, d2h, stream))
-        check("cudaEventRecord", rt.cudaEventRecord(ev[3], stream))
-        check("cudaStreamSynchronize", rt.cudaStreamSynchronize(stream))
-        elapsed = [check("cudaEventElapsedTime", rt.cudaEventElapsedTime(ev[i], ev[i + 1])) for i in range(3)]
-        self._timings = {"h2d": elapsed[0], "compute": elapsed[1], "d2h": elapsed[2], "enqueue": enqueue_ms}
-        self._ran_since_commit = True
-        return self._host_out
+        if record:
+            record(3)
+        return enqueue_ms
+
+    def run_key(self) -> Hashable:
+        """What ``enqueue_run`` bakes into a captured graph: the state parity (addresses) and the copies."""
+        return self._parity, frozenset(self._upload), frozenset(self._download)
 
     def describe(self) -> str:
         d = self.device
@@ -398,6 +440,11 @@ class TrtBackend(Backend):
         self._ran_since_commit = False
         for dst, _ in self.buffers.states:
             self._upload.discard(dst)
+
+    def mark_run_finished(self) -> None:
+        """A run enqueued with ``enqueue_run`` (or replayed in a graph) has finished: ``commit_state``
+        may now commit it."""
+        self._ran_since_commit = True
 
     def last_timings_ms(self) -> dict[str, float]:
         """The last run's stages in ms: ``h2d``, ``compute``, ``d2h`` (CUDA events on the stream, as trtexec
@@ -490,6 +537,36 @@ class TrtDeviceIO(DeviceIO):
 
     def synchronize(self) -> None:
         self._backend.synchronize()
+
+    def enqueue_run(self) -> None:
+        self._backend.enqueue_run()
+
+    def finish_run(self) -> None:
+        self._backend.mark_run_finished()
+
+    def run_key(self) -> Hashable:
+        return self._backend.run_key()
+
+    def capture(self, work: Callable[[], None]) -> CapturedGraph:
+        b = self._backend
+        return TrtGraph(b._rt, capture_graph(b._rt, b._stream, work), b._stream)
+
+
+class TrtGraph(CapturedGraph):
+    """An executable graph launched with ``cudaGraphLaunch`` on the stream it was captured on."""
+
+    def __init__(self, rt: Any, exe: Any, stream: Any) -> None:
+        self._rt, self._exe, self._stream = rt, exe, stream
+
+    def launch(self) -> None:
+        (err,) = self._rt.cudaGraphLaunch(self._exe, self._stream)
+        if int(err) != 0:
+            raise VlaError(f"cudaGraphLaunch failed: {err}")
+
+    def close(self) -> None:
+        if self._exe is not None:
+            self._rt.cudaGraphExecDestroy(self._exe)
+            self._exe = None
 
 
 # ---- opening ``--engine`` -----------------------------------------------------------------------------

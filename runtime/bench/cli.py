@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", metavar="SPEC", help="symbolic input dims, trtexec syntax: name:1x3x224x224,...")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default cores - 1)")
     p.add_argument("--spin-wait", action="store_true", help="let ONNX Runtime's threads spin between runs")
-    p.add_argument("--cuda-graph", action="store_true", help="capture the run in a CUDA graph (GPU backends)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the engine runs, as vla-run --device (default cpu)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay CUDA graphs: TensorRT's engine (engine mode), the tick's device work (--loop "
+                   "--device cuda), as vla-run does by default")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--cpu", metavar="LIST", help="pin to these CPUs, as vla-run --cpu (e.g. 2-5)")
     p.add_argument("--rt-priority", type=int, metavar="N",
@@ -106,14 +110,14 @@ def bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a service stop reports what was measured, like Ctrl-C
     with environment.TegrastatsSampler() as tegra:
         if args.loop:
-            if args.backend not in ("auto", "ort"):
-                raise VlaError(f"--loop runs vla-run's own backend; --backend {args.backend} is not available")
             result = run_loop_bench(args.engine, args.camera, ticks=args.ticks, rate_hz=args.rate,
-                                    budget_ms=args.budget_ms or 100.0, threads=args.threads)
+                                    budget_ms=args.budget_ms or 100.0, threads=args.threads, backend=args.backend,
+                                    device=args.device, cuda_graph=args.cuda_graph)
         else:
             cfg = BenchConfig(iterations=args.iterations, duration_s=args.duration, warmup_s=args.warmup,
                               budget_ms=args.budget_ms, shapes=parse_shapes(args.shapes), threads=args.threads,
-                              spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed)
+                              spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed,
+                              device=args.device)
             target = open_target(args.engine, args.backend, cfg)
             try:
                 result = run_bench(target, cfg)

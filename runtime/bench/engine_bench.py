@@ -48,6 +48,7 @@ class BenchConfig:
     spin_wait: bool = False
     cuda_graph: bool = False
     seed: int = 0
+    device: str = "cpu"
 
 
 def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
@@ -172,7 +173,8 @@ class BundleTarget(Target):
         from ..sources.scene import frame_shape
 
         self.engine = path
-        self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait, backend=backend)
+        self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait, backend=backend, device=cfg.device,
+                                       cuda_graph=cfg.cuda_graph)
         self.backend = self.backend_obj.describe()
         m = self.backend_obj.manifest
         rng = np.random.default_rng(cfg.seed)
@@ -226,7 +228,8 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
         # choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
         return BundleTarget(engine, cfg, backend=backend)
     if cfg.cuda_graph:
-        raise VlaError("--cuda-graph needs a GPU backend (TensorRT or torch on CUDA); the CPU backends have none")
+        raise VlaError("--cuda-graph in engine mode replays TensorRT's engine; without TensorRT, time the GPU data "
+                       "path's graphs with --loop --device cuda --cuda-graph")
     if backend == "torch" and not path.is_dir():
         raise VlaError("--backend torch runs a bundle's program.pt2; give a bundle folder from vla-export")
     if path.is_dir():

@@ -36,18 +36,20 @@ def tick_samples(records: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budget_ms: float,
-                   threads: int | None = None, warmup_ticks: int = 10) -> Result:
-    """``ticks`` timed ticks of the loop after ``warmup_ticks``; Ctrl-C ends it early."""
+                   threads: int | None = None, warmup_ticks: int = 10, backend: str = "auto", device: str = "cpu",
+                   cuda_graph: bool = False) -> Result:
+    """``ticks`` timed ticks of the loop after ``warmup_ticks``, on the backend vla-run would open
+    for ``backend``/``device`` (its GPU data path on a GPU); Ctrl-C ends it early."""
     import time
 
     from ..engine import open_engine
     from ..loop import RunConfig, Runner
     from ..sources import open_cameras
 
-    backend = open_engine(engine, threads)
-    cameras = open_cameras([camera], backend.manifest.camera_names)
-    runner = Runner(backend, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms,
-                                                max_ticks=warmup_ticks + ticks))
+    opened = open_engine(engine, threads, backend=backend, device=device, cuda_graph=cuda_graph)
+    cameras = open_cameras([camera], opened.manifest.camera_names)
+    runner = Runner(opened, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms, max_ticks=warmup_ticks + ticks,
+                                               cuda_graph=cuda_graph))
     records: list[dict[str, Any]] = []
     interrupted = False
     started_at = first = last = None
@@ -71,10 +73,11 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
         "schema": SCHEMA,
         "mode": "loop",
         "engine": engine,
-        "backend": backend.describe(),
+        "backend": opened.describe(),
         "settings": {"iterations": ticks, "duration_s": None, "warmup_s": None, "budget_ms": budget_ms,
-                     "shapes": None, "cuda_graph": False, "spin_wait": False, "threads": threads,
-                     "rate_hz": rate_hz, "cameras": len(cameras), "camera": camera, "warmup_ticks": warmup_ticks},
+                     "shapes": None, "cuda_graph": cuda_graph, "spin_wait": False, "threads": threads,
+                     "rate_hz": rate_hz, "cameras": len(cameras), "camera": camera, "warmup_ticks": warmup_ticks,
+                     "data_path": runner.data_path},
         "stages": {name: summarize(vals) for name, vals in samples.items()},
         "samples": samples,
         "throughput_qps": (len(records) - 1) / wall if wall > 0 else float("nan"),

@@ -8,6 +8,7 @@ Keys (all times in milliseconds)::
     backend       the backend's own description, e.g. "onnxruntime 1.32.0 CPUExecutionProvider, 1 ..."
     settings      {"iterations", "duration_s", "warmup_s", "budget_ms", "shapes", "cuda_graph",
                    "spin_wait", "threads", "rate_hz", "cameras"}   (what applies; others None)
+                  loop mode adds "camera", "warmup_ticks" and "data_path" (the loop's own line)
     environment   environment.collect(): machine, versions, clocks (and Jetson power state)
     warnings      ["clocks are not fixed: ...", ...]
     stages        {stage: stats.summarize(values)} for stage in STAGES that were measured;
