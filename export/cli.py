@@ -29,6 +29,7 @@ precision (decided in the graph, so ONNX Runtime and TensorRT 11 run the same nu
 
 examples:
   vla-export reference -o bundles/reference
+  vla-export reference -o bundles/reference --build        # on the target: its TensorRT plan too
   vla-export reference -o bundles/reference-int8 --precision int8 --calib synthetic
   vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
   vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most nodes the search may keep in FP32 (default: a quarter of the candidates; "
                    "0 turns the search off)")
     p.add_argument("--force", action="store_true", help="write the bundle even if parity or the gate fails")
+    p.add_argument("--build", action="store_true",
+                   help="then build the bundle's TensorRT plan into BUNDLE/engines/, as vla-build BUNDLE does (on "
+                   "the target: needs TensorRT 10.3+ and a GPU; checked before the export starts)")
     return p
 
 
@@ -101,7 +105,17 @@ def export(args: argparse.Namespace) -> int:
     from .pipeline import run_export
 
     _check(args)
-    return run_export(args)
+    if args.build:  # before minutes of export: a machine that cannot build is told so at once
+        from vla.runtime.trt import import_cudart, import_tensorrt, probe_cuda
+
+        import_tensorrt("vla-export --build runs")
+        probe_cuda(0, import_cudart())
+    code = run_export(args)
+    if code != 0 or not args.build:
+        return code
+    from vla.runtime.trt.cli import build_bundle
+
+    return build_bundle(args.output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def _must_exist(engine: str) -> None:
         raise VlaError(f"--engine {engine}: no such file or bundle folder")
 
 
-def _manifest_of(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
+def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
     """The bundle's manifest.json, else the manifest embedded in the .onnx (read through ONNX Runtime)."""
     if manifest_path is not None:
         return parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
@@ -64,7 +64,7 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
 
     _must_exist(engine)  # before choosing: a typo is named as such, whatever the backend
     if available is None:
-        available = probe_available(check_cuda=device == "cuda")
+        available = probe_available(check_cuda=device == "cuda", tensorrt=backend in ("auto", "trt"))
     chosen, why = choose_backend(backend, device, engine, available)
     if chosen == TENSORRT:
         opened = _open_trt(engine, rebuild, cuda_graph)
@@ -94,7 +94,7 @@ def _open_torch(engine: str, threads: int | None, device: str) -> Backend:
         raise VlaError(f"--backend torch: PyTorch cannot be imported ({' '.join(str(exc).split())[:160]})") from None
 
     model_path, manifest_path = resolve(engine)
-    manifest = _manifest_of(model_path, manifest_path)
+    manifest = read_manifest(model_path, manifest_path)
     return TorchBackend(find_program(engine, manifest), manifest, device=device, threads=threads)
 
 
@@ -104,7 +104,7 @@ def _open_ort(engine: str, threads: int | None, spin: bool) -> Backend:
 
     model_path, manifest_path = resolve(engine)
     session = open_session(str(model_path), threads, spin)
-    manifest = _manifest_of(model_path, manifest_path, session)
+    manifest = read_manifest(model_path, manifest_path, session)
     check_against_graph(manifest, graph_types(session.get_inputs()), graph_types(session.get_outputs()),
                         str(manifest_path or model_path))
     return OrtBackend(session, manifest, threads or default_threads(), spin)

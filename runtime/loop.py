@@ -15,7 +15,10 @@ One tick, at ``--rate`` (``schedule.frame_tick`` / ``schedule.next_tick``):
 3. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
    the noise; start the engine on its worker thread (``engine_worker``) and wait for it no later
    than the deadline, capture time + ``budget_ms``; ``vla.kernels.decode_trajectory`` picks the
-   best of K, derives speed, acceleration and curvature, and checks them against the limits;
+   best of K, derives speed, acceleration and curvature, and checks them against the limits.
+   On a GPU backend (``device_path.DeviceTick``) this thread only copies the frames into pinned
+   staging; the engine thread runs preprocess, engine and decode on the device, as one CUDA graph
+   once captured, and the decode's verdict is read back here;
 4. publish one record:
 
    - ``ok``: the model's trajectory, on time;

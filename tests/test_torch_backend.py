@@ -264,6 +264,15 @@ def test_probe_reports_what_is_installed():
     assert probe_available(check_cuda=False)["cuda"] is None  # no torch import, no answer
 
 
+def test_probe_imports_tensorrt_only_when_asked(monkeypatch):
+    # TensorRT cannot be installed here: a module object named tensorrt stands in for it.
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    assert probe_available(check_cuda=False)["tensorrt"] == "10.3.0"
+    assert probe_available(check_cuda=False, tensorrt=False)["tensorrt"] is None  # --backend ort|torch
+
+
 # ---- the decision table (pure) -------------------------------------------------------------------------
 ALL = {"tensorrt": "10.3.0", "onnxruntime": "1.32.0", "torch": "2.13.0", "cuda": "NVIDIA H100, CUDA 12.8"}
 CPU_BOX = {"tensorrt": None, "onnxruntime": "1.32.0", "torch": "2.13.0", "cuda": None}

@@ -374,6 +374,17 @@ def test_trt_log_keeps_errors_and_shows_warnings_once():
     assert lines == ["  TensorRT warning: slow", "  TensorRT error: out of memory"]
 
 
+def test_a_bare_onnx_carrying_its_manifest_is_a_bundle(reference_bundle, tmp_path):
+    lone = tmp_path / "lone.onnx"  # no manifest.json beside it: vla-run and vla-build read the embedded one
+    shutil.copy(reference_bundle / "model.onnx", lone)
+    bundle = open_bundle(lone)
+    want = json.loads((reference_bundle / "manifest.json").read_text())
+    assert bundle.model == lone and bundle.model_hash == want["model"]["hash"]
+    assert bundle.manifest.raw["inputs"] == want["inputs"] and bundle.manifest.raw["outputs"] == want["outputs"]
+    with pytest.raises(VlaError, match="expected a bundle folder"):
+        open_bundle(reference_bundle / "manifest.json")
+
+
 def test_versions_and_messages():
     assert version_tuple("10.3.0.26") == (10, 3, 0, 26) and version_tuple("11.0.1rc1") == (11, 0, 1)
     assert version_tuple("unknown") == ()
@@ -387,8 +398,8 @@ def test_bundle_and_plugin_checks(fake_bundle, tmp_path):
     bundle = open_bundle(fake_bundle)
     assert bundle.model_hash == HASH_A and bundle.manifest.name == "tiny"
     assert open_bundle(fake_bundle / "model.onnx").dir == fake_bundle
-    (fake_bundle / "manifest.json").unlink()
-    with pytest.raises(VlaError, match=r"no manifest\.json"):
+    (fake_bundle / "manifest.json").unlink()  # then the manifest must come from the graph, and this one has none
+    with pytest.raises(VlaError, match="ONNX Runtime cannot load this model"):
         open_bundle(fake_bundle)
     lib = tmp_path / "libfoo.so"
     lib.write_bytes(b"abc")
@@ -471,6 +482,15 @@ def test_vla_build_without_tensorrt_is_one_line(fake_bundle):
                                  "pip install tensorrt or use JetPack's python3-libnvinfer")
     assert proc.stderr.strip() == line  # exactly one line
     assert not (fake_bundle / "v2.plan").exists()
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT path cannot be seen")
+def test_vla_export_build_without_tensorrt_fails_before_exporting(tmp_path):
+    out = tmp_path / "bundle"
+    proc = run_cli([sys.executable, "-m", "vla.export.cli"], "reference", "-o", out, "--build", timeout=120)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "vla-export: error: TensorRT is not installed", "vla-export --build runs on the target")
+    assert not out.exists()  # told at once, not after minutes of export
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -37,22 +37,24 @@ def _dist_version(dist: str) -> str | None:
     return None
 
 
-def probe_available(check_cuda: bool = True) -> dict[str, str | None]:
+def probe_available(check_cuda: bool = True, tensorrt: bool = True) -> dict[str, str | None]:
     """What this machine has: ``{"tensorrt", "onnxruntime", "torch", "cuda"}``, each a version/name or None.
 
     ``tensorrt`` is imported, not looked up: the registry's ``tensorrt`` packages install stubs that
     fail at import, and only an import tells. PyTorch is imported only with ``check_cuda`` (to ask
     whether it sees a GPU): importing it costs 1-2 s and a few hundred MB, which a vehicle running
     ONNX Runtime on the CPU should not pay for a check it does not need. ``cuda`` is
-    ``"<GPU name>, CUDA <version>"`` when PyTorch sees a CUDA device, else None.
+    ``"<GPU name>, CUDA <version>"`` when PyTorch sees a CUDA device, else None. ``tensorrt=False``
+    skips TensorRT's import (for an explicit ``--backend ort|torch``, which does not need it).
     """
     found: dict[str, str | None] = {"tensorrt": None, "onnxruntime": None, "torch": None, "cuda": None}
-    try:
-        import tensorrt
+    if tensorrt:
+        try:
+            import tensorrt as trt
 
-        found["tensorrt"] = str(getattr(tensorrt, "__version__", "unknown version"))
-    except Exception:  # ImportError, or a stub package that raises anything at import
-        pass
+            found["tensorrt"] = str(getattr(trt, "__version__", "unknown version"))
+        except Exception:  # ImportError, or a stub package that raises anything at import
+            pass
     found["onnxruntime"] = _dist_version("onnxruntime") if importlib.util.find_spec("onnxruntime") else None
     if importlib.util.find_spec("torch") is None:
         return found

@@ -34,8 +34,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engine import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve
 from ..errors import VlaError
-from ..manifest import Manifest, check_against_graph, parse_manifest_text
+from ..manifest import Manifest, check_against_graph
 from . import CudaDevice, dtype_name, import_tensorrt, platform_tag
 from .cache import (
     EngineKey,
@@ -53,8 +54,6 @@ Log = Callable[[str], None]
 MB = 1 << 20
 WORKSPACE_FRACTION = 0.5
 WORKSPACE_FLOOR_MB = 256
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 
 
 def _one_line(text: Any, limit: int = 240) -> str:
@@ -74,23 +73,22 @@ class Bundle:
 
 
 def open_bundle(path: str | Path) -> Bundle:
-    """The bundle at ``path`` (its folder, or its ``model.onnx``); a one-line ``VlaError`` otherwise."""
+    """The bundle at ``path``: a folder from vla-export, its ``model.onnx``, or a bare ``.onnx`` that
+    carries its manifest (as ``vla-run --engine`` takes them); a one-line ``VlaError`` otherwise."""
     p = Path(path)
     if not p.exists():
-        raise VlaError(f"{path}: no such bundle folder")
-    folder = p if p.is_dir() else p.parent
+        raise VlaError(f"{path}: no such bundle folder or .onnx")
     if p.is_file() and p.suffix != ".onnx":
-        raise VlaError(f"{path}: expected a bundle folder from vla-export (model.onnx + manifest.json)")
-    model = folder / MODEL_FILE if p.is_dir() else p
-    if not model.is_file():
+        raise VlaError(f"{path}: expected a bundle folder from vla-export, or an .onnx carrying its manifest")
+    if p.is_dir() and not (p / MODEL_FILE).is_file():
         raise VlaError(f"{path}: folder has no {MODEL_FILE}; is it a bundle from vla-export?")
-    manifest_file = folder / MANIFEST_FILE
-    if not manifest_file.is_file():
-        raise VlaError(f"{path}: no {MANIFEST_FILE} beside {model.name}; is it a bundle from vla-export?")
-    manifest = parse_manifest_text(manifest_file.read_bytes(), str(manifest_file))
+    model, manifest_file = resolve(str(p))
+    if manifest_file is None and (model.parent / MANIFEST_FILE).is_file():  # a bundle's model.onnx: its manifest.json
+        manifest_file = model.parent / MANIFEST_FILE
+    manifest = read_manifest(model, manifest_file)
     # The manifest's hash covers the graph without its metadata; a manifest without one falls back to
     # the file's own bytes (stricter: any re-export then counts as a change).
-    return Bundle(folder, model, manifest, manifest.model_hash or sha256_file(model))
+    return Bundle(model.parent, model, manifest, manifest.model_hash or sha256_file(model))
 
 
 @dataclass(frozen=True)

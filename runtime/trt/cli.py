@@ -13,6 +13,7 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cli_support import run_main
@@ -74,47 +75,55 @@ def _output(arg: str | None) -> Path | None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    return build_bundle(args.bundle, output=args.output, workspace_mb=args.workspace_mb, plugins=args.plugin,
+                        timing_cache=args.timing_cache, force=args.force, device=args.device,
+                        heartbeat_s=args.heartbeat_s, verbose=args.verbose)
+
+
+def build_bundle(bundle_path: str | Path, *, output: str | None = None, workspace_mb: int | None = None,
+                 plugins: list[str] | tuple[str, ...] = (), timing_cache: str | None = None, force: bool = False,
+                 device: int = 0, heartbeat_s: float = 10.0, verbose: bool = False,
+                 say: Callable[[str], None] = _say) -> int:
+    """What ``vla-build`` does (also ``vla-export --build``): check, then build or say the plan is up to date."""
     # Everything that needs no TensorRT first: these are the errors a user can fix anywhere.
-    bundle = open_bundle(args.bundle)
-    plugins = hash_plugins(args.plugin)
-    if args.workspace_mb is not None and args.workspace_mb <= 0:
-        raise VlaError(f"--workspace-mb {args.workspace_mb}: must be a positive number of MB")
-    output = _output(args.output)
-    timing = Path(args.timing_cache) if args.timing_cache else None
+    bundle = open_bundle(bundle_path)
+    libs = hash_plugins(list(plugins))
+    if workspace_mb is not None and workspace_mb <= 0:
+        raise VlaError(f"--workspace-mb {workspace_mb}: must be a positive number of MB")
+    out = _output(output)
+    timing = Path(timing_cache) if timing_cache else None
     if timing is not None and timing.is_dir():
-        raise VlaError(f"--timing-cache {args.timing_cache}: is a folder; give a file name")
+        raise VlaError(f"--timing-cache {timing_cache}: is a folder; give a file name")
 
     trt = import_tensorrt()
-    device = probe_cuda(args.device, import_cudart())
-    _say(f"vla-build: TensorRT {trt.__version__}, CUDA driver {device.driver} (runtime {device.runtime}), "
-         f"{platform_tag()}")
-    _say(f"GPU {device.index}: {device.name} (compute capability {device.compute_capability}), "
-         f"{device.free_bytes / GB:.1f} GB free of {device.total_bytes / GB:.1f} GB")
-    _say(f"bundle: {bundle.dir} (model {bundle.manifest.name}, {short_hash(bundle.model_hash)})")
-    key = plan_key(trt.__version__, device, bundle, plugins, args.workspace_mb)
-    plan = output or cache_path(bundle.dir, key)
+    dev = probe_cuda(device, import_cudart())
+    say(f"vla-build: TensorRT {trt.__version__}, CUDA driver {dev.driver} (runtime {dev.runtime}), {platform_tag()}")
+    say(f"GPU {dev.index}: {dev.name} (compute capability {dev.compute_capability}), "
+        f"{dev.free_bytes / GB:.1f} GB free of {dev.total_bytes / GB:.1f} GB")
+    say(f"bundle: {bundle.dir} (model {bundle.manifest.name}, {short_hash(bundle.model_hash)})")
+    key = plan_key(trt.__version__, dev, bundle, libs, workspace_mb)
+    plan = out or cache_path(bundle.dir, key)
 
-    if plan.exists() and not args.force:
+    if plan.exists() and not force:
         if not sidecar_path(plan).is_file():
             raise VlaError(f"{plan} exists and has no sidecar manifest {sidecar_path(plan).name}, so what it was "
                            "built from is unknown; pass --force to overwrite it")
         decision = decide(plan, key, rebuild=True)
         if decision.action == "reuse":
-            _say(f"up to date: {plan} was built from this bundle for this GPU and TensorRT (--force rebuilds it)")
+            say(f"up to date: {plan} was built from this bundle for this GPU and TensorRT (--force rebuilds it)")
             return 0
-        _say(decision.message)
-    _say(f"plan: {plan}")
+        say(decision.message)
+    say(f"plan: {plan}")
     if threading.current_thread() is threading.main_thread():
         # The builder holds the main thread for minutes and Python runs signal handlers only there,
         # so Ctrl-C would wait for the build's end; let it stop the process at once instead (nothing
         # half-written is left: plan and sidecar are written atomically after the build).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    options = BuildOptions(workspace_mb=args.workspace_mb, timing_cache=timing, heartbeat_s=args.heartbeat_s,
-                           verbose=args.verbose)
-    doc = build_plan(bundle, plan, key, device, plugins, options, _say)
+    options = BuildOptions(workspace_mb=workspace_mb, timing_cache=timing, heartbeat_s=heartbeat_s, verbose=verbose)
+    doc = build_plan(bundle, plan, key, dev, libs, options, say)
     built = doc["built"]
-    _say(f"built in {built['elapsed_s']:.1f} s: {plan} ({built['plan_bytes'] / MB:.1f} MB), "
-         f"sidecar {sidecar_path(plan).name}, timing cache {doc['timing_cache']['path']}")
+    say(f"built in {built['elapsed_s']:.1f} s: {plan} ({built['plan_bytes'] / MB:.1f} MB), "
+        f"sidecar {sidecar_path(plan).name}, timing cache {doc['timing_cache']['path']}")
     return 0
 
 
