@@ -179,20 +179,27 @@ def _host_tick(backend, rig, decoder, frames):
     return decoded
 
 
-def test_device_tick_gives_the_host_path_result_eager_then_replayed(reference_bundle):
-    host, dev = _open_pair(reference_bundle)
-    io = HostDeviceIO(dev)
-    tick = _device_tick(dev, io)
+def _lockstep(host, dev, tick: DeviceTick, ticks: int, w: int, h: int, pad: int = 0):
+    """The host path on ``host`` and DeviceTick on ``dev``, tick by tick on the same frames, state
+    committed on both; yields (tick index, host result, device result)."""
     rig = RigPreprocessor.for_backend(host, threads=1)
     decoder = K.TrajectoryDecoder(0.1, host.manifest.outputs_with("trajectory")[0].shape[-2])
-    actions = []
-    for i in range(8):
-        frames = {n: _frame(n, 320, 240, pad=16, seed=i) for n in host.manifest.camera_names}
+    for i in range(ticks):
+        frames = {n: _frame(n, w, h, pad=pad, seed=i) for n in host.manifest.camera_names}
         want = _host_tick(host, rig, decoder, frames)
         tick.stage(frames)
         tick.run()
         got = tick.decoded()
         dev.commit_state()
+        yield i, want, got
+
+
+def test_device_tick_gives_the_host_path_result_eager_then_replayed(reference_bundle):
+    host, dev = _open_pair(reference_bundle)
+    io = HostDeviceIO(dev)
+    tick = _device_tick(dev, io)
+    actions = []
+    for i, want, got in _lockstep(host, dev, tick, 8, 320, 240, pad=16):
         actions.append(tick.last_action)
         assert np.array_equal(dev.feed("images"), host.feed("images")), f"tick {i}: the engine input differs"
         assert (got.mode, got.verdict) == (want.mode, want.verdict)
@@ -209,15 +216,7 @@ def test_a_failed_capture_turns_graphs_off_once_and_plain_launches_go_on(referen
     io = HostDeviceIO(dev, fail_capture="stand-in: the engine cannot be captured")
     lines: list[str] = []
     tick = _device_tick(dev, io, log=lines.append)
-    rig = RigPreprocessor.for_backend(host, threads=1)
-    decoder = K.TrajectoryDecoder(0.1, host.manifest.outputs_with("trajectory")[0].shape[-2])
-    frames = {n: _frame(n, 320, 240) for n in dev.manifest.camera_names}
-    for _ in range(6):
-        want = _host_tick(host, rig, decoder, frames)
-        tick.stage(frames)
-        tick.run()
-        dev.commit_state()
-        got = tick.decoded()
+    for _, want, got in _lockstep(host, dev, tick, 6, 320, 240):
         assert got.verdict == want.verdict and np.array_equal(got.points, want.points)
     assert io.captures == 1 and io.runs == 6  # one failed attempt, then every tick launched plainly
     assert tick.last_action == "eager" and "off (capture failed: stand-in: the engine cannot" in tick.graph_note
@@ -311,16 +310,8 @@ def test_gpu_path_writes_the_engine_input_and_decodes_as_the_host_path(reference
         io = gpu.device_io()
         assert io is not None
         tick = _device_tick(gpu, io, cuda_graph=cuda_graph)
-        rig = RigPreprocessor.for_backend(host, threads=1)
-        decoder = K.TrajectoryDecoder(0.1, host.manifest.outputs_with("trajectory")[0].shape[-2])
         actions = []
-        for i in range(6):
-            frames = {n: _frame(n, 1920, 1080, pad=64, seed=i) for n in host.manifest.camera_names}
-            want = _host_tick(host, rig, decoder, frames)
-            tick.stage(frames)
-            tick.run()
-            got = tick.decoded()
-            gpu.commit_state()
+        for i, want, got in _lockstep(host, gpu, tick, 6, 1920, 1080, pad=64):
             actions.append(tick.last_action)
             images = gpu.device_input("images").cpu().numpy()
             # FMA rounding on the device may move a pixel by one level; the models then differ as CPU
