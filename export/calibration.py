@@ -58,15 +58,27 @@ def _read_image(path: Path, width: int, height: int) -> np.ndarray:
 
 
 class ImageFolder:
-    """A ``scenes.FrameSource`` over recorded images: each ``frame()`` call takes the next sample."""
+    """A ``scenes.FrameSource`` over recorded images, one sample per calibration set.
 
-    def __init__(self, samples: list[dict[str, Path]], width: int, height: int, start: int = 0) -> None:
-        self.samples, self.width, self.height, self.next = samples, width, height, start
+    ``frame()`` shows the current sample, as a still scene, to every tick until ``scene_sets`` keeps
+    a set and calls ``advance()``: so the ticks that only carry the recurrent state forward do not
+    use up images, and N images give N distinct sets.
+    """
+
+    def __init__(self, samples: list[dict[str, Path]], width: int, height: int) -> None:
+        self.samples, self.width, self.height, self.next = samples, width, height, 0
+        self._shown: tuple[int, dict[str, np.ndarray]] | None = None
 
     def frame(self, t: float) -> dict[str, np.ndarray]:
-        sample = self.samples[self.next % len(self.samples)]
+        index = self.next % len(self.samples)
+        if self._shown is None or self._shown[0] != index:  # each image read once per time it is shown
+            sample = self.samples[index]
+            self._shown = (index, {cam: _read_image(p, self.width, self.height) for cam, p in sample.items()})
+        return self._shown[1]
+
+    def advance(self) -> None:
+        """The current sample went into a kept set: show the next one."""
         self.next += 1
-        return {cam: _read_image(p, self.width, self.height) for cam, p in sample.items()}
 
 
 def _image_samples(folder: Path, names: list[str]) -> list[dict[str, Path]]:

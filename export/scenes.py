@@ -133,7 +133,8 @@ def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks
     """``count`` input sets from ``ceil(count / ticks_per_drive)`` drives, ``stride`` ticks apart.
 
     Drive ``d`` uses seed ``seed + d``; consecutive kept ticks are ``stride`` ticks (0.5 s) apart
-    so one drive still gives varied scenes.
+    so one drive still gives varied scenes. A frame source with ``advance()`` (recorded images) is
+    advanced after each kept set, so every set shows a sample of its own.
     """
     sets: list[dict[str, np.ndarray]] = []
     drive = 0
@@ -145,6 +146,8 @@ def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks
             if i % stride == stride - 1:
                 sets.append(feeds)
                 kept += 1
+                if hasattr(frames, "advance"):  # recorded stills: the next set gets the next sample
+                    frames.advance()
                 if len(sets) == count:
                     break
         drive += 1

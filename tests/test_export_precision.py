@@ -354,3 +354,27 @@ def test_calibration_pictures_reach_the_camera_input_as_the_runtime_feeds_them()
         want = (v - np.array(norm["mean"])) / np.array(norm["std"])
         np.testing.assert_allclose(out[0, i, :, 0, 0], want, rtol=1e-6)
         np.testing.assert_allclose(out[0, i], np.broadcast_to(want[:, None, None], (3, 8, 16)), rtol=1e-6)
+
+
+def test_image_calibration_gives_each_set_an_image_of_its_own(reference_manifest, tmp_path):
+    """N images -> N calibration sets, each showing its own picture (the ticks that only carry the
+    state forward show the current still instead of using images up)."""
+    import cv2
+
+    from vla.export.calibration import calibration_sets
+    from vla.runtime.manifest import parse_manifest
+
+    manifest = parse_manifest(reference_manifest)
+    levels = [30, 70, 110, 150, 190]
+    for i, v in enumerate(levels):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((90, 160, 3), v, np.uint8))
+
+    def step(feeds):  # a stand-in for the model: zero state outputs (only the camera input is looked at)
+        return {t.detail["from_output"]: np.zeros(t.shape, t.dtype) for t in manifest.inputs_with("state")}
+
+    sets, info = calibration_sets(str(tmp_path), manifest, step, count=8, seed=0)
+    assert info["kind"] == "images" and len(sets) == len(levels)  # no more sets than images
+    cam = manifest.inputs_with("camera")[0].name
+    shown = [int(np.median(s[cam])) for s in sets]
+    assert len(set(shown)) == len(levels), shown  # every image once
+    assert np.all(np.diff(shown) > 0), shown  # in the folder's order
