@@ -290,8 +290,31 @@ def _apply(node: onnx.NodeProto, x: torch.Tensor, w: torch.Tensor) -> torch.Tens
         a = x.T if attrs.get("transA") else x
         b = w.T if attrs.get("transB") else w
         return attrs.get("alpha", 1.0) * (a @ b)
-    stride = tuple(attrs.get("strides", [1, 1]))
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    dil = tuple(attrs.get("dilations", [1, 1]))
-    x = torch.nn.functional.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    return torch.nn.functional.conv2d(x, w, stride=stride, dilation=dil, groups=attrs.get("group", 1))
+    k = w.dim() - 2  # Conv1d, 2d or 3d
+    stride = list(attrs.get("strides", [1] * k))
+    dil = list(attrs.get("dilations", [1] * k))
+    begin, end = _conv_pads(attrs, list(x.shape[2:]), list(w.shape[2:]), stride, dil)
+    # torch's pad runs from the last dim backwards, (begin, end) per dim
+    x = torch.nn.functional.pad(x, [p for d in reversed(range(k)) for p in (begin[d], end[d])])
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[k - 1]
+    return conv(x, w, stride=stride, dilation=dil, groups=attrs.get("group", 1))
+
+
+def _conv_pads(attrs: dict[str, Any], size: list[int], kernel: list[int], stride: list[int],
+               dil: list[int]) -> tuple[list[int], list[int]]:
+    """ONNX Conv padding per spatial dim, (begins, ends): explicit ``pads``, or ``auto_pad``."""
+    k = len(size)
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("NOTSET", ""):
+        pads = list(attrs.get("pads", [0] * (2 * k)))
+        return pads[:k], pads[k:]
+    if auto == "VALID":
+        return [0] * k, [0] * k
+    begins, ends = [], []
+    for n, kk, s, d in zip(size, kernel, stride, dil, strict=True):
+        total = max((-(-n // s) - 1) * s + (kk - 1) * d + 1 - n, 0)  # output ceil(n / s), as SAME asks
+        small = total // 2
+        begins.append(small if auto == "SAME_UPPER" else total - small)
+        ends.append(total - begins[-1])
+    return begins, ends

@@ -378,3 +378,36 @@ def test_image_calibration_gives_each_set_an_image_of_its_own(reference_manifest
     shown = [int(np.median(s[cam])) for s in sets]
     assert len(set(shown)) == len(levels), shown  # every image once
     assert np.all(np.diff(shown) > 0), shown  # in the folder's order
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 4, 20), (6, 4, 3), {"pads": [1, 2], "strides": [2]}),  # Conv1d
+    ((1, 4, 9, 11), (6, 2, 3, 3), {"pads": [1, 0, 2, 1], "dilations": [2, 1], "group": 2}),
+    ((1, 2, 5, 6, 7), (3, 2, 3, 2, 3), {"pads": [1, 0, 1, 1, 1, 0], "strides": [1, 2, 2]}),  # Conv3d
+    ((1, 3, 10, 7), (4, 3, 3, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((1, 3, 10, 7), (4, 3, 3, 4), {"auto_pad": "SAME_LOWER", "strides": [3, 2]}),
+    ((1, 3, 10, 7), (4, 3, 3, 4), {"auto_pad": "VALID"}),
+])
+def test_local_sensitivity_recomputes_conv_as_onnx_runtime_does(x_shape, w_shape, attrs):
+    """``local_errors`` recomputes each candidate node; its Conv must be ONNX's for 1-D, 2-D and 3-D
+    convolutions, explicit pads and auto_pad alike (checked against ONNX Runtime on the node alone)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vla.export.precision import _apply
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+                                               helper.make_tensor_value_info("w", TensorProto.FLOAT, w_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(x_shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "w": w})[0]
+    got = _apply(node, torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
