@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the engine runs (default cpu); cuda needs TensorRT or a CUDA build of PyTorch")
     p.add_argument("--no-cuda-graph", action="store_true",
-                   help="GPU data path: launch each tick's device work plainly instead of replaying it as a CUDA "
-                   "graph (for comparison and debugging; the results are the same)")
+                   help="launch each tick's device work plainly instead of replaying it as a CUDA graph (GPU data "
+                   "path), and TensorRT's engine likewise (for comparison and debugging; the results are the same)")
     p.add_argument("--rebuild", action="store_true",
                    help="TensorRT: rebuild the bundle's cached plan when it is stale (another TensorRT version, "
                    "GPU, bundle or plugins) instead of refusing it")

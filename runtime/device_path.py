@@ -164,7 +164,11 @@ class DeviceTick:
             action = "eager"
         if action == "replay":
             self._graphs.move_to_end(key)
-            self._graphs[key].launch()
+            try:
+                self._graphs[key].launch()
+            except Exception:
+                self._graphs.pop(key).close()  # not replayed again: the next tick at this key runs plainly
+                raise
         else:
             self._enqueue(mark)
             self._eager[key] += 1
@@ -181,6 +185,15 @@ class DeviceTick:
         """The engine thread's whole job for a tick: launch, then wait."""
         self.launch()
         return self.finish()
+
+    def warm_up(self) -> dict[str, np.ndarray]:
+        """Plain runs of the staged tick that count for no graph decision (the loop's warm-up): the
+        first launches of the kernels and the engine happen before tick 0. The captures still happen
+        on live ticks, once a key has recurred: a key's first run is the one with the initial state."""
+        for _ in range(WARM_RUNS):
+            self._enqueue()
+            self.finish()
+        return {}
 
     def decoded(self) -> DecodedTrajectory:
         """The tick's decoded trajectory (after ``run``)."""

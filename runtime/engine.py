@@ -38,15 +38,31 @@ def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = N
     """The bundle's manifest.json, else the manifest embedded in the .onnx (read through ONNX Runtime)."""
     if manifest_path is not None:
         return parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
-    if session is None:
-        from .backends.ort import open_session
-
-        session = open_session(str(model_path), 1)
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if session is not None:
+        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    else:
+        text = _embedded_manifest_text(model_path)
     if text is None:
         raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
                             f"or run a bundle folder that has {MANIFEST_FILE}")
     return parse_manifest_text(text, f"{model_path} (embedded manifest)")
+
+
+def _embedded_manifest_text(model_path: Path) -> str | None:
+    """The manifest in the model's metadata: read with ``onnx`` where it is installed (the metadata
+    alone, no weights, and a graph with plugin ops TensorRT alone runs is fine), else through an
+    ONNX Runtime session."""
+    try:
+        import onnx
+    except ImportError:
+        from .backends.ort import open_session
+
+        return open_session(str(model_path), 1).get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise VlaError(f"{model_path}: not a readable ONNX model ({' '.join(str(exc).split())[:160]})") from None
+    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
 
 
 def open_engine(engine: str, threads: int | None = None, spin: bool = False, backend: str = "auto",

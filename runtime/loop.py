@@ -209,7 +209,7 @@ class Runner:
         # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
         # state; keep that off tick 0.
         self._worker = EngineWorker()
-        self._worker.submit(self.backend.run)
+        self._worker.submit(self._warm_up_run())
         self._worker.wait(None)
         if self._worker.error is not None:
             exc = self._worker.error
@@ -221,6 +221,20 @@ class Runner:
             yield from self._ticks(collector)
         finally:
             collector.close()
+
+    def _warm_up_run(self) -> Callable[[], dict[str, np.ndarray]]:
+        """The warm-up's run: on the GPU path the whole device tick on the first frames (kernels,
+        staging buffers, the engine), else the engine's own run."""
+        tick = self._device_tick
+        if tick is not None:
+            frames = {name: src.newest() for name, src in self.cameras.items()}
+            if all(f is not None for f in frames.values()):
+                try:
+                    tick.stage(frames)  # type: ignore[arg-type]
+                    return tick.warm_up
+                except CameraError:
+                    pass  # a malformed first frame: the first tick names it
+        return self.backend.run
 
     def _ticks(self, collector: IdleCollector) -> Iterator[dict[str, Any]]:
         period = 1.0 / self.cfg.rate_hz

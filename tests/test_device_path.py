@@ -122,15 +122,19 @@ class HostDeviceIO(DeviceIO):
         self.captures += 1
         if self.fail_capture:
             raise CaptureError(self.fail_capture)
-        return ReplayByCalling(work)
+        return ReplayByCalling(work, self)
 
 
 class ReplayByCalling(CapturedGraph):
-    def __init__(self, work) -> None:
-        self.work, self.closed = work, False
+    """Replays by calling the work again; a real graph replays what capture baked in, so a replay
+    under another run key (state parity, copies) than the capture's would be wrong: refused here."""
+
+    def __init__(self, work, io: HostDeviceIO) -> None:
+        self.work, self.io, self.key, self.closed = work, io, io.run_key(), False
 
     def launch(self):
         assert not self.closed, "a dropped graph was launched"
+        assert self.io.run_key() == self.key, f"replayed under {self.io.run_key()}, captured under {self.key}"
         self.work()
 
     def close(self):
@@ -285,9 +289,9 @@ def test_the_loop_runs_its_gpu_path_through_device_tick(reference_bundle, cuda_g
     ok = [r for r in records if r["status"] == "ok"]
     assert len(ok) >= 10, [r["reason"] for r in records if r["status"] != "ok"]
     assert all(np.isfinite(r["trajectory"]).all() for r in ok)
-    assert io.captures == (2 if cuda_graph else 0)  # one graph per state parity
+    assert io.captures == (2 if cuda_graph else 0)  # one per state parity (the warm-up's runs count for none)
     assert runner._device_tick.last_action == ("replay" if cuda_graph else "eager")
-    assert io.finished == len(ok)  # the warm-up is backend.run(); every tick's run went through DeviceTick
+    assert io.finished == WARM_RUNS + len(ok)  # the warm-up's plain runs, then every tick through DeviceTick
 
 
 # ---- on a GPU machine ------------------------------------------------------------------------------

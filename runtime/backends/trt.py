@@ -23,9 +23,9 @@ changes the addresses TensorRT was given. A capture that fails turns these graph
 backend and plain launches go on (TensorRT cannot capture some plans, e.g. with data-dependent
 shapes). The GPU data path (``TrtDeviceIO``) instead captures the whole tick, uploads, preprocess,
 ``enqueue_run`` (a plain ``execute_async_v3`` inside), decode and downloads, in one graph per key
-(``runtime/device_path.py``); ``run_key`` names what such a graph bakes in. Both kinds hold one graph
-per parity over one execution context; they are replayed one at a time on one stream, so they
-never use the context's scratch memory at once.
+(``runtime/device_path.py``); ``run_key`` names what such a graph bakes in (the parity among it).
+All these graphs share one execution context; they are replayed one at a time on one stream, so
+they never use the context's scratch memory at once.
 
 TensorRT and ``cuda.bindings`` are imported only when a backend is made; without them the
 constructor raises a one-line ``VlaError``. ``plan_buffers`` (which device buffers, and which

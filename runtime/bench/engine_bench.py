@@ -228,8 +228,13 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
         # choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
         return BundleTarget(engine, cfg, backend=backend)
     if cfg.cuda_graph:
-        raise VlaError("--cuda-graph in engine mode replays TensorRT's engine; without TensorRT, time the GPU data "
-                       "path's graphs with --loop --device cuda --cuda-graph")
+        from ..backends.select import TENSORRT, choose_backend, probe_available
+
+        chosen, _ = choose_backend(backend, cfg.device, engine, probe_available(check_cuda=False))
+        if chosen != TENSORRT:
+            raise VlaError("--cuda-graph in engine mode replays TensorRT's engine; without TensorRT, time the GPU "
+                           "data path's graphs with --loop --device cuda --cuda-graph")
+        return BundleTarget(engine, cfg, backend=backend)
     if backend == "torch" and not path.is_dir():
         raise VlaError("--backend torch runs a bundle's program.pt2; give a bundle folder from vla-export")
     if path.is_dir():
