@@ -35,7 +35,7 @@ def _must_exist(engine: str) -> None:
 
 
 def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
-    """The bundle's manifest.json, else the manifest embedded in the .onnx (read through ONNX Runtime)."""
+    """The bundle's manifest.json, else the manifest embedded in the .onnx (``session``'s metadata when one is open)."""
     if manifest_path is not None:
         return parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
     if session is not None:
