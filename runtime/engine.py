@@ -41,14 +41,14 @@ def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = N
     if session is not None:
         text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     else:
-        text = _embedded_manifest_text(model_path)
+        text = embedded_manifest_text(model_path)
     if text is None:
         raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
                             f"or run a bundle folder that has {MANIFEST_FILE}")
     return parse_manifest_text(text, f"{model_path} (embedded manifest)")
 
 
-def _embedded_manifest_text(model_path: Path) -> str | None:
+def embedded_manifest_text(model_path: Path) -> str | None:
     """The manifest in the model's metadata: read with ``onnx`` where it is installed (the metadata
     alone, no weights, and a graph with plugin ops TensorRT alone runs is fine), else through an
     ONNX Runtime session."""

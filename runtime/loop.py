@@ -121,8 +121,8 @@ class Runner:
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
         self._stop = threading.Event()
         # A GPU backend with CUDA kernels: raw frames up, trajectory down, the rest on the device.
-        self._device = backend.device_io() if hasattr(backend, "device_io") else None
-        self._pre = RigPreprocessor.for_backend(backend, device=self._device)
+        device = backend.device_io()
+        self._pre = RigPreprocessor.for_backend(backend, device=device)
         self._device_tick: DeviceTick | None = None
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
         # Backends with double-buffered state (ONNX Runtime, torch, TensorRT) swap buffers: no copy.
@@ -155,13 +155,13 @@ class Runner:
         # work (DeviceTick, a CUDA graph once captured) and a read of its 80-byte verdict and points.
         self._decode: Callable[[dict[str, np.ndarray]], DecodedTrajectory]
         self._engine_run: Callable[[], dict[str, np.ndarray]]
-        if self._device is None:
+        if device is None:
             host = TrajectoryDecoder(self._dt, self._points, **limits)
             self._decode = lambda out: host(out[traj_name], out[score_name] if score_name else None)
             self._engine_run = backend.run
         else:
-            self._device.host_outputs(())
-            tick = DeviceTick(self._device, self._pre, DeviceDecoder(self._device, self._dt, self._points, **limits),
+            device.host_outputs(())
+            tick = DeviceTick(device, self._pre, DeviceDecoder(device, self._dt, self._points, **limits),
                               traj_name, score_name, cuda_graph=config.cuda_graph, log=config.log)
             self._device_tick = tick
             self._decode = lambda out: tick.decoded()

@@ -351,7 +351,7 @@ class TrtBackend(Backend):
         elapsed = [self._check("cudaEventElapsedTime", self._rt.cudaEventElapsedTime(ev[i], ev[i + 1]))
                    for i in range(3)]
         self._timings = {"h2d": elapsed[0], "compute": elapsed[1], "d2h": elapsed[2], "enqueue": enqueue_ms}
-        self._ran_since_commit = True
+        self.mark_run_finished()
         return self._host_out
 
     def enqueue_run(self, *, engine_graph: bool = False, events: list[Any] | None = None) -> float:
@@ -440,6 +440,10 @@ class TrtBackend(Backend):
         self._ran_since_commit = False
         for dst, _ in self.buffers.states:
             self._upload.discard(dst)
+
+    def capture(self, work: Callable[[], None]) -> TrtGraph:
+        """``work``'s launches on the backend's stream as a graph (``capture_graph``; raises CaptureError)."""
+        return TrtGraph(self._rt, capture_graph(self._rt, self._stream, work), self._stream)
 
     def mark_run_finished(self) -> None:
         """A run enqueued with ``enqueue_run`` (or replayed in a graph) has finished: ``commit_state``
@@ -548,8 +552,7 @@ class TrtDeviceIO(DeviceIO):
         return self._backend.run_key()
 
     def capture(self, work: Callable[[], None]) -> CapturedGraph:
-        b = self._backend
-        return TrtGraph(b._rt, capture_graph(b._rt, b._stream, work), b._stream)
+        return self._backend.capture(work)
 
 
 class TrtGraph(CapturedGraph):

@@ -230,7 +230,7 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
     if cfg.cuda_graph:
         from ..backends.select import TENSORRT, choose_backend, probe_available
 
-        chosen, _ = choose_backend(backend, cfg.device, engine, probe_available(check_cuda=False))
+        chosen, _ = choose_backend(backend, cfg.device, engine, probe_available(check_cuda=cfg.device == "cuda"))
         if chosen != TENSORRT:
             raise VlaError("--cuda-graph in engine mode replays TensorRT's engine; without TensorRT, time the GPU "
                            "data path's graphs with --loop --device cuda --cuda-graph")
@@ -253,15 +253,12 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
 
 
 def _has_manifest(path: Path) -> bool:
-    import onnx
-
-    from ..manifest import METADATA_KEY
+    from ..engine import embedded_manifest_text
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
+        return embedded_manifest_text(path) is not None
+    except VlaError:
         return False  # ONNX Runtime gives the real error when it loads it
-    return any(p.key == METADATA_KEY for p in model.metadata_props)
 
 
 # ==================================================================================================
