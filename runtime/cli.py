@@ -217,11 +217,12 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:
         for record in runner:
-            for sink in sinks:
-                sink.write(record)
+            # Counted before it is published, so a scrape never lags what a consumer has already read.
             if metrics is not None:
                 metrics.observe(record)
                 metrics.dropped_totals(runner.dropped)
+            for sink in sinks:
+                sink.write(record)
     finally:
         for sink in sinks:
             sink.close()
