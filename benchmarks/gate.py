@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from kernels_bench import MEAN, STD, make_frame, opencv_chain
 from machine import describe
+from reference_export import export_reference
 
 import vla.kernels as K
 from vla.runtime.bench.loop_bench import run_loop_bench
@@ -94,11 +94,7 @@ def main() -> int:
         engine = args.engine
         if engine is None:
             engine = str(Path(tmp) / "reference")
-            done = subprocess.run([sys.executable, "-m", "vla.export.cli", "reference", "-o", engine],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise VlaError(f"exporting the reference model failed: {last}")
+            export_reference(engine)
         kern = kernel_speedup()
         loop = loop_efficiency(engine, args.ticks)
     figures = {"kernel_speedup_vs_opencv": kern["speedup"], "loop_efficiency": loop["efficiency"]}

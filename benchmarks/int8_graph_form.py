@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 from machine import describe
+from reference_export import export_reference
 
 from vla.export.precision import Int8Converter
 from vla.export.scenes import scene_sets
 from vla.export.speed import median_latencies_ms
 from vla.runtime.backends.ort import open_session
+from vla.runtime.cli_support import run_main
 from vla.runtime.manifest import parse_manifest
 
 
@@ -32,8 +33,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vla-form-") as tmp:
         for form, extra in (("as_exported", ["--no-slim"]), ("cleaned", [])):
             out = Path(tmp) / form
-            subprocess.run([sys.executable, "-m", "vla.export.cli", "reference", "-o", str(out), *extra],
-                           check=True, capture_output=True)
+            export_reference(out, *extra)
             fp32 = onnx.load(str(out / "model.onnx"))
             del fp32.metadata_props[:]
             spec = parse_manifest(json.loads((out / "manifest.json").read_text()))
@@ -54,4 +54,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("int8_graph_form", main))

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
 from machine import describe
+from reference_export import export_reference
 
 from vla.export.accuracy import measure as measure_accuracy
 from vla.export.parity import run_torch
@@ -29,19 +28,10 @@ from vla.export.reference import build_reference
 from vla.export.scenes import scene_sets
 from vla.export.speed import median_latencies_ms
 from vla.runtime.backends.ort import open_session
+from vla.runtime.cli_support import run_main
 from vla.runtime.manifest import parse_manifest
 
 BENCH_SEED = 20_000
-
-
-def export(out: Path, precision: str) -> float:
-    """Run vla-export; the wall time in seconds."""
-    cmd = [sys.executable, "-m", "vla.export.cli", "reference", "-o", str(out), "--precision", precision]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"precision benchmark: {' '.join(cmd[2:])} failed:\n{proc.stderr}")
-    return time.perf_counter() - start
 
 
 def measure_precisions(out: Path, runs: int = 30, threads: int | None = None, heldout: int = 16, reuse: bool = False
@@ -50,7 +40,7 @@ def measure_precisions(out: Path, runs: int = 30, threads: int | None = None, he
     seconds = {}
     for precision in ("fp32", "fp16", "int8"):
         if not (reuse and (out / precision / "model.onnx").exists()):
-            seconds[precision] = round(export(out / precision, precision), 1)
+            seconds[precision] = round(export_reference(out / precision, "--precision", precision), 1)
             print(f"exported {precision} in {seconds[precision]} s", file=sys.stderr)
     models = {k: onnx.load(str(out / k / "model.onnx")) for k in ("fp32", "fp16", "int8")}
     spec = parse_manifest(json.loads((out / "fp32" / "manifest.json").read_text()))
@@ -121,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("precision", main))

@@ -176,3 +176,10 @@ def test_loop_mode_times_the_real_pipeline(reference_bundle, tmp_path):
                    for o, e, a, c in zip(s["overhead"], s["e2e"], s["acquire"], s["compute"], strict=True))
     assert 0 < r["stages"]["overhead"]["median"] < r["stages"]["e2e"]["median"]
     assert sum(r["status"].values()) == 15
+
+
+def test_loop_mode_refuses_cuda_graph_on_the_host_data_path(reference_bundle):
+    """A CPU backend has no device tick to graph: saying nothing would report graph-less figures as graphed."""
+    proc = run_cli(VLA_BENCH, "--engine", reference_bundle, "--loop", "--ticks", "2", "--backend", "ort",
+                   "--cuda-graph", "--camera", "synthetic://?size=640x360", timeout=120)
+    assert_one_line_error(proc, "host data path")

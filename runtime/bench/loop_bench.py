@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ..errors import VlaError
 from ..stats import summarize
 from .result import SCHEMA, Result
 
@@ -50,6 +51,10 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
     cameras = open_cameras([camera], opened.manifest.camera_names)
     runner = Runner(opened, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms, max_ticks=warmup_ticks + ticks,
                                                cuda_graph=cuda_graph))
+    if cuda_graph and not runner.on_device:
+        runner.close()
+        raise VlaError(f"--cuda-graph: the loop runs on the host data path here ({opened.describe()}), so there is "
+                       "no device tick to graph; use --device cuda with --backend torch or trt, or drop --cuda-graph")
     records: list[dict[str, Any]] = []
     interrupted = False
     started_at = first = last = None
