@@ -76,7 +76,12 @@ def graphs_to_drop(order: list[Hashable], limit: int = MAX_GRAPHS) -> list[Hasha
 
 class FrameUploads:
     """Per camera, a pinned staging buffer and a device buffer for its raw frames (made for the
-    first frame of each shape, then reused)."""
+    first frame of each shape, then reused).
+
+    A shape's buffers are kept after the camera moves on to another: a captured graph bakes their
+    addresses in, and a camera that switches back (a mode change undone) finds its graph's buffers
+    still there. A few shapes per camera at most, so the memory is bounded in practice.
+    """
 
     def __init__(self, io: DeviceIO) -> None:
         self.io = io

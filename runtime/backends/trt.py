@@ -221,7 +221,7 @@ class TrtBackend(Backend):
         self._host: dict[str, np.ndarray] = {}
         self._extra: list[tuple[int, int]] = []  # (device, pinned host) pairs made for the data path
         self._events: list[Any] = []
-        self._graphs: dict[int, Any] = {}
+        self._graphs: dict[int, TrtGraph] = {}  # the engine alone, per parity (run()'s graphs)
         try:
             self._load(trt, list(plugins))
             self._allocate()
@@ -304,37 +304,37 @@ class TrtBackend(Backend):
 
     def _enqueue_engine(self) -> None:
         """The engine alone: its CUDA graph at this parity (captured after one plain run), else a plain enqueue."""
-        rt, stream, p = self._rt, self._stream, self._parity
+        p = self._parity
         graph = self._graphs.get(p)
         if graph is None and self.cuda_graph and self._plain_runs[p] >= 1:
             graph = self._capture(p)
         if graph is not None:
-            self._check("cudaGraphLaunch", rt.cudaGraphLaunch(graph, stream))
+            graph.launch()
             return
         self._execute()
         self._plain_runs[p] += 1
 
-    def _capture(self, parity: int) -> Any | None:
+    def _capture(self, parity: int) -> TrtGraph | None:
         """Capture one enqueue on our stream into an executable graph; None (graphs off) if it fails."""
         try:
-            exe = capture_graph(self._rt, self._stream, self._execute)
+            graph = self.capture(self._execute)
         except CaptureError as exc:
             self._drop_graphs()  # one rule for every parity: graphs on, or plain launches
             self.cuda_graph = False
             self.graph_note = f"off (capture failed: {str(exc)[:120]}; plain launches)"
             self._log(f"TensorRT backend: CUDA graph {self.graph_note}")
             return None
-        self._graphs[parity] = exe
+        self._graphs[parity] = graph
         self.graph_note = f"on ({len(self._graphs)} captured)"
-        return exe
+        return graph
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(int(self._stream)):
             raise VlaError(f"TensorRT execute_async_v3 failed: {self._sink.last_error()}")
 
     def _drop_graphs(self) -> None:
-        for exe in self._graphs.values():
-            self._rt.cudaGraphExecDestroy(exe)
+        for graph in self._graphs.values():
+            graph.close()
         self._graphs.clear()
 
     # ---- the Backend interface ----------------------------------------------------------------------
