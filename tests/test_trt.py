@@ -4,8 +4,13 @@ API rules TensorRT 11 imposes.
 TensorRT cannot be installed here (the registry's wheels are download stubs), so what runs everywhere
 is the pure logic (cache keys, stale reasons, decisions, workspace sizing, parser-error lines, the
 state double-buffer schedule), the command line without TensorRT, and a scan of the sources for
-APIs TensorRT 11 removed. The tests that build and run the reference bundle need TensorRT and a GPU
-and are skipped, with the reason, where either is missing; they are written to run on such a machine.
+APIs TensorRT 11 removed.
+
+The tests that build and run the reference bundle run twice: on real TensorRT with a GPU (skipped,
+with the reason, where either is missing), and everywhere on ``trt_standin``, a stand-in that
+emulates TensorRT's and cuda-bindings' documented APIs in host memory with CUDA's stream, capture
+and address rules, so that vla-build, the cache, the runner's device state and its CUDA graphs run
+here too. The stand-in proves the calls and their order, never TensorRT's numerics or speed.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tokenize
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_standin import Gpu, install, write_shims
 
 from conftest import assert_one_line_error, run_cli
 from vla.runtime.backends.trt import parse_device, plan_buffers
@@ -630,7 +638,53 @@ def test_probe_on_a_gpu():
     assert re.fullmatch(r"\d+\.\d+", device.driver) and re.fullmatch(r"\d+\.\d+", device.runtime)
 
 
-# ---- on a machine with TensorRT and a GPU --------------------------------------------------------------------
+# ---- building and running: on TensorRT with a GPU, and on the stand-in everywhere -------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """Where the build-and-run tests go: ``tensorrt`` (the real one, with a GPU) or ``stand-in``
+    (``trt_standin``: TensorRT's and cuda-bindings' APIs emulated in host memory, since neither can
+    be installed here); ``env`` is the environment child processes need to see it."""
+
+    name: str
+    env: dict[str, str] | None = None
+
+
+@pytest.fixture(scope="module", params=["stand-in", "tensorrt"])
+def trt_target(request, tmp_path_factory) -> Target:
+    if request.param == "tensorrt":
+        if not (HAVE_TRT and HAVE_GPU):
+            pytest.skip(NO_TRT if not HAVE_TRT else NO_GPU)
+        return Target("tensorrt")
+    shims = write_shims(tmp_path_factory.mktemp("trt-standin"))
+    path = os.pathsep.join([str(shims), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return Target("stand-in", {**os.environ, "PYTHONPATH": path})
+
+
+@pytest.fixture
+def on_target(trt_target, monkeypatch) -> Gpu | None:
+    """In this process, ``import tensorrt`` is the target's: the stand-in's emulated device, or None.
+
+    With the stand-in the data path stays on the host even where the kernels have CUDA: its "device"
+    memory is host memory, which the CUDA kernels cannot read.
+    """
+    if trt_target.name != "stand-in":
+        return None
+    import vla.kernels
+
+    monkeypatch.setattr(vla.kernels, "cuda_available", lambda: False)
+    return install(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def built_plan(reference_bundle, trt_target, tmp_path_factory) -> Path:
+    """vla-build on the reference bundle, once per target (minutes on a Jetson, ~1 min on a big GPU)."""
+    plan = tmp_path_factory.mktemp("plans") / "v2.plan"
+    proc = run_cli(VLA_BUILD, reference_bundle, "-o", plan, "--heartbeat-s", "5", timeout=1800, env=trt_target.env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "workspace:" in proc.stdout and "built in" in proc.stdout
+    return plan
+
 
 def _fill(backend, feeds: dict[str, np.ndarray]) -> None:
     for name, value in feeds.items():
@@ -647,18 +701,7 @@ def _close_to(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rtol: float) -
             np.testing.assert_allclose(a[name], b[name], rtol=0, atol=rtol * scale, err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def built_plan(reference_bundle, tmp_path_factory) -> Path:
-    """vla-build on the reference bundle, once for the module (minutes on a Jetson, ~1 min on a big GPU)."""
-    plan = tmp_path_factory.mktemp("plans") / "v2.plan"
-    proc = run_cli(VLA_BUILD, reference_bundle, "-o", plan, "--heartbeat-s", "5", timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-    assert "workspace:" in proc.stdout and "built in" in proc.stdout
-    return plan
-
-
-@needs_trt_gpu
-def test_vla_build_writes_plan_and_sidecar_then_reuses(built_plan, reference_bundle):
+def test_vla_build_writes_plan_and_sidecar_then_reuses(built_plan, reference_bundle, trt_target, on_target):
     import tensorrt as trt
 
     doc = read_sidecar(built_plan)
@@ -669,13 +712,12 @@ def test_vla_build_writes_plan_and_sidecar_then_reuses(built_plan, reference_bun
     assert doc["built"]["plan_bytes"] == built_plan.stat().st_size > 0
     assert Path(doc["timing_cache"]["path"]).stat().st_size > 0
     before = built_plan.stat().st_mtime_ns
-    again = run_cli(VLA_BUILD, reference_bundle, "-o", built_plan, timeout=600)
+    again = run_cli(VLA_BUILD, reference_bundle, "-o", built_plan, timeout=600, env=trt_target.env)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
     assert built_plan.stat().st_mtime_ns == before
 
 
-@needs_trt_gpu
-def test_plan_matches_onnx_runtime(built_plan, reference_bundle):
+def test_plan_matches_onnx_runtime(built_plan, reference_bundle, trt_target, on_target):
     from vla.runtime.backends.trt import open_trt_backend
     from vla.runtime.engine import open_engine
     from vla.runtime.feeds import example_feeds
@@ -686,8 +728,10 @@ def test_plan_matches_onnx_runtime(built_plan, reference_bundle):
         feeds = example_feeds(trt_backend.manifest, seed=1)
         _fill(trt_backend, feeds)
         _fill(ort_backend, feeds)
-        # FP32 graphs may run with TF32 tensor cores (TensorRT's default): agree to ~1e-2 of each output's scale.
-        _close_to({k: v.copy() for k, v in trt_backend.run().items()}, ort_backend.run(), rtol=1e-2)
+        # FP32 graphs may run with TF32 tensor cores (TensorRT's default): agree to ~1e-2 of each output's
+        # scale. The stand-in runs the same graph on ONNX Runtime: it must agree exactly.
+        tolerance = 0.0 if trt_target.name == "stand-in" else 1e-2
+        _close_to({k: v.copy() for k, v in trt_backend.run().items()}, ort_backend.run(), rtol=tolerance)
         timings = trt_backend.last_timings_ms()
         assert set(timings) == {"h2d", "compute", "d2h", "enqueue"} and timings["compute"] > 0
     finally:
@@ -695,15 +739,21 @@ def test_plan_matches_onnx_runtime(built_plan, reference_bundle):
         ort_backend.close()
 
 
-@needs_trt_gpu
-def test_device_state_and_cuda_graphs_match_host_commit(built_plan):
-    """commit_state (device double buffer, CUDA graphs) gives the same ticks as the loop's host copy, plain launches."""
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_device_state_and_cuda_graphs_match_host_commit(built_plan, trt_target, on_target, capture_fails):
+    """commit_state (device double buffer, CUDA graphs per parity) gives the same ticks as the loop's
+    host copy with plain launches; a graph replayed at the wrong parity would read the other slot.
+    A capture that fails (forced on the stand-in) turns graphs off and the ticks stay the same."""
     from vla.runtime.backends.trt import open_trt_backend
     from vla.runtime.feeds import example_feeds
 
-    quiet = lambda _line: None  # noqa: E731
-    device = open_trt_backend(built_plan, cuda_graph=True, log=quiet)
-    host = open_trt_backend(built_plan, cuda_graph=False, log=quiet)
+    if capture_fails and on_target is None:
+        pytest.skip("a failing capture is forced on the stand-in only")
+    if capture_fails:
+        on_target.fail_capture = "forced"
+    lines: list[str] = []
+    device = open_trt_backend(built_plan, cuda_graph=True, log=lines.append)
+    host = open_trt_backend(built_plan, cuda_graph=False, log=lambda _line: None)
     try:
         states = [(t.name, t.detail["from_output"]) for t in device.manifest.inputs_with("state")]
         assert states, "the reference model has recurrent state"
@@ -722,14 +772,22 @@ def test_device_state_and_cuda_graphs_match_host_commit(built_plan):
                 device.commit_state()
                 for dst, src in states:
                     np.copyto(host.feed(dst), b[src])
-        assert device.graph_note.startswith("on (2 captured)"), device.graph_note
+        if capture_fails:
+            assert device.graph_note.startswith("off (capture failed: cudaStreamEndCapture"), device.graph_note
+            assert sum("CUDA graph off (capture failed" in line for line in lines) == 1, lines
+        else:
+            assert device.graph_note.startswith("on (2 captured)"), device.graph_note
+        if on_target is not None:
+            # Every tick but parity 1's first (plain); parity 0's plain run was the one at start-up.
+            assert on_target.calls["cudaGraphLaunch"] == (0 if capture_fails else 5)
     finally:
         device.close()
         host.close()
+    if on_target is not None:
+        assert on_target.live() == 0, "close() left allocations, streams, events or graphs behind"
 
 
-@needs_trt_gpu
-def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp_path):
+def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp_path, on_target):
     from vla.runtime.backends.trt import open_trt_backend
 
     bundle = tmp_path / "bundle"
@@ -752,9 +810,35 @@ def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp
     assert "bundle changed (model hash sha256:cd34cd34…" in str(err.value) and "pass --rebuild" in str(err.value)
 
 
-@needs_trt_gpu
+def test_loop_on_the_trt_host_data_path(built_plan, on_target):
+    """The loop on TensorRT with preprocessing and decoding on the host: state committed on the device
+    (commit_state), the engine replayed as a graph per parity."""
+    from vla.runtime.backends.trt import open_trt_backend
+    from vla.runtime.loop import RunConfig, Runner
+    from vla.runtime.sources import open_cameras
+
+    if on_target is None:
+        import vla.kernels as K
+
+        if K.cuda_available():
+            pytest.skip("with CUDA kernels the loop takes the GPU data path (test_loop_on_the_trt_gpu_path)")
+    backend = open_trt_backend(built_plan, log=lambda _line: None)
+    cameras = open_cameras(["synthetic://?size=640x360"], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, RunConfig(max_ticks=12, budget_ms=1000.0))
+    try:
+        assert runner.data_path.startswith("host")
+        records = list(runner)
+        assert backend.graph_note == "on (2 captured)"
+    finally:
+        runner.close()
+    assert len(records) == 12 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
+    assert all(np.isfinite(r["trajectory"]).all() for r in records)
+    if on_target is not None:
+        assert on_target.calls["cudaGraphLaunch"] >= 8 and on_target.live() == 0
+
+
 @pytest.mark.parametrize("cuda_graph", [True, False])
-def test_loop_on_the_trt_gpu_path(built_plan, cuda_graph):
+def test_loop_on_the_trt_gpu_path(built_plan, trt_target, cuda_graph):
     """The loop on TensorRT's GPU data path (TrtDeviceIO): frames up, preprocess, engine and decode on
     the device; with CUDA graphs, one per state parity, captured after the first runs and replayed."""
     import vla.kernels as K
@@ -762,6 +846,8 @@ def test_loop_on_the_trt_gpu_path(built_plan, cuda_graph):
     from vla.runtime.loop import RunConfig, Runner
     from vla.runtime.sources import open_cameras
 
+    if trt_target.name == "stand-in":
+        pytest.skip("the stand-in's device memory is host memory: the data path's CUDA kernels need a GPU")
     if not K.cuda_available():
         pytest.skip(f"the kernels were built without CUDA here ({K.cuda_status()})")
     backend = open_trt_backend(built_plan, cuda_graph=cuda_graph, log=lambda _line: None)
