@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from trt_standin import Gpu, install, write_shims
 
-from conftest import assert_one_line_error, run_cli
+from conftest import VLA_EXPORT, VLA_RUN, assert_one_line_error, run_cli
 from vla.runtime.backends.trt import parse_device, plan_buffers
 from vla.runtime.errors import VlaError
 from vla.runtime.manifest import parse_manifest
@@ -67,6 +67,7 @@ from vla.runtime.trt.cache import (
 
 ROOT = Path(__file__).resolve().parent.parent
 VLA_BUILD = [sys.executable, "-m", "vla.runtime.trt.cli"]
+VLA_BENCH = [sys.executable, "-m", "vla.runtime.bench.cli"]
 HASH_A = "sha256:" + "ab12" * 16
 HASH_B = "sha256:" + "cd34" * 16
 
@@ -835,6 +836,69 @@ def test_loop_on_the_trt_host_data_path(built_plan, on_target):
     assert all(np.isfinite(r["trajectory"]).all() for r in records)
     if on_target is not None:
         assert on_target.calls["cudaGraphLaunch"] >= 8 and on_target.live() == 0
+
+
+def test_vla_run_builds_into_the_bundle_once_then_reuses(reference_bundle, trt_target, tmp_path):
+    """vla-run --backend trt on a bundle: the first start builds into the bundle's engine cache, the
+    next one reuses that plan; both run the loop."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("model.onnx", "manifest.json"):
+        shutil.copy(reference_bundle / name, bundle / name)
+    args = ("--engine", bundle, "--backend", "trt", "--device", "cuda", "--camera", "synthetic://?size=640x360",
+            "--frames", "6", "--budget-ms", "1000")
+    runs = [run_cli(VLA_RUN, *args, timeout=1800, env=trt_target.env) for _ in range(2)]
+    for proc, says in zip(runs, ("building it", "reusing"), strict=True):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert says in proc.stderr and "backend tensorrt" in proc.stderr, proc.stderr[-3000:]
+        records = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert len(records) == 6 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
+    assert len(list((bundle / "engines").glob("*.plan"))) == 1
+
+
+def test_vla_bench_times_a_plan_with_device_stages(built_plan, trt_target, tmp_path):
+    """vla-bench on a .plan: H2D, compute and D2H from CUDA events (trtexec's figures) and the enqueue
+    time, around the engine replayed as a CUDA graph."""
+    out = tmp_path / "plan.json"
+    proc = run_cli(VLA_BENCH, "--engine", built_plan, "--iterations", "6", "--duration", "0", "--cuda-graph",
+                   "--json", out, timeout=600, env=trt_target.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["backend"].startswith("TensorRT") and "CUDA graph on" in r["backend"] and r["settings"]["cuda_graph"]
+    assert {"preprocess", "h2d", "compute", "d2h", "decode", "enqueue", "e2e"} <= set(r["stages"])
+    s = r["samples"]
+    assert all(len(s[k]) == len(s["e2e"]) >= 6 for k in ("h2d", "compute", "d2h", "enqueue"))
+    # The device stages happen inside the host-timed iteration.
+    assert all(h + c + d <= e for h, c, d, e in zip(s["h2d"], s["compute"], s["d2h"], s["e2e"], strict=True))
+
+
+def test_vla_export_build_writes_bundle_and_engine(trt_target, tmp_path):
+    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--build", timeout=1800, env=trt_target.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plans = list((tmp_path / "b" / "engines").glob("*.plan"))
+    assert len(plans) == 1 and sidecar_path(plans[0]).is_file()
+    assert parse_sidecar(read_sidecar(plans[0])).model_hash == json.loads(
+        (tmp_path / "b" / "manifest.json").read_text())["model"]["hash"]
+
+
+def test_vla_build_prints_each_parser_error_and_fails_in_one_line(fake_bundle, trt_target):
+    proc = run_cli(VLA_BUILD, fake_bundle, timeout=600, env=trt_target.env)
+    assert_one_line_error(proc, "cannot parse this ONNX model")
+    assert "ONNX parser:" in proc.stdout + proc.stderr
+    assert not list(fake_bundle.glob("**/*.plan"))
+
+
+def test_a_corrupt_plan_is_one_line(built_plan, tmp_path, on_target):
+    from vla.runtime.backends.trt import open_trt_backend
+
+    plan = tmp_path / "v2.plan"
+    plan.write_bytes(b"\x00" * 4096)
+    shutil.copy(sidecar_path(built_plan), sidecar_path(plan))
+    with pytest.raises(VlaError) as err:
+        open_trt_backend(plan, log=lambda _line: None)
+    assert "cannot deserialize this plan" in str(err.value) and "rebuild it" in str(err.value)
+    if on_target is not None:
+        assert on_target.live() == 0, "a failed load left allocations or streams behind"
 
 
 @pytest.mark.parametrize("cuda_graph", [True, False])

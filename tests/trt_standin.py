@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib.machinery
 import sys
 import time
 import types
@@ -100,11 +101,18 @@ class Gpu:
         return len(self.device) + len(self.pinned) + len(self.queues) + len(self.events) + len(self.graphs)
 
 
+def _module(name: str) -> types.ModuleType:
+    """A module object with a spec, as an imported one has (``importlib.util.find_spec`` reads it)."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    return module
+
+
 # ---- cuda.bindings.runtime --------------------------------------------------------------------------------
 
 def cudart_module(gpu: Gpu) -> types.ModuleType:
     """``cuda.bindings.runtime`` over ``gpu``: calls return ``(err, *values)`` as cuda-bindings does."""
-    rt = types.ModuleType("cuda.bindings.runtime")
+    rt = _module("cuda.bindings.runtime")
     rt.cudaStreamNonBlocking = 1
     rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
     rt.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
@@ -413,7 +421,7 @@ class TensorIOMode(enum.Enum):
 def tensorrt_module(gpu: Gpu) -> types.ModuleType:
     """``tensorrt`` over ``gpu``: what ``runtime/trt`` and ``runtime/backends/trt.py`` call, no more
     (TensorRT 11's removed APIs, FP16/INT8 builder flags, calibrators, EXPLICIT_BATCH, are absent)."""
-    trt = types.ModuleType("tensorrt")
+    trt = _module("tensorrt")
     trt.__version__ = VERSION
     trt.DataType, trt.TensorLocation, trt.TensorIOMode = DataType, TensorLocation, TensorIOMode
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 1})
@@ -490,7 +498,7 @@ def install(monkeypatch: Any, gpu: Gpu | None = None) -> Gpu:
     """Make ``import tensorrt`` and ``cuda.bindings.runtime`` the stand-in for one test."""
     gpu = gpu or Gpu()
     rt = cudart_module(gpu)
-    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda, bindings = _module("cuda"), _module("cuda.bindings")
     cuda.bindings, bindings.runtime = bindings, rt
     for name, module in (("tensorrt", tensorrt_module(gpu)), ("cuda", cuda), ("cuda.bindings", bindings),
                          ("cuda.bindings.runtime", rt)):
@@ -502,6 +510,13 @@ _SHIM = """import sys
 sys.path.insert(0, {here!r})
 import trt_standin
 sys.modules[__name__] = trt_standin.{factory}(trt_standin.PROCESS_GPU)
+{extra}"""
+
+#: In the child's ``tensorrt``: the stand-in's "device" memory is host memory, which the data path's
+#: CUDA kernels cannot read, so the loop keeps preprocessing and decoding on the host even where the
+#: kernels were built with CUDA (as ``on_target`` does in-process).
+_HOST_DATA_PATH = """import vla.kernels
+vla.kernels.cuda_available = lambda: False
 """
 
 #: A child process's one emulated device, shared by its ``tensorrt`` and ``cuda.bindings.runtime``.
@@ -515,6 +530,7 @@ def write_shims(folder: Path) -> Path:
     (folder / "cuda" / "bindings").mkdir(parents=True, exist_ok=True)
     (folder / "cuda" / "__init__.py").write_text("")
     (folder / "cuda" / "bindings" / "__init__.py").write_text("")
-    (folder / "tensorrt.py").write_text(_SHIM.format(here=here, factory="tensorrt_module"))
-    (folder / "cuda" / "bindings" / "runtime.py").write_text(_SHIM.format(here=here, factory="cudart_module"))
+    (folder / "tensorrt.py").write_text(_SHIM.format(here=here, factory="tensorrt_module", extra=_HOST_DATA_PATH))
+    (folder / "cuda" / "bindings" / "runtime.py").write_text(_SHIM.format(here=here, factory="cudart_module",
+                                                                         extra=""))
     return folder

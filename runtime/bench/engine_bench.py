@@ -128,6 +128,12 @@ class Target:
     def stages(self) -> list[tuple[str, Any]]:
         raise NotImplementedError
 
+    def device_timings(self) -> dict[str, float]:
+        """The last iteration's stages timed on the device (CUDA events, ms), which replace or join the
+        host-timed ones: a GPU backend's ``h2d``, ``compute`` and ``d2h`` as trtexec reports them
+        (H2D Latency, GPU Compute Time, D2H Latency), and ``enqueue``. Empty on the CPU."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -208,6 +214,12 @@ class BundleTarget(Target):
     def stages(self) -> list[tuple[str, Any]]:
         return [("preprocess", self._preprocess), ("compute", self._compute), ("decode", self._decode_out)]
 
+    def device_timings(self) -> dict[str, float]:
+        timings = getattr(self.backend_obj, "last_timings_ms", dict)()
+        if "h2d" not in timings:  # a CPU run: its compute is host wall time, already timed as such
+            return {}
+        return {k: float(timings[k]) for k in ("h2d", "compute", "d2h", "enqueue") if k in timings}
+
     def close(self) -> None:
         self.backend_obj.close()
 
@@ -218,14 +230,10 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
     if not path.exists():
         raise VlaError(f"--engine {engine}: no such file or bundle folder")
     if path.suffix == ".plan" or backend == "trt":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            raise VlaError(f"--engine {engine}: TensorRT is not installed (import tensorrt failed); a .plan "
-                           "runs only where TensorRT is, e.g. on the Jetson that built it") from None
-        # The runner's own CUDA-event timings (last_timings_ms) are not yet split into h2d/compute/d2h
-        # stages here: compute is the host-timed run, which synchronises on its stream. The backend
-        # choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
+        from ..trt import import_tensorrt
+
+        import_tensorrt(f"--engine {engine}: a .plan runs")  # one line where it is missing (or a stub)
+        # The backend choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
         return BundleTarget(engine, cfg, backend=backend)
     if cfg.cuda_graph:
         from ..backends.select import TENSORRT, choose_backend, probe_available
@@ -290,6 +298,11 @@ def run_bench(target: Target, cfg: BenchConfig) -> Result:
                 now = clock()
                 samples[name].append(1000.0 * (now - t))
                 t = now
+            for name, value in target.device_timings().items():  # events replace a host-timed stage
+                if name in samples and len(samples[name]) > len(samples["e2e"]):
+                    samples[name][-1] = value
+                else:
+                    samples.setdefault(name, []).append(value)
             samples["e2e"].append(1000.0 * (t - t0))
             last = t
     except KeyboardInterrupt:
