@@ -901,6 +901,63 @@ def test_a_corrupt_plan_is_one_line(built_plan, tmp_path, on_target):
         assert on_target.live() == 0, "a failed load left allocations or streams behind"
 
 
+def test_trt_device_io_uploads_runs_downloads_and_captures(built_plan, reference_bundle, on_target):
+    """TrtDeviceIO, the GPU data path's view of TensorRT, on the stand-in: a pinned copy into the
+    engine's own camera buffer stands in for the preprocess kernel (kernels need a GPU), the run is
+    enqueued without a wait, only the trajectory comes back, and the sequence captured as a graph
+    replays with the pinned buffer's new contents."""
+    from vla.runtime.backends.trt import TrtDeviceIO, open_trt_backend
+    from vla.runtime.engine import open_engine
+    from vla.runtime.feeds import example_feeds
+
+    if on_target is None:
+        pytest.skip("on TensorRT the data path runs with its kernels (test_loop_on_the_trt_gpu_path)")
+    backend = open_trt_backend(built_plan, log=lambda _line: None)
+    reference = open_engine(str(reference_bundle), threads=1, backend="ort")
+    try:
+        io = TrtDeviceIO(backend)
+        m = backend.manifest
+        (camera,) = [t.name for t in m.inputs_with("camera")]
+        trajectory = m.outputs_with("trajectory")[0].name
+        before = io.run_key()
+        device_in = io.input(camera)  # written on the device from now on: no longer uploaded by the backend
+        io.host_outputs([])  # and nothing copied back but what the tick downloads itself
+        assert io.run_key() != before
+        _, pinned_in = io.staging(device_in.shape, device_in.dtype)
+        device_out = io.output(trajectory)
+        _, pinned_out = io.staging(device_out.shape, device_out.dtype)
+
+        def tick() -> None:
+            io.upload(device_in, pinned_in)
+            io.enqueue_run()
+            io.download(pinned_out, device_out)
+
+        def expected(seed: int) -> np.ndarray:
+            feeds = example_feeds(m, seed=seed)
+            _fill(reference, feeds)
+            np.copyto(pinned_in, feeds[camera])
+            _fill(backend, {k: v for k, v in feeds.items() if k != camera})
+            return reference.run()[trajectory].copy()
+
+        want = expected(3)
+        tick()
+        io.synchronize()
+        io.finish_run()
+        np.testing.assert_array_equal(pinned_out, want)
+        graph = io.capture(tick)
+        assert on_target.calls["cudaGraphInstantiate"] >= 1
+        want = expected(4)
+        pinned_out[...] = np.nan
+        graph.launch()
+        io.synchronize()
+        np.testing.assert_array_equal(pinned_out, want)
+        graph.close()
+    finally:
+        backend.close()
+        reference.close()
+    assert on_target.live() == 0
+
+
 @pytest.mark.parametrize("cuda_graph", [True, False])
 def test_loop_on_the_trt_gpu_path(built_plan, trt_target, cuda_graph):
     """The loop on TensorRT's GPU data path (TrtDeviceIO): frames up, preprocess, engine and decode on
