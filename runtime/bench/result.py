@@ -27,7 +27,8 @@ from typing import Any
 
 SCHEMA = "vla.bench/1"
 #: Stages in pipeline order. Engine mode on a CPU backend measures preprocess, compute, decode and
-#: e2e; GPU backends add h2d and d2h (CUDA events); loop mode adds acquire (capture -> every
+#: e2e; GPU backends time h2d, compute and d2h with CUDA events and add enqueue (the host's enqueue
+#: call, listed after these as trtexec lists it); loop mode adds acquire (capture -> every
 #: camera's frame in hand: the cameras' latency, not the runtime's) and overhead (e2e - acquire -
 #: compute: what the runtime itself costs per tick).
 STAGES = ("acquire", "preprocess", "h2d", "compute", "d2h", "decode", "overhead", "e2e")
