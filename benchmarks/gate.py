@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from machine import describe
 from reference_export import export_reference
 
 import vla.kernels as K
+from vla.runtime.bench.interleaved import interleaved_medians_ms
 from vla.runtime.bench.loop_bench import run_loop_bench
 from vla.runtime.cli_support import run_main
 from vla.runtime.errors import VlaError
@@ -46,18 +45,10 @@ def kernel_speedup(repeat: int = 60) -> dict[str, float]:
     """CPU twin vs OpenCV chain, interleaved run for run; medians and their ratio."""
     frame = make_frame("yuyv", 1920, 1080, np.random.default_rng(0))
     out = np.empty((3, 128, 256), np.float32)
-    ours, ocv = [], []
-    for i in range(repeat + 5):
-        t = time.perf_counter()
-        K.preprocess(frame, "yuyv", out, mean=MEAN, std=STD)
-        t1 = time.perf_counter()
-        opencv_chain(frame, "yuyv", 128, 256, np.float32)
-        t2 = time.perf_counter()
-        if i >= 5:
-            ours.append(t1 - t)
-            ocv.append(t2 - t1)
-    a, b = statistics.median(ours) * 1e3, statistics.median(ocv) * 1e3
-    return {"kernel_ms": a, "opencv_ms": b, "speedup": b / a}
+    ms = interleaved_medians_ms({"kernel": lambda: K.preprocess(frame, "yuyv", out, mean=MEAN, std=STD),
+                                 "opencv": lambda: opencv_chain(frame, "yuyv", 128, 256, np.float32)},
+                                runs=repeat, warmup=5)
+    return {"kernel_ms": ms["kernel"], "opencv_ms": ms["opencv"], "speedup": ms["opencv"] / ms["kernel"]}
 
 
 def loop_efficiency(engine: str, ticks: int) -> dict[str, float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from datetime import date
@@ -43,6 +42,7 @@ def ort_vs_torch(bundle: Path, runs: int, compile_too: bool) -> dict:
 
     from vla.export.reference import build_reference
     from vla.runtime.backends.ort import default_threads, open_session
+    from vla.runtime.bench.interleaved import interleaved_medians_ms
     from vla.runtime.feeds import example_feeds
     from vla.runtime.manifest import parse_manifest
 
@@ -65,15 +65,8 @@ def ort_vs_torch(bundle: Path, runs: int, compile_too: bool) -> dict:
             runners["torch_compile"] = lambda: compiled(*args)
         except Exception as exc:  # no C++ toolchain, an unsupported op: say why and go on
             notes["torch_compile"] = f"not measured: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
-    times: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
-        for i in range(runs + 3):
-            for name, fn in runners.items():
-                t = time.perf_counter()
-                fn()
-                if i >= 3:
-                    times[name].append(1000.0 * (time.perf_counter() - t))
-    med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians_ms(runners, runs, warmup=3)
     return {"threads": threads, "median_ms": med,
             "speedup_vs_eager": {k: med["torch_eager"] / v for k, v in med.items()}, **notes}
 

@@ -7,13 +7,13 @@ a noisy machine slows them alike and their ratio stays meaningful; the figures a
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from vla.runtime.backends.ort import open_session
+from vla.runtime.bench.interleaved import interleaved_medians_ms
 
 
 def median_latencies_ms(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], runs: int = 10,
@@ -25,11 +25,5 @@ def median_latencies_ms(models: dict[str, onnx.ModelProto], feeds: dict[str, np.
             path = Path(tmp) / f"{name}.onnx"
             onnx.save_model(model, str(path))
             sessions[name] = open_session(str(path), threads=threads)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for i in range(warmup + runs):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, feeds)
-            if i >= warmup:
-                times[name].append(1000.0 * (time.perf_counter() - start))
-    return {name: float(np.median(t)) for name, t in times.items()}
+    runners = {name: (lambda s=sess: s.run(None, feeds)) for name, sess in sessions.items()}
+    return interleaved_medians_ms(runners, runs, warmup)

@@ -183,3 +183,14 @@ def test_loop_mode_refuses_cuda_graph_on_the_host_data_path(reference_bundle):
     proc = run_cli(VLA_BENCH, "--engine", reference_bundle, "--loop", "--ticks", "2", "--backend", "ort",
                    "--cuda-graph", "--camera", "synthetic://?size=640x360", timeout=120)
     assert_one_line_error(proc, "host data path")
+
+
+def test_interleaved_medians_take_turns_and_skip_the_warm_up():
+    from vla.runtime.bench.interleaved import interleaved_medians_ms
+
+    calls: list[str] = []
+    slow = lambda: (calls.append("slow"), time.sleep(0.004))  # noqa: E731
+    fast = lambda: calls.append("fast")  # noqa: E731
+    ms = interleaved_medians_ms({"slow": slow, "fast": fast}, runs=5, warmup=2)
+    assert calls == ["slow", "fast"] * 7  # round by round, warm-up rounds included
+    assert set(ms) == {"slow", "fast"} and ms["slow"] >= 4.0 > ms["fast"] >= 0.0
