@@ -50,12 +50,15 @@ def _quiet():
 
 
 def export_onnx(loaded: LoadedModel, manifest: Manifest, feeds: dict[str, np.ndarray], path: Path,
-                opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Write ``path`` (one self-contained .onnx file); return how it was made."""
+                opset: int = DEFAULT_OPSET) -> tuple[dict[str, Any], torch.export.ExportedProgram | None]:
+    """Write ``path`` (one self-contained .onnx file); return how it was made, and the torch.export
+    program it was made from (None from the TorchScript exporter, or when only the ONNX exporter's
+    own fallbacks could trace the module), which the bundle's ``program.pt2`` reuses: one trace."""
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in manifest.inputs)
     names_in = [t.name for t in manifest.inputs]
     names_out = [t.name for t in manifest.outputs]
     exportable, exporter, note = loaded.exportable, "torch.export", None
+    program = exportable if isinstance(exportable, torch.export.ExportedProgram) else None
     start = time.perf_counter()
     with _quiet():
         if loaded.form == "torchscript":
@@ -66,6 +69,11 @@ def export_onnx(loaded: LoadedModel, manifest: Manifest, feeds: dict[str, np.nda
             except Exception as exc:
                 exporter = "torchscript"
                 note = f"torch.export could not convert the TorchScript archive ({_first_line(exc)})"
+        elif program is None:
+            try:  # traced once here; on failure the ONNX exporter tries its own strategies on the module
+                program = exportable = torch.export.export(exportable, args)
+            except Exception:
+                program = None
         try:
             torch.onnx.export(exportable, args, str(path), dynamo=exporter == "torch.export",
                               input_names=names_in, output_names=names_out, opset_version=opset,
@@ -77,7 +85,7 @@ def export_onnx(loaded: LoadedModel, manifest: Manifest, feeds: dict[str, np.nda
     info = {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 2)}
     if note:
         info["note"] = note
-    return info
+    return info, program
 
 
 def tensor_types(values: list[onnx.ValueInfoProto]) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:

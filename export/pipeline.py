@@ -60,12 +60,13 @@ def _run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, 
 
 
 def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, seconds: dict[str, float]
-                ) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any]]:
-    """The cleaned FP32 graph, how it was made, and the parity report against PyTorch."""
+                ) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any], Any]:
+    """The cleaned FP32 graph, how it was made, the parity report against PyTorch, and the
+    torch.export program the graph came from (or None; see ``export_onnx``)."""
     feed_sets = [example_feeds(spec, args.seed + i) for i in range(max(1, args.parity_inputs))]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / bundle.MODEL_FILE
-        how = export_onnx(loaded, spec, feed_sets[0], path, args.opset)
+        how, traced = export_onnx(loaded, spec, feed_sets[0], path, args.opset)
         seconds["torch_export"] = how.pop("seconds")
         say(f"exported with {how['exporter']} (opset {how['opset']}) in {seconds['torch_export']} s"
             + (f"; {how['note']}" if "note" in how else ""))
@@ -97,7 +98,7 @@ def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, s
         say(f"warning: parity FAILED ({problems}); going on because of --force")
     else:
         say(summary)
-    return model, how, parity
+    return model, how, parity, traced
 
 
 def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, fp32: onnx.ModelProto,
@@ -185,7 +186,7 @@ def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manif
 
 
 def save_program(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, folder: Path,
-                 seconds: dict[str, float]) -> Path | None:
+                 seconds: dict[str, float], traced: Any = None) -> Path | None:
     """``program.pt2`` in ``folder``: the model as a torch.export program, for the runtime's torch backend.
 
     FP32 only: the torch backend runs the FP32 model, and FP16/INT8 are decided in the ONNX graph,
@@ -205,7 +206,9 @@ def save_program(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, 
         from .convert import _quiet
 
         with _quiet():
-            if isinstance(loaded.exportable, torch.export.ExportedProgram):
+            if traced is not None:
+                program = traced  # the program the ONNX graph was exported from: no second trace
+            elif isinstance(loaded.exportable, torch.export.ExportedProgram):
                 program = loaded.exportable  # already a program: saved as loaded
             else:
                 feeds = example_feeds(spec, args.seed)
@@ -245,7 +248,7 @@ def run_export(args: argparse.Namespace) -> int:
         check_source(args.calib, spec)
     say(f"{loaded.source} ({loaded.form}), {spec.raw['model'].get('parameters', '?')} parameters")
 
-    model, how, parity = export_fp32(args, loaded, spec, seconds)
+    model, how, parity, traced = export_fp32(args, loaded, spec, seconds)
     precision: dict[str, Any] = {"mode": "fp32"}
     accuracy: dict[str, Any] | None = None
     if args.precision != "fp32":
@@ -254,7 +257,7 @@ def run_export(args: argparse.Namespace) -> int:
             say(f"warning: TensorRT: {problem}")
 
     with tempfile.TemporaryDirectory(prefix="vla-export-") as staging:
-        program = save_program(args, loaded, spec, Path(staging), seconds)
+        program = save_program(args, loaded, spec, Path(staging), seconds, traced)
         manifest = dict(spec.raw)
         manifest["model"] = dict(manifest["model"], hash=bundle.model_hash(model))
         manifest["tools"] = bundle.tool_versions()

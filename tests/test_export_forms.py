@@ -472,3 +472,27 @@ def test_op_without_onnx_translation_is_named(tiny, tmp_path):
     assert "test_export_forms.py:" in err and "return _wiggle(x)" in err
     assert "op vla_test.wiggle has no ONNX translation" in err
 
+
+
+def test_the_module_is_traced_once_for_the_graph_and_the_program(tiny, tmp_path, monkeypatch):
+    """torch.export runs once: the ONNX graph is exported from the program that program.pt2 then saves."""
+    from argparse import Namespace
+
+    from vla.export.pipeline import save_program
+
+    traced = []
+    real = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: traced.append(1) or real(*a, **k))
+    manifest = parse_manifest(tiny.SPEC)
+    net = tiny.build().eval()
+    loaded = LoadedModel(net, net, tiny.SPEC, "state_dict", "tiny")
+    feeds = example_feeds(manifest, 0)
+    how, program = export_onnx(loaded, manifest, feeds, tmp_path / "m.onnx")
+    assert how["exporter"] == "torch.export" and isinstance(program, torch.export.ExportedProgram)
+    saved = save_program(Namespace(precision="fp32", seed=0), loaded, manifest, tmp_path, {}, program)
+    assert traced == [1] and saved is not None
+    args = tuple(torch.from_numpy(feeds[t.name]) for t in manifest.inputs)
+    want = net(*args)
+    got = torch.export.load(str(saved)).module()(*args)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
