@@ -119,8 +119,9 @@ def _npz_sets(files: list[Path], manifest: Manifest, rng: np.random.Generator) -
     return sets
 
 
-def check_source(source: str, manifest: Manifest) -> None:
-    """Fail fast, before the slow export, on a calibration folder that cannot work."""
+def check_source(source: str, manifest: Manifest, count: int | None = None) -> None:
+    """Fail fast, before the slow export, on a calibration folder that cannot work: every file the
+    calibration will read (the first ``count`` recordings or images; all without ``count``) must load."""
     if source == "synthetic":
         return
     folder = Path(source)
@@ -129,7 +130,7 @@ def check_source(source: str, manifest: Manifest) -> None:
                        "or 'synthetic')")
     npz = sorted(folder.glob("*.npz"))
     if npz:
-        _npz_sets(npz, manifest, np.random.default_rng(0))
+        _npz_sets(npz[:count], manifest, np.random.default_rng(0))
         return
     cams = manifest.inputs_with("camera")
     if not cams:
@@ -139,7 +140,7 @@ def check_source(source: str, manifest: Manifest) -> None:
     if not samples:
         raise VlaError(f"--calib {source}: no .npz recordings and no images ({', '.join(IMAGE_SUFFIXES)}) "
                        f"in the folder or in sub-folders named {names}")
-    for path in {p for sample in samples for p in sample.values()}:
+    for path in {p for sample in samples[:count] for p in sample.values()}:
         _read_image(path, 8, 8)
 
 

@@ -245,7 +245,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.precision == "int8":
         from .calibration import check_source
 
-        check_source(args.calib, spec)
+        check_source(args.calib, spec, args.calib_samples)
     say(f"{loaded.source} ({loaded.form}), {spec.raw['model'].get('parameters', '?')} parameters")
 
     model, how, parity, traced = export_fp32(args, loaded, spec, seconds)

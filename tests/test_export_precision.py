@@ -19,6 +19,7 @@ from vla.export.bundle import model_hash
 from vla.export.calibration import data_hash
 from vla.export.precision import local_errors
 from vla.export.search import prefix_lengths, search_exclusions
+from vla.runtime.errors import VlaError
 from vla.runtime.manifest import METADATA_KEY, parse_manifest
 
 SMALL = {"vit_depth": 1, "resampler_depth": 1, "fusion_depth": 1, "world_depth": 1, "action_depth": 1,
@@ -411,3 +412,18 @@ def test_local_sensitivity_recomputes_conv_as_onnx_runtime_does(x_shape, w_shape
     got = _apply(node, torch.from_numpy(x), torch.from_numpy(w)).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_check_reads_what_calibration_will_read(reference_manifest, tmp_path):
+    """The fail-fast check before the export loads the files the calibration will use (the first
+    --calib-samples), not a whole folder of recordings."""
+    from vla.export.calibration import check_source
+
+    manifest = parse_manifest(reference_manifest)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((90, 160, 3), 50 * i, np.uint8))
+    (tmp_path / "02.png").write_bytes(b"not a picture")  # sorted last: read only when 3+ sets are asked for
+    check_source(str(tmp_path), manifest, 2)
+    for count in (3, None):
+        with pytest.raises(VlaError, match=r"02\.png"):
+            check_source(str(tmp_path), manifest, count)
