@@ -809,6 +809,10 @@ def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp
     with pytest.raises(VlaError) as err:
         open_trt_backend(bundle, log=lines.append)
     assert "bundle changed (model hash sha256:cd34cd34…" in str(err.value) and "pass --rebuild" in str(err.value)
+    backend = open_trt_backend(bundle, rebuild=True, log=lines.append)  # --rebuild: built again, then used
+    backend.close()
+    assert any("rebuilding" in line for line in lines), lines
+    assert parse_sidecar(read_sidecar(cached)).model_hash == doc["manifest"]["model"]["hash"] != HASH_B
 
 
 def test_loop_on_the_trt_host_data_path(built_plan, on_target):

@@ -562,9 +562,9 @@ class TrtGraph(CapturedGraph):
         self._rt, self._exe, self._stream = rt, exe, stream
 
     def launch(self) -> None:
-        (err,) = self._rt.cudaGraphLaunch(self._exe, self._stream)
-        if int(err) != 0:
-            raise VlaError(f"cudaGraphLaunch failed: {err}")
+        from ..trt import cuda_check
+
+        cuda_check(self._rt, "cudaGraphLaunch", self._rt.cudaGraphLaunch(self._exe, self._stream))
 
     def close(self) -> None:
         if self._exe is not None:
