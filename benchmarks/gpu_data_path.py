@@ -71,7 +71,6 @@ def main() -> int:
     m = backend.manifest
     traj = m.outputs_with("trajectory")[0]
     score = m.outputs_with("score")[0].name if m.outputs_with("score") else None
-    io.host_outputs(())
     rig = RigPreprocessor.for_backend(backend, device=io)
     notes: list[str] = []
 

@@ -128,11 +128,6 @@ class DeviceDecoder:
         """The decoded trajectory, once the stream has passed the downloads."""
         return self._reader.read(self.result, self.points)
 
-    def __call__(self, trajectory: Any, score: Any | None) -> DecodedTrajectory:
-        self.enqueue(trajectory, score)
-        self.io.synchronize()
-        return self.read()
-
 
 class DeviceTick:
     """One tick's device work (module doc): staged on the loop thread, run on the engine thread."""
@@ -140,6 +135,7 @@ class DeviceTick:
     def __init__(self, io: DeviceIO, rig: RigPreprocessor, decoder: DeviceDecoder, trajectory: str,
                  score: str | None, *, cuda_graph: bool = True, log: Callable[[str], None] | None = None) -> None:
         self.io, self.rig, self.decoder = io, rig, decoder
+        io.host_outputs(())  # the decode reads the engine's outputs on the device: none come back
         self._trajectory, self._score = trajectory, score
         self.uploads = FrameUploads(io)
         self._log = log or (lambda line: None)
@@ -147,6 +143,7 @@ class DeviceTick:
         self.graph_note = "on (captured after the first runs)" if cuda_graph else "off (--no-cuda-graph)"
         self._graphs: OrderedDict[Hashable, CapturedGraph] = OrderedDict()
         self._eager: Counter[Hashable] = Counter()
+        self._replay_failed: set[Hashable] = set()  # keys whose graph failed to launch: plain from then on
         self._jobs: list[tuple[Any, tuple[Any, np.ndarray]]] = []
         self._frames_key: tuple[Any, ...] = ()
         self.last_action: GraphAction | None = None
@@ -162,7 +159,8 @@ class DeviceTick:
         """Enqueue the staged tick (a graph replay, or the plain launches) without waiting; returns
         which. ``mark(stage)`` is called after each stage of a plain launch (benchmarks record events)."""
         key = (self._frames_key, self.io.run_key())
-        action = graph_action(key, self._graphs, self._eager[key], enabled=self._graphs_on)
+        action = graph_action(key, self._graphs, self._eager[key],
+                              enabled=self._graphs_on and key not in self._replay_failed)
         if action == "capture" and self._capture(key):
             action = "replay"
         elif action == "capture":
@@ -172,7 +170,8 @@ class DeviceTick:
             try:
                 self._graphs[key].launch()
             except Exception:
-                self._graphs.pop(key).close()  # not replayed again: the next tick at this key runs plainly
+                self._graphs.pop(key).close()  # not replayed or captured again: this key runs plainly
+                self._replay_failed.add(key)
                 raise
         else:
             self._enqueue(mark)
@@ -232,7 +231,7 @@ class DeviceTick:
         except CaptureError as exc:
             self._graphs_on = False
             self.close()
-            self.graph_note = f"off (capture failed: {' '.join(str(exc).split())[:160]}; plain launches)"
+            self.graph_note = f"off (capture failed: {str(exc)[:160]}; plain launches)"  # CaptureError: one line
             self._log(f"CUDA graph of the tick {self.graph_note}")
             return False
         self.graph_note = f"on ({len(self._graphs)} captured)"

@@ -125,7 +125,8 @@ class Runner:
         self._pre = RigPreprocessor.for_backend(backend, device=device)
         self._device_tick: DeviceTick | None = None
         self._states = [(t.name, t.detail["from_output"]) for t in m.inputs_with("state")]
-        # Backends with double-buffered state (ONNX Runtime, torch, TensorRT) swap buffers: no copy.
+        # Backends that keep state themselves (ONNX Runtime and TensorRT swap buffers, torch copies on
+        # the device) commit it; others get the host copy.
         device_commit = getattr(backend, "commit_state", None)
         self._commit_state = (lambda out: device_commit()) if device_commit else self._copy_state
         for t in m.inputs_with("state"):
@@ -160,7 +161,6 @@ class Runner:
             self._decode = lambda out: host(out[traj_name], out[score_name] if score_name else None)
             self._engine_run = backend.run
         else:
-            device.host_outputs(())
             tick = DeviceTick(device, self._pre, DeviceDecoder(device, self._dt, self._points, **limits),
                               traj_name, score_name, cuda_graph=config.cuda_graph, log=config.log)
             self._device_tick = tick
@@ -424,8 +424,8 @@ class Runner:
                    lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
         """Fill the inputs, run the engine until the deadline, decode: (trajectory, problem, late)."""
         t = time.monotonic()
-        for name in self._pre.names:
-            self._last_seq[name] = frames[name].seq
+        for cam in self._pre.cameras:
+            self._last_seq[cam.name] = frames[cam.name].seq
         running = None
         try:  # host: the kernel's helper threads start converting; GPU: the frames go into pinned staging
             if self._device_tick is None:
@@ -447,8 +447,8 @@ class Runner:
         self._noise_drawn = False
         self._in_flight = capture
         if not worker.wait(deadline - time.monotonic()):
-            running = (time.monotonic() - worker.started) * 1000.0
-            return None, (f"late: engine still running {running:.0f} ms in at the deadline "
+            busy_ms = (time.monotonic() - worker.started) * 1000.0
+            return None, (f"late: engine still running {busy_ms:.0f} ms in at the deadline "
                           f"(budget {self.cfg.budget_ms:g} ms)"), True
         return self._collect(lat)
 

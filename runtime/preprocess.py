@@ -106,8 +106,9 @@ class RigPreprocessor:
 
     def start(self, frames: Mapping[str, Frame]) -> Any:
         """Check every frame and start the conversion; ``.wait()`` on the result finishes it (the
-        caller's thread joins the helpers there, so it can fill other inputs first)."""
-        jobs = [(p, f.data) for p, f in self.check(frames)]
+        caller's thread joins the helpers there, so it can fill other inputs first). The frames are
+        checked once, by ``preprocess_start``; its ``jobs[i]`` errors are turned into camera names."""
+        jobs = [(cam.prepared(frames[cam.name]), frames[cam.name].data) for cam in self.cameras]
         try:
             return preprocess_start(jobs, threads=self.threads)
         except ValueError as exc:

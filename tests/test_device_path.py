@@ -170,7 +170,6 @@ def _open_pair(bundle):
 def _device_tick(backend, io, **kw) -> DeviceTick:
     m = backend.manifest
     steps = m.outputs_with("trajectory")[0].shape[-2]
-    io.host_outputs(())
     rig = RigPreprocessor.for_backend(backend, threads=1, device=io)
     return DeviceTick(io, rig, DeviceDecoder(io, 0.1, steps), "trajectory", "score", **kw)
 
@@ -225,6 +224,31 @@ def test_a_failed_capture_turns_graphs_off_once_and_plain_launches_go_on(referen
     assert io.captures == 1 and io.runs == 6  # one failed attempt, then every tick launched plainly
     assert tick.last_action == "eager" and "off (capture failed: stand-in: the engine cannot" in tick.graph_note
     assert len(lines) == 1 and "CUDA graph of the tick off" in lines[0]
+
+
+def test_a_graph_whose_replay_fails_is_dropped_and_its_key_runs_plainly_after(reference_bundle):
+    _, dev = _open_pair(reference_bundle)
+    io = HostDeviceIO(dev)
+    tick = _device_tick(dev, io)
+    frames = {n: _frame(n, 320, 240) for n in dev.manifest.camera_names}
+    tick.stage(frames)  # no commit_state: one state parity, so one key throughout
+    for _ in range(WARM_RUNS + 1):
+        tick.run()
+    assert tick.last_action == "replay" and io.captures == 1
+    (graph,) = tick._graphs.values()
+
+    def fail():
+        raise RuntimeError("stand-in: cudaGraphLaunch failed")
+
+    graph.launch = fail
+    with pytest.raises(RuntimeError, match="cudaGraphLaunch failed"):
+        tick.run()
+    assert graph.closed and not tick._graphs
+    for _ in range(2 * WARM_RUNS):
+        tick.run()
+        assert tick.last_action == "eager"
+    assert io.captures == 1  # never captured again for this key
+    tick.close()
 
 
 def test_a_new_frame_size_or_state_parity_gets_its_own_graph_and_old_ones_are_dropped(reference_bundle):
