@@ -49,9 +49,9 @@ def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = N
 
 
 def embedded_manifest_text(model_path: Path) -> str | None:
-    """The manifest in the model's metadata: read with ``onnx`` where it is installed (the metadata
-    alone, no weights, and a graph with plugin ops TensorRT alone runs is fine), else through an
-    ONNX Runtime session."""
+    """The manifest in the model's metadata: read with ``onnx`` where it is installed (no session and
+    no external weight files, so a graph with plugin ops TensorRT alone runs is fine), else through
+    an ONNX Runtime session."""
     try:
         import onnx
     except ImportError:

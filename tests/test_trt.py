@@ -285,6 +285,9 @@ def test_cache_and_timing_cache_paths(tmp_path):
     k = key(gpu="NVIDIA H100 80GB HBM3", tensorrt="10.3.0")
     assert slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3" and slug("  ") == "gpu"
     assert cache_path(tmp_path, k) == tmp_path / "engines" / "nvidia-h100-80gb-hbm3-trt10.3.0.plan"
+    # Bare .onnx files side by side get a plan each.
+    assert cache_path(tmp_path, k, "a.onnx") != cache_path(tmp_path, k, "b.onnx") != cache_path(tmp_path, k)
+    assert cache_path(tmp_path, k, "a.onnx").name == "a-nvidia-h100-80gb-hbm3-trt10.3.0.plan"
     assert timing_cache_path(tmp_path, k) == tmp_path / "nvidia-h100-80gb-hbm3-trt10.3.0.timing"
 
 
@@ -751,7 +754,7 @@ def test_device_state_and_cuda_graphs_match_host_commit(built_plan, trt_target, 
     if capture_fails and on_target is None:
         pytest.skip("a failing capture is forced on the stand-in only")
     if capture_fails:
-        on_target.fail_capture = "forced"
+        on_target.fail_capture = True
     lines: list[str] = []
     device = open_trt_backend(built_plan, cuda_graph=True, log=lines.append)
     host = open_trt_backend(built_plan, cuda_graph=False, log=lambda _line: None)
@@ -813,6 +816,19 @@ def test_bundle_cache_reuses_and_refuses_stale(built_plan, reference_bundle, tmp
     backend.close()
     assert any("rebuilding" in line for line in lines), lines
     assert parse_sidecar(read_sidecar(cached)).model_hash == doc["manifest"]["model"]["hash"] != HASH_B
+
+
+def test_bare_onnx_files_side_by_side_keep_a_plan_each(reference_bundle, tmp_path, on_target):
+    from vla.runtime.backends.trt import open_trt_backend
+
+    for name in ("a.onnx", "b.onnx"):  # each carries its manifest, as vla-run --engine takes them
+        shutil.copy(reference_bundle / "model.onnx", tmp_path / name)
+    lines: list[str] = []
+    for name in ("a.onnx", "b.onnx", "a.onnx"):
+        open_trt_backend(tmp_path / name, log=lines.append).close()
+    decisions = [line for line in lines if "building it" in line or "reusing" in line]
+    assert ["building it" in d for d in decisions] == [True, True, False], decisions
+    assert len(list((tmp_path / "engines").glob("*.plan"))) == 2
 
 
 def test_loop_on_the_trt_host_data_path(built_plan, on_target):

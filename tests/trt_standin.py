@@ -72,7 +72,7 @@ class Gpu:
         self.capturing: dict[int, list[Callable[[], None]]] = {}
         self.events: dict[int, float | None] = {}
         self.graphs: dict[int, list[Callable[[], None]]] = {}
-        self.fail_capture: str | None = None  # make the next captures fail, as TensorRT does for some plans
+        self.fail_capture = False  # make the next captures fail, as TensorRT does for some plans
         self.calls: Counter[str] = Counter()
         self._next = 0x1000
 
@@ -132,11 +132,9 @@ def cudart_module(gpu: Gpu) -> types.ModuleType:
     rt.cudaMemGetInfo = lambda: (SUCCESS, 8 << 30, 16 << 30)
 
     def malloc(nbytes: int) -> tuple[int, int]:
-        count("cudaMalloc")
         return SUCCESS, gpu.allocate(gpu.device, nbytes)
 
     def malloc_host(nbytes: int) -> tuple[int, int]:
-        count("cudaMallocHost")
         return SUCCESS, gpu.allocate(gpu.pinned, nbytes)
 
     def free(table: dict[int, ctypes.Array]) -> Callable[[int], tuple[int]]:
@@ -172,7 +170,6 @@ def cudart_module(gpu: Gpu) -> types.ModuleType:
         return (gpu.enqueue(stream, lambda: ctypes.memset(ptr, value, nbytes)),)
 
     def memcpy(dst: int, src: int, nbytes: int, kind: int, stream: int) -> tuple[int]:
-        count("cudaMemcpyAsync")
         to_device = kind == rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         dst_table, src_table = (gpu.device, gpu.pinned) if to_device else (gpu.pinned, gpu.device)
         if not (gpu.inside(dst_table, dst, nbytes) and gpu.inside(src_table, src, nbytes)):
@@ -262,8 +259,7 @@ class _Tensor:
 
 
 class _Network:
-    def __init__(self, flags: int) -> None:
-        self.flags = flags
+    def __init__(self) -> None:
         self.model: onnx.ModelProto | None = None
         self._ins: list[_Tensor] = []
         self._outs: list[_Tensor] = []
@@ -406,7 +402,6 @@ class _Context:
                 if not is_in:
                     ctypes.memmove(ptr, np.ascontiguousarray(outs[n], dt).ctypes.data, nb)
 
-        self.gpu.calls["execute_async_v3"] += 1
         return self.gpu.enqueue(int(stream), run) == SUCCESS
 
 
@@ -437,7 +432,7 @@ def tensorrt_module(gpu: Gpu) -> types.ModuleType:
         def create_network(self, flags: int) -> _Network:
             if flags != 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED):
                 raise TypeError(f"the stand-in builds strongly typed networks only (flags {flags})")
-            return _Network(flags)
+            return _Network()
 
         def create_builder_config(self) -> _Config:
             return _Config()

@@ -54,19 +54,19 @@ class OrtBackend(Backend):
         self.manifest = manifest
         self.threads = threads
         self.spin = spin
-        self._inputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.inputs}
-        self._outputs = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.outputs}
+        base_in = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.inputs}
+        base_out = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.outputs}
         # state input -> its output; the second array of each pair is the input's other buffer
         pairs = {t.name: t.detail["from_output"] for t in manifest.inputs_with("state")
-                 if t.detail.get("from_output") in self._outputs}
-        spare = {i: np.zeros_like(self._inputs[i]) for i in pairs}
+                 if t.detail.get("from_output") in base_out}
+        spare = {i: np.zeros_like(base_in[i]) for i in pairs}
         self._parity = 0
         self._views: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         self._bindings = []
         for parity in (0, 1):
-            inputs, outputs = dict(self._inputs), dict(self._outputs)
+            inputs, outputs = dict(base_in), dict(base_out)
             for i, o in pairs.items():
-                first, second = (self._inputs[i], spare[i]) if parity == 0 else (spare[i], self._inputs[i])
+                first, second = (base_in[i], spare[i]) if parity == 0 else (spare[i], base_in[i])
                 inputs[i], outputs[o] = first, second  # this run reads first and writes second
             binding = session.io_binding()
             for name, arr in inputs.items():

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph, parse_manifest
+from ..trt import cuda_check  # no TensorRT or CUDA import: runtime.trt imports those lazily
 from .base import Backend
 from .device_io import CapturedGraph, CaptureError, DeviceArray, DeviceIO
 
@@ -176,6 +177,12 @@ def capture_graph(rt: Any, stream: Any, work: Callable[[], None]) -> Any:
         work()
     except Exception as exc:
         why = " ".join(str(exc).split())[:160] or type(exc).__name__
+    except BaseException:  # Ctrl-C mid-capture: end it all the same, or the stream stays capturing
+        _, graph = rt.cudaStreamEndCapture(stream)
+        if graph is not None:
+            rt.cudaGraphDestroy(graph)
+        rt.cudaGetLastError()
+        raise
     err, graph = rt.cudaStreamEndCapture(stream)
     if not why and int(err) == 0 and graph is not None:
         err, exe = rt.cudaGraphInstantiate(graph, 0)
@@ -196,7 +203,7 @@ class TrtBackend(Backend):
 
     def __init__(self, plan: str | Path, manifest: Manifest, *, plugins: list[Any] | tuple[Any, ...] = (),
                  cuda_graph: bool = True, device: int = 0, log: Any = None) -> None:
-        from ..trt import cuda_check, import_cudart, import_tensorrt, probe_cuda
+        from ..trt import import_cudart, import_tensorrt, probe_cuda
         from ..trt.build import TrtLog, make_logger
 
         trt = import_tensorrt("the TensorRT backend runs")
@@ -562,8 +569,6 @@ class TrtGraph(CapturedGraph):
         self._rt, self._exe, self._stream = rt, exe, stream
 
     def launch(self) -> None:
-        from ..trt import cuda_check
-
         cuda_check(self._rt, "cudaGraphLaunch", self._rt.cudaGraphLaunch(self._exe, self._stream))
 
     def close(self) -> None:
@@ -630,7 +635,7 @@ def open_trt_backend(engine: str | Path, device: str | int = "cuda", *, rebuild:
     trt = import_tensorrt("the TensorRT backend runs")
     dev = probe_cuda(index, import_cudart())
     key = plan_key(trt.__version__, dev, bundle, libs, workspace_mb)
-    plan = cache_path(bundle.dir, key)
+    plan = cache_path(bundle.dir, key, bundle.model.name)
     decision = decide(plan, key, rebuild)
     if decision.action == "refuse":
         raise VlaError(decision.message)

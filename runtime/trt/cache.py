@@ -268,11 +268,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
 
 
-def cache_path(bundle_dir: str | Path, key: EngineKey) -> Path:
+def cache_path(bundle_dir: str | Path, key: EngineKey, model_name: str = "model.onnx") -> Path:
     """Where ``vla-run --backend trt`` keeps a bundle's plan for this GPU and TensorRT:
     ``<bundle>/engines/<gpu-slug>-trt<version>.plan``. One per GPU model and TensorRT version, so a
-    bundle moved between an Orin and a workstation keeps both."""
-    return Path(bundle_dir) / ENGINES_DIR / f"{slug(key.gpu)}-trt{key.tensorrt}.plan"
+    bundle moved between an Orin and a workstation keeps both. A bare ``.onnx`` (not a bundle's
+    ``model.onnx``) prefixes its own name, so several in one folder do not evict each other's plans."""
+    prefix = "" if model_name == "model.onnx" else f"{slug(Path(model_name).stem)}-"
+    return Path(bundle_dir) / ENGINES_DIR / f"{prefix}{slug(key.gpu)}-trt{key.tensorrt}.plan"
 
 
 def timing_cache_path(plan_dir: str | Path, key: EngineKey) -> Path:

@@ -13,7 +13,6 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from ..cli_support import run_main
@@ -82,8 +81,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def build_bundle(bundle_path: str | Path, *, output: str | None = None, workspace_mb: int | None = None,
                  plugins: list[str] | tuple[str, ...] = (), timing_cache: str | None = None, force: bool = False,
-                 device: int = 0, heartbeat_s: float = 10.0, verbose: bool = False,
-                 say: Callable[[str], None] = _say) -> int:
+                 device: int = 0, heartbeat_s: float = 10.0, verbose: bool = False) -> int:
     """What ``vla-build`` does (also ``vla-export --build``): check, then build or say the plan is up to date."""
     # Everything that needs no TensorRT first: these are the errors a user can fix anywhere.
     bundle = open_bundle(bundle_path)
@@ -97,12 +95,12 @@ def build_bundle(bundle_path: str | Path, *, output: str | None = None, workspac
 
     trt = import_tensorrt()
     dev = probe_cuda(device, import_cudart())
-    say(f"vla-build: TensorRT {trt.__version__}, CUDA driver {dev.driver} (runtime {dev.runtime}), {platform_tag()}")
-    say(f"GPU {dev.index}: {dev.name} (compute capability {dev.compute_capability}), "
+    _say(f"vla-build: TensorRT {trt.__version__}, CUDA driver {dev.driver} (runtime {dev.runtime}), {platform_tag()}")
+    _say(f"GPU {dev.index}: {dev.name} (compute capability {dev.compute_capability}), "
         f"{dev.free_bytes / GB:.1f} GB free of {dev.total_bytes / GB:.1f} GB")
-    say(f"bundle: {bundle.dir} (model {bundle.manifest.name}, {short_hash(bundle.model_hash)})")
+    _say(f"bundle: {bundle.dir} (model {bundle.manifest.name}, {short_hash(bundle.model_hash)})")
     key = plan_key(trt.__version__, dev, bundle, libs, workspace_mb)
-    plan = out or cache_path(bundle.dir, key)
+    plan = out or cache_path(bundle.dir, key, bundle.model.name)
 
     if plan.exists() and not force:
         if not sidecar_path(plan).is_file():
@@ -110,19 +108,19 @@ def build_bundle(bundle_path: str | Path, *, output: str | None = None, workspac
                            "built from is unknown; pass --force to overwrite it")
         decision = decide(plan, key, rebuild=True)
         if decision.action == "reuse":
-            say(f"up to date: {plan} was built from this bundle for this GPU and TensorRT (--force rebuilds it)")
+            _say(f"up to date: {plan} was built from this bundle for this GPU and TensorRT (--force rebuilds it)")
             return 0
-        say(decision.message)
-    say(f"plan: {plan}")
+        _say(decision.message)
+    _say(f"plan: {plan}")
     if threading.current_thread() is threading.main_thread():
         # The builder holds the main thread for minutes and Python runs signal handlers only there,
         # so Ctrl-C would wait for the build's end; let it stop the process at once instead (nothing
         # half-written is left: plan and sidecar are written atomically after the build).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     options = BuildOptions(workspace_mb=workspace_mb, timing_cache=timing, heartbeat_s=heartbeat_s, verbose=verbose)
-    doc = build_plan(bundle, plan, key, dev, libs, options, say)
+    doc = build_plan(bundle, plan, key, dev, libs, options, _say)
     built = doc["built"]
-    say(f"built in {built['elapsed_s']:.1f} s: {plan} ({built['plan_bytes'] / MB:.1f} MB), "
+    _say(f"built in {built['elapsed_s']:.1f} s: {plan} ({built['plan_bytes'] / MB:.1f} MB), "
         f"sidecar {sidecar_path(plan).name}, timing cache {doc['timing_cache']['path']}")
     return 0
 
