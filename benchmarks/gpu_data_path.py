@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 import time
 
@@ -33,13 +32,9 @@ import numpy as np
 
 from vla.runtime.cli_support import run_main
 from vla.runtime.errors import VlaError
+from vla.runtime.stats import summarize
 
 STAGES = ("frames_up", "preprocess", "engine", "decode")
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def main() -> int:
@@ -52,7 +47,10 @@ def main() -> int:
     if args.ticks < 1 or size is None:
         raise VlaError(f"--ticks must be 1 or more and --size WIDTHxHEIGHT (got {args.ticks}, {args.size!r})")
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise VlaError("needs PyTorch with CUDA (pip install torch)") from None
 
     import vla.kernels as K
     from vla.runtime.device_path import DeviceDecoder, DeviceTick
@@ -63,8 +61,7 @@ def main() -> int:
 
     if not torch.cuda.is_available() or not K.cuda_available():
         why = "PyTorch sees no CUDA device" if not torch.cuda.is_available() else K.cuda_status()
-        print(f"gpu_data_path: error: needs a CUDA device ({why})", file=sys.stderr)
-        return 2
+        raise VlaError(f"needs a CUDA device ({why})")
     w, h = int(size[1]), int(size[2])
     backend = open_engine(args.engine, backend="torch", device="cuda")
     io = backend.device_io()
@@ -122,13 +119,14 @@ def main() -> int:
     for line in notes:
         print(f"note: {line}")
     print("| figure | median ms | p99 ms |\n|---|---|---|")
-    for k, v in rows.items():
-        print(f"| {k} | {statistics.median(v):.3f} | {_p99(v):.3f} |")
-    compute = statistics.median(rows["compute"])
+    stats = {k: summarize(v) for k, v in rows.items()}  # trtexec's median and percentiles, as vla-bench
+    for k, st in stats.items():
+        print(f"| {k} | {st['median']:.3f} | {st['p99']:.3f} |")
+    compute = stats["compute"]["median"]
     for mode in ticks:
-        overhead = statistics.median(rows[f"{mode}_device"]) - compute
+        overhead = stats[f"{mode}_device"]["median"] - compute
         print(f"overhead {mode} (median device time of a tick - median compute): {overhead:.3f} ms")
-    overhead = statistics.median(rows["graph_device"]) - compute
+    overhead = stats["graph_device"]["median"] - compute
     print(f"target overhead <= 0.3 ms (CUDA events, all but compute, CUDA graph): "
           f"{'met' if overhead <= 0.3 else 'not met'} ({overhead:.3f} ms)")
     return 0

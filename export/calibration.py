@@ -101,7 +101,8 @@ def _npz_sets(files: list[Path], manifest: Manifest, rng: np.random.Generator) -
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # empty or corrupt files too
-            raise VlaError(f"--calib {path}: not a readable .npz recording ({exc or type(exc).__name__})") from None
+            why = str(exc) or type(exc).__name__
+            raise VlaError(f"--calib {path}: not a readable .npz recording ({why})") from None
         feeds = {}
         for spec in manifest.inputs:
             if spec.name not in arrays:

@@ -35,9 +35,12 @@ TICK_HZ = 10.0
 
 
 class FrameSource(Protocol):
-    """Camera pictures for one drive: ``frame(t)`` gives camera name -> RGB [H, W, 3] uint8."""
+    """Camera pictures for one drive: ``frame(t)`` gives camera name -> RGB [H, W, 3] uint8;
+    ``advance()`` is called after each kept set (recorded stills move on to their next sample)."""
 
     def frame(self, t: float) -> dict[str, np.ndarray]: ...
+
+    def advance(self) -> None: ...
 
 
 class SyntheticDrive:
@@ -51,6 +54,9 @@ class SyntheticDrive:
     def frame(self, t: float) -> dict[str, np.ndarray]:
         self.renderer.render(t, self._out)
         return self._out
+
+    def advance(self) -> None:
+        """A road is a drive: nothing to move on to between sets."""
 
 
 def _camera_spec(manifest: Manifest) -> TensorSpec | None:
@@ -133,8 +139,8 @@ def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks
     """``count`` input sets from ``ceil(count / ticks_per_drive)`` drives, ``stride`` ticks apart.
 
     Drive ``d`` uses seed ``seed + d``; consecutive kept ticks are ``stride`` ticks (0.5 s) apart
-    so one drive still gives varied scenes. A frame source with ``advance()`` (recorded images) is
-    advanced after each kept set, so every set shows a sample of its own.
+    so one drive still gives varied scenes. The frame source is advanced after each kept set, so
+    recorded images give every set a sample of its own.
     """
     sets: list[dict[str, np.ndarray]] = []
     drive = 0
@@ -146,7 +152,7 @@ def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks
             if i % stride == stride - 1:
                 sets.append(feeds)
                 kept += 1
-                if hasattr(frames, "advance"):  # recorded stills: the next set gets the next sample
+                if frames is not None:  # None: drive_feeds renders the synthetic road itself
                     frames.advance()
                 if len(sets) == count:
                     break

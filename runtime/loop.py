@@ -500,11 +500,6 @@ class Runner:
         return decoded, problem, False
 
     @property
-    def on_device(self) -> bool:
-        """Whether ticks run the GPU data path (``DeviceTick``); only then is there a tick to graph."""
-        return self._device_tick is not None
-
-    @property
     def data_path(self) -> str:
         """One line for the start-up banner: where preprocessing and decoding run."""
         if self._device_tick is not None:

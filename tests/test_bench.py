@@ -133,6 +133,7 @@ def test_iterations_and_duration_are_both_minimums(tmp_path):
         (["--engine", "{plan}"], "TensorRT is not installed"),
         (["--engine", "{onnx}", "--backend", "torch"], "--backend torch"),
         (["--engine", "{onnx}", "--cuda-graph"], "--cuda-graph in engine mode replays TensorRT"),
+        (["--engine", "{onnx}", "--device", "cuda"], "a bare .onnx without a manifest runs on ONNX Runtime"),
         (["--engine", "{junk}"], "cannot load"),
         (["--engine", "{onnx}", "--iterations", "0"], "at least 1"),
     ],

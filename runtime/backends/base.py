@@ -1,4 +1,4 @@
-"""The backend interface: every engine (ONNX Runtime now; TensorRT and torch later) looks like this.
+"""The backend interface: every engine (ONNX Runtime, torch, TensorRT) looks like this.
 
 A backend owns one preallocated buffer per input and per output, sized from the manifest. The
 loop writes inputs in place (``feed``), calls ``run``, and reads outputs in place; nothing is
@@ -35,6 +35,11 @@ class Backend(ABC):
         """The engine's device buffers and stream for the GPU data path (``runtime/device_path.py``);
         None for host backends, which the loop feeds through ``feed``."""
         return None
+
+    def last_timings_ms(self) -> dict[str, float]:
+        """The last run's stages in ms where the backend times them itself (GPU backends: ``h2d``,
+        ``compute``, ``d2h`` from CUDA events); empty by default."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release the engine."""

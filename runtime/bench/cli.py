@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", required=True, metavar="PATH", help="a bundle folder, an .onnx, or a TensorRT .plan")
     p.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
-                   help="auto picks TensorRT for a .plan, else ONNX Runtime (default auto)")
+                   help="as vla-run: auto picks TensorRT for a .plan or on --device cuda when installed, "
+                   "else ONNX Runtime on the CPU (default auto)")
     p.add_argument("--iterations", type=int, default=10, metavar="N",
                    help="at least N timed runs (default 10)")
     p.add_argument("--duration", type=float, default=3.0, metavar="S", help="and at least S seconds (default 3)")
@@ -128,14 +129,15 @@ def bench(args: argparse.Namespace) -> int:
     result["environment"] = env
     result["warnings"] = environment.clock_warnings(env)
     print(report.format_table(result))
-    for target, text in ((args.json, report.to_json), (args.markdown, report.to_markdown)):
+    writers = ((args.json, lambda p: Path(p).write_text(report.to_json(result))),
+               (args.markdown, lambda p: Path(p).write_text(report.to_markdown(result))),
+               (args.png, lambda p: report.write_png(result, p)))
+    for target, write in writers:
         if target:
             try:
-                Path(target).write_text(text(result))
+                write(target)
             except OSError as exc:  # the figures are on stdout already; say what was not saved
                 raise VlaError(f"{target}: cannot write ({exc.strerror or exc})") from None
-    if args.png:
-        report.write_png(result, args.png)
     return 130 if result["interrupted"] else 0
 
 

@@ -215,7 +215,7 @@ class BundleTarget(Target):
         return [("preprocess", self._preprocess), ("compute", self._compute), ("decode", self._decode_out)]
 
     def device_timings(self) -> dict[str, float]:
-        timings = getattr(self.backend_obj, "last_timings_ms", dict)()
+        timings = self.backend_obj.last_timings_ms()
         if "h2d" not in timings:  # a CPU run: its compute is host wall time, already timed as such
             return {}
         return {k: float(timings[k]) for k in ("h2d", "compute", "d2h", "enqueue") if k in timings}
@@ -235,7 +235,7 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
         import_tensorrt(f"--engine {engine}: a .plan runs")  # one line where it is missing (or a stub)
         # The backend choice stays open_engine's (select.choose_backend refuses a .plan with --backend ort).
         return BundleTarget(engine, cfg, backend=backend)
-    if cfg.cuda_graph:
+    if cfg.cuda_graph:  # refused before anything is opened, whatever the engine file is
         from ..backends.select import TENSORRT, choose_backend, probe_available
 
         chosen, _ = choose_backend(backend, cfg.device, engine, probe_available(check_cuda=cfg.device == "cuda"))
@@ -250,7 +250,10 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
     if path.suffix != ".onnx":
         raise VlaError(f"--engine {engine}: expected a bundle folder, an .onnx or a .plan")
     if _has_manifest(path):
-        return BundleTarget(engine, cfg)
+        return BundleTarget(engine, cfg, backend=backend)
+    if cfg.device == "cuda":
+        raise VlaError(f"--engine {engine}: a bare .onnx without a manifest runs on ONNX Runtime on the CPU here; "
+                       "drop --device cuda, or give a bundle from vla-export")
     try:
         return OnnxTarget(engine, cfg)
     except VlaError:
@@ -285,6 +288,7 @@ def run_bench(target: Target, cfg: BenchConfig) -> Result:
         if clock() >= end_warmup:
             break
     samples: dict[str, list[float]] = {name: [] for name, _ in stages}
+    stage_names = set(samples)
     samples["e2e"] = []
     interrupted = False
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -299,7 +303,7 @@ def run_bench(target: Target, cfg: BenchConfig) -> Result:
                 samples[name].append(1000.0 * (now - t))
                 t = now
             for name, value in target.device_timings().items():  # events replace a host-timed stage
-                if name in samples and len(samples[name]) > len(samples["e2e"]):
+                if name in stage_names:
                     samples[name][-1] = value
                 else:
                     samples.setdefault(name, []).append(value)

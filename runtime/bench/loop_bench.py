@@ -48,13 +48,14 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
     from ..sources import open_cameras
 
     opened = open_engine(engine, threads, backend=backend, device=device, cuda_graph=cuda_graph)
+    if cuda_graph and opened.device_io() is None:  # the loop's own test for its GPU path, before the cameras
+        where = opened.describe()
+        opened.close()
+        raise VlaError(f"--cuda-graph: the loop runs on the host data path here ({where}), so there is no device "
+                       "tick to graph; use --device cuda with --backend torch or trt, or drop --cuda-graph")
     cameras = open_cameras([camera], opened.manifest.camera_names)
     runner = Runner(opened, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms, max_ticks=warmup_ticks + ticks,
                                                cuda_graph=cuda_graph))
-    if cuda_graph and not runner.on_device:
-        runner.close()
-        raise VlaError(f"--cuda-graph: the loop runs on the host data path here ({opened.describe()}), so there is "
-                       "no device tick to graph; use --device cuda with --backend torch or trt, or drop --cuda-graph")
     records: list[dict[str, Any]] = []
     interrupted = False
     started_at = first = last = None
