@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from kernels_bench import MEAN, STD, make_frame, opencv_chain
-from machine import describe
+from machine import CAMERA_720P, describe
 from reference_export import export_reference
 
 import vla.kernels as K
@@ -52,7 +52,7 @@ def kernel_speedup(repeat: int = 60) -> dict[str, float]:
 
 
 def loop_efficiency(engine: str, ticks: int) -> dict[str, float]:
-    r = run_loop_bench(engine, "synthetic://", ticks=ticks, rate_hz=10.0, budget_ms=100.0)
+    r = run_loop_bench(engine, CAMERA_720P, ticks=ticks, rate_hz=10.0, budget_ms=100.0)
     st = r["stages"]
     compute, overhead = st["compute"]["median"], st["overhead"]["median"]
     return {"compute_median_ms": compute, "e2e_median_ms": st["e2e"]["median"], "overhead_median_ms": overhead,

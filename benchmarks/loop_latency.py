@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from machine import describe
+from machine import CAMERA_720P, describe
 
 from vla.runtime.stats import summarize
 
@@ -24,7 +24,7 @@ from vla.runtime.stats import summarize
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", default="bundles/reference")
-    p.add_argument("--camera", default="synthetic://")
+    p.add_argument("--camera", default=CAMERA_720P, help=f"camera URI (default {CAMERA_720P}: real-size frames)")
     p.add_argument("--ticks", type=int, default=300)
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--budget-ms", type=float, default=100.0)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from vla.runtime.bench import environment
 
+#: The loop benchmarks' cameras: real-size frames, so preprocessing resizes as it would on a car
+#: (``synthetic://`` alone renders the model's own size, as vla-run's default does), and their
+#: figures stay comparable with those recorded before that default changed.
+CAMERA_720P = "synthetic://?size=1280x720"
+
 
 def describe() -> str:
     """e.g. 'AMD EPYC, 2 cores, Linux 6.18.44, Python 3.11.7'."""

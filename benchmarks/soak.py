@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe
+from machine import CAMERA_720P, describe
 
 from vla.runtime.stats import summarize
 
@@ -68,7 +68,7 @@ def slope_mb_per_min(samples: list[tuple[float, float, float]]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", default="bundles/reference")
-    p.add_argument("--camera", default="synthetic://")
+    p.add_argument("--camera", default=CAMERA_720P, help=f"camera URI (default {CAMERA_720P}: real-size frames)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--sample-s", type=float, default=5.0)
     p.add_argument("--warmup-s", type=float, default=60.0)

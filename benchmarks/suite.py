@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from gate import kernel_speedup
-from machine import describe
+from machine import CAMERA_720P, describe
 from precision import measure_precisions, table
 
 from vla.runtime.bench.loop_bench import run_loop_bench
@@ -150,7 +150,7 @@ def main() -> int:
     kern = kernel_speedup()
     # Last: the exports and comparisons above stay unprivileged.
     realtime = apply_realtime(None, args.rt_priority, prog="suite")
-    loop = run_loop_bench(str(args.out / "fp32"), "synthetic://", ticks=args.ticks, rate_hz=10.0, budget_ms=100.0)
+    loop = run_loop_bench(str(args.out / "fp32"), CAMERA_720P, ticks=args.ticks, rate_hz=10.0, budget_ms=100.0)
     loop.pop("samples", None)
     loop["realtime"] = realtime
     result = {"machine": describe(), "date": date.today().isoformat(), "command": command, "runs": args.runs,

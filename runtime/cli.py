@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     sinks: list = []
     metrics = None
     try:
-        cameras = open_cameras(args.camera, backend.manifest.camera_names)
+        cameras = open_cameras(args.camera, backend.manifest.camera_names, backend.manifest.camera_sizes)
         runner = Runner(backend, cameras, config, ego=ego)
         for target in args.output or ["-"]:
             sinks.append(open_sink(target))

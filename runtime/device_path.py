@@ -190,6 +190,17 @@ class DeviceTick:
         self.launch()
         return self.finish()
 
+    @property
+    def staged(self) -> bool:
+        """Frames are staged, so the tick's device work can run."""
+        return bool(self._jobs)
+
+    def plain_run(self) -> dict[str, np.ndarray]:
+        """One plain run of the staged tick that counts for no graph decision (the loop times these
+        during its warm-up to judge the budget)."""
+        self._enqueue()
+        return self.finish()
+
     def warm_up(self) -> dict[str, np.ndarray]:
         """Plain runs of the staged tick that count for no graph decision (the loop's warm-up): the
         first launches of the kernels and the engine happen before tick 0. The captures still happen

@@ -61,6 +61,7 @@ import numpy as np
 from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, TrajectoryDecoder
 
 from .backends.base import Backend
+from .budget import BudgetFit, judge_budget
 from .camera_group import GroupVerdict, judge_group
 from .commands import write_command
 from .device_path import DeviceDecoder, DeviceTick
@@ -101,6 +102,8 @@ class RunConfig:
     fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
     recover_after: int = 3  # consecutive good ticks that end a fault
     first_frame_timeout_s: float = 15.0
+    warmup_runs: int = 15  # engine runs before tick 0: the first, then runs timed for the budget check
+    warmup_s: float = 1.0  # the timed warm-up stops after this long once 3 runs are timed
     cuda_graph: bool = True  # GPU data path: replay the tick's device work as a CUDA graph once captured
     log: Callable[[str], None] | None = None  # one-off notices (a CUDA graph capture that failed)
     stats_window: int = 36000  # ticks kept for the summary's percentiles (an hour at 10 Hz)
@@ -181,6 +184,8 @@ class Runner:
         self.health = Health()
         self._health_cfg = HealthConfig(config.fault_after, config.fault_stall_ms, config.recover_after)
         self.events: deque[str] = deque(maxlen=100)
+        self.warmup_engine_ms: list[float] = []  # the timed warm-up runs
+        self.budget_fit: BudgetFit | None = None  # those runs against the budget (judge_budget)
 
     # ---- control --------------------------------------------------------------------------------
     def set_command(self, text: str | None) -> str:
@@ -207,13 +212,10 @@ class Runner:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._wait_first_frames()
         # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
-        # state; keep that off tick 0.
+        # state; keep that off tick 0. The runs after the first are timed, to say before tick 0
+        # whether the engine fits the budget at all.
         self._worker = EngineWorker()
-        self._worker.submit(self._warm_up_run())
-        self._worker.wait(None)
-        if self._worker.error is not None:
-            exc = self._worker.error
-            raise VlaError(f"the engine failed its first run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        self._warm_up()
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
         collector = IdleCollector()
@@ -221,6 +223,39 @@ class Runner:
             yield from self._ticks(collector)
         finally:
             collector.close()
+
+    def _warm_up(self) -> None:
+        """The first run (untimed), then timed runs of the tick's engine work: at most
+        ``warmup_runs`` in all, and no more once ``warmup_s`` has passed and three are timed."""
+        worker, cfg = self._worker, self.cfg
+        assert worker is not None
+        ends = time.monotonic() + cfg.warmup_s
+        run = self._warm_up_run()
+        for n in range(max(1, cfg.warmup_runs)):
+            worker.submit(run)
+            worker.wait(None)
+            if worker.error is not None:
+                exc = worker.error
+                which = "first run" if n == 0 else f"warm-up run {n + 1}"
+                raise VlaError(f"the engine failed its {which}: {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]}")
+            if n == 0:
+                run = self._timed_warm_up_run()
+                continue
+            self.warmup_engine_ms.append((worker.finished - worker.started) * 1000.0)
+            if len(self.warmup_engine_ms) >= 3 and time.monotonic() >= ends:
+                break
+        self.budget_fit = judge_budget(self.warmup_engine_ms, cfg.budget_ms, cfg.rate_hz)
+        if self.budget_fit is not None and cfg.log is not None:
+            cfg.log(self.budget_fit.line())
+
+    def _timed_warm_up_run(self) -> Callable[[], dict[str, np.ndarray]]:
+        """What the warm-up times after its first run: the engine's own run on the host path; on
+        the GPU path one plain run of the staged tick (no graph: a replay would be faster)."""
+        tick = self._device_tick
+        if tick is not None and tick.staged:
+            return tick.plain_run
+        return self.backend.run
 
     def _warm_up_run(self) -> Callable[[], dict[str, np.ndarray]]:
         """The warm-up's run: on the GPU path the whole device tick on the first frames (kernels,
@@ -520,6 +555,7 @@ class Runner:
             "health_events": list(self.events),
             "latency_ms": {s: summarize(w.values()) for s, w in self.times.items() if len(w)},
             "latency_window_ticks": min(self.ticks, self.cfg.stats_window),
+            "warmup_engine_ms": summarize(self.warmup_engine_ms) if self.warmup_engine_ms else None,
             "budget_ms": self.cfg.budget_ms,
             "rate_hz": self.cfg.rate_hz,
             "ended": self.end_reason,

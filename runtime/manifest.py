@@ -73,6 +73,11 @@ class Manifest:
     def camera_names(self) -> list[str]:
         return [n for t in self.inputs_with("camera") for n in t.detail["names"]]
 
+    @property
+    def camera_sizes(self) -> dict[str, tuple[int, int]]:
+        """Camera name -> (width, height) of the image the model takes from it."""
+        return {n: (t.detail["width"], t.detail["height"]) for t in self.inputs_with("camera") for n in t.detail["names"]}
+
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=False)
 

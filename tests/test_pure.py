@@ -311,3 +311,33 @@ def test_reason_kind_keeps_counters_bounded():
     gone = "no new frame from camera 'front' (device /dev/video0 gone)"
     assert reason_kind(gone) == "no new frame from camera 'front'"
     assert reason_kind("late: engine still running 62 ms in at the deadline") == "late"
+
+
+def test_budget_fit_from_warm_up_runs():
+    from vla.runtime.budget import judge_budget
+
+    assert judge_budget([], 100.0, 10.0) is None
+    ok = judge_budget([60.0, 62.0, 61.0, 70.0], budget_ms=100.0, rate_hz=10.0)
+    assert ok.runs == 4 and ok.p50_ms == 61.5 and ok.p99_ms == 70.0  # trtexec: p99 of 4 runs is the slowest
+    assert ok.fits and ok.engine_allowance_ms == pytest.approx(90.0)
+    assert ok.line() == ("warm-up: engine p50 61.5 ms, p99 70.0 ms over 4 warm-up runs; fits the 100 ms budget "
+                         "(90 ms for the engine, the rest for cameras and the loop)")
+    # Within the period but not within the budget's allowance: late ticks; raise the budget.
+    tight = judge_budget([85.0, 93.0, 88.0], budget_ms=100.0, rate_hz=10.0)
+    assert not tight.fits_budget and tight.fits_period and tight.suggested_budget_ms() == 110
+    line = tight.line()
+    assert line.startswith("warning: engine p50 88.0 ms, p99 93.0 ms over 3 warm-up runs: ")
+    assert "more than the 90 ms the 100 ms budget leaves the engine" in line and "--budget-ms 110" in line
+    assert "--rate" not in line and line.endswith("a lighter precision (vla-export --precision fp16 or int8)")
+    assert "\n" not in line
+    # A budget larger than the period: it fits the budget, but runs overrun the next tick.
+    overrun = judge_budget([150.0, 160.0], budget_ms=500.0, rate_hz=10.0)
+    assert overrun.fits_budget and not overrun.fits_period and overrun.suggested_rate_hz() == 6
+    assert "--rate 6" in overrun.line() and "--budget-ms" not in overrun.line()
+    # Both, and a run slower than a second: the rate goes below 1 Hz in halves.
+    slow = judge_budget([1500.0], budget_ms=100.0, rate_hz=10.0)
+    assert slow.suggested_rate_hz() == 0.5 and slow.suggested_budget_ms() == 1670
+    assert "--budget-ms 1670, or --rate 0.5, or a lighter precision" in slow.line()
+    # A suggestion is always above the budget the user gave.
+    edge = judge_budget([90.5], budget_ms=100.0, rate_hz=5.0)
+    assert not edge.fits and "--budget-ms 110" in edge.line()

@@ -1,4 +1,9 @@
-"""vla-run end to end on the reference bundle with real synthetic cameras (own process, shared memory)."""
+"""vla-run end to end with real synthetic cameras (own process, shared memory).
+
+The full reference model runs at whatever speed this machine has, so its tests assert what holds on
+any machine: records well-formed, each status consistent with the timings it reports, state
+committed only on good ticks. Tests of a decision use the tiny bundle, paced (``conftest.paced``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import VLA_RUN, run_cli
+from conftest import VLA_RUN, paced, run_cli
 from vla.runtime.engine import open_engine
 from vla.runtime.loop import RunConfig, Runner
 from vla.runtime.sources import open_cameras
 
 SMALL_CAM = "synthetic://?size=640x360&fps=30"
+BUDGET_MS = 200.0
 
 
 def _records(stdout: str) -> list[dict]:
@@ -40,7 +46,23 @@ def _check_record(r: dict) -> None:
     assert r["dt"] == 0.1
 
 
+def _check_timing(r: dict, budget_ms: float) -> None:
+    """The status agrees with the timings the record reports (rounded to 1 µs)."""
+    lat = r["latency_ms"]
+    if r["status"] == "ok":  # the model ran and was published by its deadline
+        assert "engine" in lat and lat["e2e"] <= budget_ms + 0.001, r
+        assert lat["engine"] <= lat["e2e"], r
+    elif r["status"] == "late":  # published at the deadline (engine still running) or after it
+        assert r["reason"].startswith("late: "), r
+        assert lat["e2e"] >= budget_ms - 0.001, r
+        if r["reason"].startswith("late: engine still running"):
+            assert "engine" not in lat, r
+    elif r["reason"].startswith("engine overrun"):  # the previous run held the engine: this one never ran
+        assert "engine" not in lat, r
+
+
 def test_vla_run_synthetic_end_to_end(reference_bundle, tmp_path):
+    """The full reference model at real speed under the default 100 ms budget."""
     out = tmp_path / "run.jsonl"
     proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", SMALL_CAM, "--frames", "12",
                    "--command", "turn left", "--output", out)
@@ -49,17 +71,27 @@ def test_vla_run_synthetic_end_to_end(reference_bundle, tmp_path):
     assert len(records) == 12
     for r in records:
         _check_record(r)
+        _check_timing(r, 100.0)
     assert [r["tick"] for r in records] == list(range(12))
     assert all(r["command"] == "left" for r in records)
     ok = [r for r in records if r["status"] == "ok"]
-    assert len(ok) >= 10, [r["reason"] for r in records]
     front_ids = [r["frame_id"]["front"] for r in ok]
     assert front_ids == sorted(front_ids) and len(set(front_ids)) == len(front_ids)  # always a newer frame
     assert all(0 <= r["mode"] < 3 and 0 < r["score"] < 1 for r in ok)
+    # The start-up line judged the engine against the budget from its warm-up runs, in one line.
+    warm = [ln for ln in proc.stderr.splitlines() if "warm-up runs" in ln]
+    assert len(warm) == 1 and "engine p50" in warm[0] and " p99 " in warm[0], proc.stderr
     assert "summary: 12 ticks" in proc.stderr and "e2e" in proc.stderr and "p99" in proc.stderr
+    # The summary counts what was published.
+    counts = proc.stderr.split("summary: 12 ticks (")[1].split(")")[0]
+    for status in ("ok", "late", "fallback", "fault"):
+        n = sum(r["status"] == status for r in records)
+        assert (f"{status} {n}" in counts) == (n > 0), counts
 
 
 def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
+    """The full reference model at real speed: whatever each tick's status, the memory moves exactly
+    on the runs that gave a usable trajectory (an ok tick's, or a late run collected afterwards)."""
     backend = open_engine(str(reference_bundle))
     real_run, seen = backend.run, {}
 
@@ -75,27 +107,33 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
     runner = Runner(backend, cameras, RunConfig(max_ticks=6))
     memory, valid = backend.feed("memory"), backend.feed("memory_valid")
     assert not valid.any() and not memory.any()  # initial values from the manifest
-    committed = 0
+    ok_ticks = late_seen = 0
+    before = memory.copy()
     try:
         for rec in runner:
             # State is double-buffered: feed() names the buffer the next run reads.
             memory, valid = backend.feed("memory"), backend.feed("memory_valid")
+            late_now = runner.late_runs_committed  # late runs collected up to this tick
             if rec["status"] == "ok":
-                committed += 1
+                ok_ticks += 1
                 # The model's new memory is the next tick's input, and it is the old one shifted.
                 np.testing.assert_array_equal(memory, seen["new_memory"])
                 np.testing.assert_array_equal(memory[0, :3], seen["memory_in"][0, 1:])
                 assert np.abs(memory[0, 3]).sum() > 0
-            n = min(committed, 4)
-            assert valid[0].tolist() == [False] * (4 - n) + [True] * n
+            elif late_now == late_seen:  # nothing was committed at this tick: the memory is untouched
+                np.testing.assert_array_equal(memory, before)
+            late_seen = late_now
+            n = min(ok_ticks + late_now, 4)
+            assert valid[0].tolist() == [False] * (4 - n) + [True] * n, (rec["status"], rec["reason"])
+            before = memory.copy()
     finally:
         runner.close()
-    assert committed >= 5
+    assert runner.ticks == 6
 
 
-def test_nan_output_falls_back_and_keeps_state(reference_bundle):
-    backend = open_engine(str(reference_bundle))
-    real_run = backend.run
+def test_nan_output_falls_back_and_keeps_state(tiny_bundle):
+    backend = open_engine(str(tiny_bundle))
+    real_run = paced(backend.run, BUDGET_MS / 5)  # on time with wide margins
     calls = {"n": 0}
 
     def poisoned():
@@ -108,7 +146,7 @@ def test_nan_output_falls_back_and_keeps_state(reference_bundle):
 
     backend.run = poisoned  # before the Runner, which takes the engine's run when it is made
     cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
-    runner = Runner(backend, cameras, RunConfig(max_ticks=4))
+    runner = Runner(backend, cameras, RunConfig(max_ticks=4, budget_ms=BUDGET_MS, warmup_runs=1))
     try:
         records = list(runner)
     finally:
@@ -121,10 +159,11 @@ def test_nan_output_falls_back_and_keeps_state(reference_bundle):
     assert runner.summary()["fallback_reasons"] == {"non-finite output": 1}
 
 
-def test_stalled_camera_falls_back_faults_and_recovers(reference_bundle):
+def test_stalled_camera_falls_back_faults_and_recovers(tiny_bundle):
     uri = "synthetic://?size=320x180&fps=30&stall_after=8&stall_ms=800"
-    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", uri, "--frames", "22", "--stall-ms", "200",
-                   "--fault-after", "3", "--recover-after", "2")
+    # The tiny engine (~1 ms) far inside the budget: only the camera's stall decides the statuses.
+    proc = run_cli(VLA_RUN, "--engine", tiny_bundle, "--camera", uri, "--frames", "22", "--stall-ms", "200",
+                   "--fault-after", "3", "--recover-after", "2", "--budget-ms", f"{BUDGET_MS:g}")
     assert proc.returncode == 0, proc.stderr
     records = _records(proc.stdout)
     for r in records:
@@ -134,9 +173,7 @@ def test_stalled_camera_falls_back_faults_and_recovers(reference_bundle):
     # ok ... fallback, fallback (2 < 3) ... fault (the 3rd) ... fault ... recovered (2 good ticks) ... ok
     assert events[0][1] == "fault" and events[1][1].startswith("recovered after"), events
     first_fault, recovered = events[0][0], events[1][0]
-    # (a tick on the last frame before the stall may run but miss its deadline: late counts as a fallback)
-    assert set(statuses[first_fault - 2 : first_fault]) <= {"fallback", "late"}
-    assert statuses[first_fault - 1] == "fallback"
+    assert statuses[first_fault - 2 : first_fault] == ["fallback", "fallback"]
     assert set(statuses[first_fault:recovered]) == {"fault"}
     assert statuses[recovered] == "ok" and statuses[-1] == "ok"
     fault = records[first_fault]
@@ -147,7 +184,7 @@ def test_stalled_camera_falls_back_faults_and_recovers(reference_bundle):
     assert "health: fault; recovered after" in proc.stderr
 
 
-def test_video_file_camera(reference_bundle, tmp_path):
+def test_video_file_camera(tiny_bundle, tmp_path):
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 180))
     for i in range(60):
@@ -155,14 +192,14 @@ def test_video_file_camera(reference_bundle, tmp_path):
         cv2.line(img, (160 + i, 180), (160, 90), (255, 255, 255), 3)
         writer.write(img)
     writer.release()
-    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", clip, "--frames", "5")
+    proc = run_cli(VLA_RUN, "--engine", tiny_bundle, "--camera", clip, "--frames", "5")
     assert proc.returncode == 0, proc.stderr
     for r in _records(proc.stdout):
         _check_record(r)
 
 
-def test_sigterm_stops_cleanly_with_summary(reference_bundle):
-    p = subprocess.Popen([*VLA_RUN, "--engine", str(reference_bundle), "--camera", SMALL_CAM],
+def test_sigterm_stops_cleanly_with_summary(tiny_bundle):
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_bundle), "--camera", SMALL_CAM],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = p.stdout.readline()  # wait for a first tick
@@ -185,18 +222,18 @@ def test_readme_embedding_example_runs(reference_bundle, tmp_path):
     code = section.split("```python\n")[1].split("```")[0].replace("bundles/reference", str(reference_bundle))
     script = tmp_path / "embed.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     p99 = float(proc.stdout.strip().splitlines()[-1])  # the summary's e2e p99, printed last
     assert 0 < p99 < 10_000
 
 
-def test_metrics_endpoint_and_ego_profile_from_the_command_line(reference_bundle):
+def test_metrics_endpoint_and_ego_profile_from_the_command_line(tiny_bundle):
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    p = subprocess.Popen([*VLA_RUN, "--engine", str(reference_bundle), "--camera", SMALL_CAM, "--metrics-port", "0",
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_bundle), "--camera", SMALL_CAM, "--metrics-port", "0",
                           "--ego", "profile://", "--frames", "40"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -240,3 +277,45 @@ def test_onnxruntime_state_is_swapped_not_copied(reference_bundle):
     assert out2["new_memory"] is not new_memory  # written into the other buffer
     np.testing.assert_array_equal(new_memory, kept)  # the input of this run was not overwritten
     np.testing.assert_array_equal(out2["new_memory"][0, :3], kept[0, 1:])  # the model shifts its memory
+
+
+def _paced_run(bundle, engine_ms: float, config: RunConfig) -> Runner:
+    backend = open_engine(str(bundle))
+    backend.run = paced(backend.run, engine_ms)
+    cameras = open_cameras(["synthetic://?size=160x120"], backend.manifest.camera_names)
+    return Runner(backend, cameras, config)
+
+
+@pytest.mark.parametrize("engine_ms, fits", [(BUDGET_MS * 5, False), (BUDGET_MS / 5, True)])
+def test_warm_up_judges_the_engine_against_the_budget(tiny_bundle, engine_ms, fits):
+    """The warm-up times the engine before tick 0 and says in one line whether it fits the budget."""
+    said: list[str] = []
+    runner = _paced_run(tiny_bundle, engine_ms,
+                        RunConfig(max_ticks=1, budget_ms=BUDGET_MS, rate_hz=10.0, warmup_runs=4, log=said.append))
+    try:
+        list(runner)
+    finally:
+        runner.close()
+    assert len(runner.warmup_engine_ms) == 3 and min(runner.warmup_engine_ms) >= engine_ms  # the first is not timed
+    fit = runner.budget_fit
+    assert fit is not None and fit.fits == fits and fit.runs == 3
+    assert said == [fit.line()]
+    if fits:
+        assert said[0].startswith("warm-up: engine p50") and "fits the 200 ms budget" in said[0]
+    else:
+        assert said[0].startswith("warning: engine p50") and f"p99 {fit.p99_ms:.1f} ms" in said[0]
+        assert f"--budget-ms {fit.suggested_budget_ms()}" in said[0] and fit.suggested_budget_ms() >= engine_ms / 0.9
+        assert "--rate 0.5" in said[0] and "--precision" in said[0]
+    assert runner.summary()["warmup_engine_ms"]["count"] == 3
+
+
+def test_vla_run_says_when_the_engine_cannot_fit_the_budget(reference_bundle):
+    """From the command line, on the full reference model: a 2 ms budget at 500 Hz fits no CPU."""
+    proc = run_cli(VLA_RUN, "--engine", reference_bundle, "--camera", SMALL_CAM, "--frames", "2",
+                   "--budget-ms", "2", "--rate", "500")
+    assert proc.returncode == 0, proc.stderr
+    warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("vla-run: warning: engine p50")]
+    assert len(warned) == 1, proc.stderr
+    p99 = float(warned[0].split(" p99 ")[1].split(" ms")[0])
+    assert p99 > 2 and "--budget-ms " in warned[0] and "--rate " in warned[0] and "--precision" in warned[0]
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr

@@ -379,3 +379,34 @@ def test_rig_does_not_inherit_real_time_scheduling():
     finally:
         for s in sources:
             s.close()
+
+
+def test_without_a_size_the_rig_renders_what_the_model_takes():
+    # parse_uri: the default size applies only when the URI gives none, made renderable (even, >= 16).
+    assert (synthetic.parse_uri("synthetic://").width, synthetic.parse_uri("synthetic://").height) == (1280, 720)
+    p = synthetic.parse_uri("synthetic://?fps=10", (256, 128))
+    assert (p.width, p.height, p.fps) == (256, 128, 10.0)
+    p = synthetic.parse_uri("synthetic://?size=640x360", (256, 128))
+    assert (p.width, p.height) == (640, 360)
+    assert synthetic.renderable_size(255, 9) == (256, 16)
+    # open_cameras passes the model's sizes (Manifest.camera_sizes) through to the rig process.
+    from vla.runtime.sources import open_cameras
+
+    sizes = {"front": (96, 48), "rear": (96, 48)}
+    cams = open_cameras(["synthetic://"], ["front", "rear"], sizes)
+    try:
+        assert {n: c.newest().data.shape for n, c in cams.items()} == {"front": (48, 96, 2), "rear": (48, 96, 2)}
+    finally:
+        close_all(list(cams.values()))
+    cams = open_cameras(["synthetic://?size=160x120"], ["front", "rear"], sizes)  # asked for: honoured
+    try:
+        assert cams["front"].newest().data.shape == (120, 160, 2)
+    finally:
+        close_all(list(cams.values()))
+
+
+def test_manifest_camera_sizes(reference_manifest):
+    from vla.runtime.manifest import parse_manifest
+
+    m = parse_manifest(reference_manifest)
+    assert m.camera_sizes == {"front": (256, 128), "left": (256, 128), "right": (256, 128)}

@@ -53,7 +53,7 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
         opened.close()
         raise VlaError(f"--cuda-graph: the loop runs on the host data path here ({where}), so there is no device "
                        "tick to graph; use --device cuda with --backend torch or trt, or drop --cuda-graph")
-    cameras = open_cameras([camera], opened.manifest.camera_names)
+    cameras = open_cameras([camera], opened.manifest.camera_names, opened.manifest.camera_sizes)
     runner = Runner(opened, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms, max_ticks=warmup_ticks + ticks,
                                                cuda_graph=cuda_graph))
     records: list[dict[str, Any]] = []

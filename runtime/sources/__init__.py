@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from ..errors import CameraError
@@ -61,8 +61,13 @@ def scheme_of(uri: str) -> str:
     return urlsplit(uri).scheme.lower()
 
 
-def open_cameras(args: Sequence[str], names: Sequence[str]) -> dict[str, CameraSource]:
-    """Open a source for every model camera; on any failure, close what was opened and raise."""
+def open_cameras(args: Sequence[str], names: Sequence[str],
+                 sizes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, CameraSource]:
+    """Open a source for every model camera; on any failure, close what was opened and raise.
+
+    ``sizes`` (camera name -> the model's (width, height), ``Manifest.camera_sizes``) is what a
+    rendering source (``synthetic://``) renders when its URI does not ask for a size: a camera
+    rendered larger than the model sees only costs CPU and delivery time."""
     plan = assign_cameras(args, names)
     opened: dict[str, CameraSource] = {}
     try:
@@ -70,7 +75,9 @@ def open_cameras(args: Sequence[str], names: Sequence[str]) -> dict[str, CameraS
         for name, uri in plan.items():
             by_uri.setdefault(uri, []).append(name)
         for uri, cams in by_uri.items():
-            for src in _open_uri(uri, cams):
+            wanted = [sizes[c] for c in cams if sizes and c in sizes]
+            size = max(wanted, key=lambda wh: wh[0] * wh[1]) if wanted else None
+            for src in _open_uri(uri, cams, size):
                 opened[src.name] = src
         return {n: opened[n] for n in names}
     except BaseException:
@@ -115,12 +122,12 @@ def local_path(uri: str) -> str:
     return uri.split("?", 1)[0]
 
 
-def _open_uri(uri: str, names: list[str]) -> list[CameraSource]:
+def _open_uri(uri: str, names: list[str], size: tuple[int, int] | None) -> list[CameraSource]:
     module = _module_for(uri)
     if module == "synthetic":
         from .synthetic import open_synthetic
 
-        return open_synthetic(uri, names)  # one rig renders a synchronised view per camera
+        return open_synthetic(uri, names, default_size=size)  # one rig renders a synchronised view per camera
     mod = importlib.import_module(f"{__name__}.{module}")
     first = mod.open_source(uri, names[0])
     return [first, *(_Alias(first, n) for n in names[1:])]

@@ -8,8 +8,13 @@ sources in the parent only copy the newest slot out, so ``newest()`` never block
 
 URI grammar (every parameter optional)::
 
-    synthetic://[?size=1280x720&fps=30&format=yuyv&seed=0&hfov=100
+    synthetic://[?size=WxH&fps=30&format=yuyv&seed=0&hfov=100
                  &drop_every=K&stall_after=N&stall_ms=M&nice=10]
+
+Without ``size`` the rig renders the size the model takes (``open_cameras`` passes it from the
+manifest, e.g. 256x128 for the reference model), else 1280x720: pixels the preprocessing would
+only scale away cost the rig CPU and the loop delivery time. Ask for a camera's real size (e.g.
+``size=1280x720``) to exercise the preprocessing's resize as a real camera would.
 
 Frame clock: frame ``seq`` (1, 2, ...) is exposed at ``capture_time = t0 + (seq - 1) / fps`` on
 ``time.monotonic()`` (CLOCK_MONOTONIC, shared by all processes on Linux) and published once
@@ -91,8 +96,16 @@ class SyntheticParams:
     nice: int = 10
 
 
-def parse_uri(uri: str) -> SyntheticParams:
-    """Parse and validate a ``synthetic://`` URI; every mistake is a CameraError naming the key."""
+def renderable_size(width: int, height: int) -> tuple[int, int]:
+    """The nearest size every pixel format can render at or above (width, height): even, >= 16."""
+    return max(16, width + width % 2), max(16, height + height % 2)
+
+
+def parse_uri(uri: str, default_size: tuple[int, int] | None = None) -> SyntheticParams:
+    """Parse and validate a ``synthetic://`` URI; every mistake is a CameraError naming the key.
+
+    ``default_size`` (width, height) is what the rig renders when the URI gives no ``size``: the
+    model's own input size, so no CPU goes into pixels the preprocessing would throw away."""
     parts = urlsplit(uri)
     if parts.scheme.lower() != "synthetic":
         raise CameraError(f"camera URI {uri!r} is not a synthetic:// URI")
@@ -123,6 +136,8 @@ def parse_uri(uri: str) -> SyntheticParams:
         kw["width"], kw["height"] = int(m[1]), int(m[2])
         if not (16 <= kw["width"] <= 8192 and 16 <= kw["height"] <= 8192):
             raise bad("size", accepted)
+    elif default_size is not None:
+        kw["width"], kw["height"] = renderable_size(*default_size)
     if "fps" in seen:
         kw["fps"] = number("fps", float, 0.5, 240.0, "a frame rate in 0.5..240")
     if "format" in seen:
@@ -498,13 +513,15 @@ class SyntheticSource(CameraSource):
         return self._rig.res.proc.pid
 
 
-def open_synthetic(uri: str, names: list[str], *, start_timeout_s: float = 30.0) -> list[SyntheticSource]:
+def open_synthetic(uri: str, names: list[str], *, default_size: tuple[int, int] | None = None,
+                   start_timeout_s: float = 30.0) -> list[SyntheticSource]:
     """Start one rig process rendering ``names`` and return one source per camera, in order.
 
     Blocks until the first rig frame is published, so ``newest()`` returns a frame at once; a
     process that fails or takes longer than ``start_timeout_s`` raises a one-line CameraError.
+    ``default_size`` is rendered when the URI has no ``size`` (see ``parse_uri``).
     """
-    params = parse_uri(uri)
+    params = parse_uri(uri, default_size)
     names = list(names)
     if not names or len(set(names)) != len(names):
         raise CameraError(f"camera URI {uri!r}: camera names must be non-empty and unique, got {names}")
