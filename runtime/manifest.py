@@ -76,7 +76,8 @@ class Manifest:
     @property
     def camera_sizes(self) -> dict[str, tuple[int, int]]:
         """Camera name -> (width, height) of the image the model takes from it."""
-        return {n: (t.detail["width"], t.detail["height"]) for t in self.inputs_with("camera") for n in t.detail["names"]}
+        return {n: (t.detail["width"], t.detail["height"])
+                for t in self.inputs_with("camera") for n in t.detail["names"]}
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=False)

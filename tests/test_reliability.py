@@ -256,8 +256,8 @@ def test_sigint_stops_within_one_budget_flushing_every_output(tiny_bundle, tmp_p
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(0.2)
     port = rx.getsockname()[1]
-    p = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_bundle), "--camera", SMALL_CAM, "--budget-ms", f"{BUDGET_MS:g}",
-                          "--output", "-", "--output", str(out), "--output", f"udp://127.0.0.1:{port}"],
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_bundle), "--camera", SMALL_CAM,
+                          "--budget-ms", f"{BUDGET_MS:g}", "--output", "-", "--output", str(out), "--output", f"udp://127.0.0.1:{port}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         head = [p.stdout.readline() for _ in range(4)]
