@@ -447,13 +447,16 @@ class Runner:
             carried = next((f for f in frames.values() if f.ego is not None), None)
             if carried is not None:
                 self.ego_input.push(carried.ego, carried.capture_time)
-        now = time.monotonic()
-        reading = self.ego_input.latest(now)
-        stale = ego_staleness(reading, now, self.cfg.ego_stale_ms)
+        # State a camera attaches to its frames is as old as those frames: judge it at their capture
+        # time (how late the frames themselves are is the budget's business, not the ego input's).
+        # Any other input is judged now: a bus gone quiet shows as its last message ageing.
+        at = capture if isinstance(self.ego_input, FrameEgoInput) else time.monotonic()
+        reading = self.ego_input.latest(at)
+        stale = ego_staleness(reading, at, self.cfg.ego_stale_ms)
         if stale is not None or reading is None:
             return stale or "no ego reading", None
         self._ego.update(min(reading.time, capture), reading.speed, reading.accel, reading.yaw_rate)
-        return None, (now - reading.time) * 1000.0
+        return None, max(0.0, at - reading.time) * 1000.0
 
     def _run_model(self, frames: dict[str, Frame], capture: float, deadline: float,
                    lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:

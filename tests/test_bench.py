@@ -165,7 +165,7 @@ def test_ctrl_c_still_prints_what_was_measured(tmp_path):
 def test_loop_mode_times_the_real_pipeline(reference_bundle, tmp_path):
     out = tmp_path / "loop.json"
     proc = run_cli(VLA_BENCH, "--engine", reference_bundle, "--loop", "--ticks", "15", "--rate", "5",
-                   "--camera", "synthetic://?size=640x360", "--json", out, timeout=240)
+                   "--camera", "synthetic://?size=640x360", "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert r["mode"] == "loop" and r["settings"]["cameras"] == 3
@@ -182,7 +182,7 @@ def test_loop_mode_times_the_real_pipeline(reference_bundle, tmp_path):
 def test_loop_mode_refuses_cuda_graph_on_the_host_data_path(reference_bundle):
     """A CPU backend has no device tick to graph: saying nothing would report graph-less figures as graphed."""
     proc = run_cli(VLA_BENCH, "--engine", reference_bundle, "--loop", "--ticks", "2", "--backend", "ort",
-                   "--cuda-graph", "--camera", "synthetic://?size=640x360", timeout=120)
+                   "--cuda-graph", "--camera", "synthetic://?size=640x360")
     assert_one_line_error(proc, "host data path")
 
 

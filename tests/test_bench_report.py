@@ -192,7 +192,7 @@ def test_write_png_without_matplotlib_is_a_user_error(tmp_path, monkeypatch):
 
 def test_importing_report_does_not_import_matplotlib():
     code = "import sys, vla.runtime.bench.report; print('matplotlib' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
 

@@ -211,7 +211,7 @@ def test_local_errors_rank_the_sensitive_layer_first(sensitive_archive, tmp_path
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reference_model_passes_its_gate(tmp_path, precision):
     out = tmp_path / precision
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", precision, *QUICK, timeout=400)
+    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", precision, *QUICK)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     accuracy = json.loads((out / "accuracy.json").read_text())
@@ -248,7 +248,7 @@ def test_poisoned_calibration_is_caught_by_the_gate(tmp_path):
     for i in range(8):  # one grey picture, eight times: ranges that cover no real scene
         cv2.imwrite(str(poison / f"{i:03d}.png"), np.full((128, 256, 3), 128, np.uint8))
     proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--precision", "int8", "--calib", poison,
-                   "--max-exclude", "0", *QUICK, timeout=400)
+                   "--max-exclude", "0", *QUICK)
     assert_one_line_error(proc, "int8 accuracy gate failed", "of the spread")
     assert not (tmp_path / "b").exists()
 

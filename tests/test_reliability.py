@@ -199,6 +199,46 @@ def test_malformed_and_resized_frames_mid_run(tiny_bundle):
     assert any(6 <= s <= 8 and r["status"] == "ok" for s, r in by_seq.items())  # a new size is not a fault
 
 
+def test_state_carried_by_late_frames_is_as_fresh_as_the_frames(tiny_bundle):
+    """A camera that delivers each frame 300 ms after its capture (a loaded machine, a slow link),
+    with the vehicle state attached: the state is as old as its frame, not stale. How late the
+    frames are is the budget's to judge (here a wide one).
+
+    A stand-in source: the synthetic rig cannot be told to deliver its frames late.
+    """
+    from vla.runtime.sources.base import EgoState
+
+    class Delayed(CameraSource):
+        provides_ego = True
+
+        def __init__(self, name: str) -> None:
+            self.name, self.uri, self.t0, self.frame = name, "delayed://", time.monotonic(), None
+            self.data = np.full((120, 160, 2), 128, np.uint8)
+
+        def newest(self) -> Frame | None:
+            seq = int((time.monotonic() - 0.3 - self.t0) * 20)  # 20 fps, visible 300 ms after capture
+            if seq < 1:
+                return self.frame
+            if self.frame is None or self.frame.seq != seq:
+                self.frame = Frame(self.name, self.data, "yuyv", 160, 120, seq, self.t0 + seq / 20,
+                                   ego=EgoState(8.0, 0.0, 0.0))
+            return self.frame
+
+        def close(self) -> None:
+            pass
+
+    backend = open_engine(str(tiny_bundle))
+    backend.run = paced(backend.run, ON_TIME_MS)
+    cameras = {n: Delayed(n) for n in backend.manifest.camera_names}
+    runner = Runner(backend, cameras, _config(max_ticks=5, budget_ms=2000, ego_stale_ms=200))
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+    assert all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
+    assert all(r["latency_ms"]["acquire"] >= 300 and r["ego_age_ms"] == 0 for r in records)
+
+
 def test_camera_process_killed_mid_run_ends_in_error(tiny_bundle):
     backend = open_engine(str(tiny_bundle))
     cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)

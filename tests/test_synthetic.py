@@ -325,7 +325,7 @@ def test_no_shared_memory_leak_warnings_at_exit(tmp_path):
     # The directory holding the `vla` package this test imported, for the fresh interpreter.
     root = str(Path(synthetic.__file__).parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr
 
@@ -344,7 +344,7 @@ def test_opens_from_an_unguarded_script_and_from_stdin(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text(code)
     for args, stdin in (([str(script)], None), (["-"], code)):
-        proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.count("frame 1") == 1, proc.stdout  # opened once, not once more per child
 

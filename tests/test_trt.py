@@ -482,13 +482,13 @@ def test_modules_import_without_tensorrt_or_cuda():
     code = ("import sys; import vla.runtime.trt, vla.runtime.trt.cache, vla.runtime.trt.build, vla.runtime.trt.cli, "
             "vla.runtime.backends.trt; bad = [m for m in ('tensorrt', 'cuda', 'torch') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT path cannot be seen")
 def test_vla_build_without_tensorrt_is_one_line(fake_bundle):
-    proc = run_cli(VLA_BUILD, fake_bundle, "-o", fake_bundle / "v2.plan", timeout=60)
+    proc = run_cli(VLA_BUILD, fake_bundle, "-o", fake_bundle / "v2.plan")
     assert proc.returncode == 2
     line = assert_one_line_error(proc, "vla-build: error: TensorRT is not installed (import tensorrt failed:",
                                  "pip install tensorrt or use JetPack's python3-libnvinfer")
@@ -499,7 +499,7 @@ def test_vla_build_without_tensorrt_is_one_line(fake_bundle):
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the missing-TensorRT path cannot be seen")
 def test_vla_export_build_without_tensorrt_fails_before_exporting(tmp_path):
     out = tmp_path / "bundle"
-    proc = run_cli([sys.executable, "-m", "vla.export.cli"], "reference", "-o", out, "--build", timeout=120)
+    proc = run_cli([sys.executable, "-m", "vla.export.cli"], "reference", "-o", out, "--build")
     assert proc.returncode == 2
     assert_one_line_error(proc, "vla-export: error: TensorRT is not installed", "vla-export --build runs on the target")
     assert not out.exists()  # told at once, not after minutes of export
@@ -515,7 +515,7 @@ def test_vla_export_build_without_tensorrt_fails_before_exporting(tmp_path):
 def test_vla_build_bad_inputs_are_one_line_before_tensorrt(fake_bundle, tmp_path, args, needle):
     (tmp_path / "empty").mkdir()
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "bundle": fake_bundle}
-    proc = run_cli(VLA_BUILD, *(a.format(**paths) for a in args), timeout=60)
+    proc = run_cli(VLA_BUILD, *(a.format(**paths) for a in args))
     assert proc.returncode == 2
     line = assert_one_line_error(proc, "vla-build: error:", needle)
     assert "TensorRT" not in line  # the bundle's problem comes first, even where TensorRT is missing
@@ -525,7 +525,7 @@ def test_vla_build_bad_manifest_is_one_line(fake_bundle):
     doc = tiny_manifest_doc()
     doc["inputs"][1]["state"]["from_output"] = "nowhere"
     (fake_bundle / "manifest.json").write_text(json.dumps(doc))
-    proc = run_cli(VLA_BUILD, fake_bundle, timeout=60)
+    proc = run_cli(VLA_BUILD, fake_bundle)
     assert_one_line_error(proc, "manifest.json", "'nowhere'")
 
 
@@ -684,7 +684,7 @@ def on_target(trt_target, monkeypatch) -> Gpu | None:
 def built_plan(reference_bundle, trt_target, tmp_path_factory) -> Path:
     """vla-build on the reference bundle, once per target (minutes on a Jetson, ~1 min on a big GPU)."""
     plan = tmp_path_factory.mktemp("plans") / "v2.plan"
-    proc = run_cli(VLA_BUILD, reference_bundle, "-o", plan, "--heartbeat-s", "5", timeout=1800, env=trt_target.env)
+    proc = run_cli(VLA_BUILD, reference_bundle, "-o", plan, "--heartbeat-s", "5", env=trt_target.env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert "workspace:" in proc.stdout and "built in" in proc.stdout
     return plan
@@ -716,7 +716,7 @@ def test_vla_build_writes_plan_and_sidecar_then_reuses(built_plan, reference_bun
     assert doc["built"]["plan_bytes"] == built_plan.stat().st_size > 0
     assert Path(doc["timing_cache"]["path"]).stat().st_size > 0
     before = built_plan.stat().st_mtime_ns
-    again = run_cli(VLA_BUILD, reference_bundle, "-o", built_plan, timeout=600, env=trt_target.env)
+    again = run_cli(VLA_BUILD, reference_bundle, "-o", built_plan, env=trt_target.env)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
     assert built_plan.stat().st_mtime_ns == before
 
@@ -867,7 +867,7 @@ def test_vla_run_builds_into_the_bundle_once_then_reuses(reference_bundle, trt_t
         shutil.copy(reference_bundle / name, bundle / name)
     args = ("--engine", bundle, "--backend", "trt", "--device", "cuda", "--camera", "synthetic://?size=640x360",
             "--frames", "6", "--budget-ms", "1000")
-    runs = [run_cli(VLA_RUN, *args, timeout=1800, env=trt_target.env) for _ in range(2)]
+    runs = [run_cli(VLA_RUN, *args, env=trt_target.env) for _ in range(2)]
     for proc, says in zip(runs, ("building it", "reusing"), strict=True):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert says in proc.stderr and "backend tensorrt" in proc.stderr, proc.stderr[-3000:]
@@ -881,7 +881,7 @@ def test_vla_bench_times_a_plan_with_device_stages(built_plan, trt_target, tmp_p
     time, around the engine replayed as a CUDA graph."""
     out = tmp_path / "plan.json"
     proc = run_cli(VLA_BENCH, "--engine", built_plan, "--iterations", "6", "--duration", "0", "--cuda-graph",
-                   "--json", out, timeout=600, env=trt_target.env)
+                   "--json", out, env=trt_target.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["backend"].startswith("TensorRT") and "CUDA graph on" in r["backend"] and r["settings"]["cuda_graph"]
@@ -893,7 +893,7 @@ def test_vla_bench_times_a_plan_with_device_stages(built_plan, trt_target, tmp_p
 
 
 def test_vla_export_build_writes_bundle_and_engine(trt_target, tmp_path):
-    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--build", timeout=1800, env=trt_target.env)
+    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--build", env=trt_target.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plans = list((tmp_path / "b" / "engines").glob("*.plan"))
     assert len(plans) == 1 and sidecar_path(plans[0]).is_file()
@@ -902,7 +902,7 @@ def test_vla_export_build_writes_bundle_and_engine(trt_target, tmp_path):
 
 
 def test_vla_build_prints_each_parser_error_and_fails_in_one_line(fake_bundle, trt_target):
-    proc = run_cli(VLA_BUILD, fake_bundle, timeout=600, env=trt_target.env)
+    proc = run_cli(VLA_BUILD, fake_bundle, env=trt_target.env)
     assert_one_line_error(proc, "cannot parse this ONNX model")
     assert "ONNX parser:" in proc.stdout + proc.stderr
     assert not list(fake_bundle.glob("**/*.plan"))
