@@ -152,7 +152,8 @@ def test_ctrl_c_still_prints_what_was_measured(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.Popen([*VLA_BENCH, "--engine", str(model), "--duration", "60", "--json", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    assert proc.stderr.readline().startswith("vla-bench: warming up for 0.2 s, then timing")  # the engine is open
+    time.sleep(0.2 + 2.0)  # the warm-up, then 2 s of runs of a model that takes microseconds
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

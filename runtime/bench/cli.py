@@ -120,6 +120,9 @@ def bench(args: argparse.Namespace) -> int:
                               spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed,
                               device=args.device)
             target = open_target(args.engine, args.backend, cfg)
+            print(f"vla-bench: warming up for {cfg.warmup_s:g} s, then timing at least {cfg.iterations} runs and "
+                  f"{cfg.duration_s:g} s (Ctrl-C stops early and reports what was measured)",
+                  file=sys.stderr, flush=True)
             try:
                 result = run_bench(target, cfg)
             finally:
