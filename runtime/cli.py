@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics on this port (http://HOST:PORT/metrics)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's sampling noise (default 0)")
     p.add_argument("--threads", type=int, help="engine threads (default: the cores this process may use, less one "
-                   "left for capture and the loop)")
+                   "left for capture and the loop on machines of 3 or more cores; both on 2 cores)")
     p.add_argument("--backend", choices=("auto", "trt", "ort", "torch"), default="auto",
                    help="engine: auto (TensorRT on cuda or for a .plan when installed, else ONNX Runtime on cpu, "
                    "PyTorch on cuda), trt (TensorRT), ort (ONNX Runtime, CPU only), torch (the bundle's "

@@ -6,17 +6,21 @@ import os
 
 
 def default_threads() -> int:
-    """All the cores this process may use (taskset/cgroups affinity) but one.
+    """The engine's threads: every core this process may use (taskset/cgroups affinity) on a
+    machine of one or two, else all but one.
 
-    The spare core is for camera capture and the loop itself. A parallel operator waits for its
-    slowest thread, so an engine spread over every core inherits the jitter of everything else on
-    the machine: on 2 cores beside the synthetic rig, a second engine thread cut the median
-    end-to-end latency from 67 to 51 ms but left the p99.9 where it was (83 vs 82 ms; see
-    benchmarks/RESULTS.md), for twice the CPU. The loop's preprocessing is the exception: it runs
-    only while the engine is idle, as one call for all cameras, and takes every core
-    (``runtime/preprocess.py``).
+    The spare core on a larger machine is for camera capture and the loop itself: a parallel
+    operator waits for its slowest thread, so an engine spread over every core inherits the jitter
+    of everything else on the machine. On two cores that trade goes the other way. The loop thread
+    only waits while the engine runs, the loop's preprocessing runs only while the engine is idle
+    (it takes every core: ``runtime/preprocess.py``), and a camera rendering the model's size
+    costs a fifth of a core; an engine held to one core is then simply slower. On the 2-core dev
+    box (reference model, ``synthetic://`` at the model's size, 10 Hz, 100 ms budget) two threads
+    gave 691 of 700 ticks ok against one thread's 660 of 700 in the same session, and no worse
+    with another process keeping a core busy (benchmarks/RESULTS.md, "Engine threads on 2 cores").
     """
-    return max(1, usable_cores() - 1)
+    cores = usable_cores()
+    return cores if cores <= 2 else cores - 1
 
 
 def usable_cores() -> int:

@@ -104,18 +104,21 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
 
     backend.run = run_and_capture
     cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
-    runner = Runner(backend, cameras, RunConfig(max_ticks=6))
+    # No fault however slow this machine: a faulted tick's record hides whether its run was committed.
+    runner = Runner(backend, cameras, RunConfig(max_ticks=6, fault_after=100))
     memory, valid = backend.feed("memory"), backend.feed("memory_valid")
     assert not valid.any() and not memory.any()  # initial values from the manifest
-    ok_ticks = late_seen = 0
+    ran_ticks = late_seen = 0
     before = memory.copy()
     try:
         for rec in runner:
             # State is double-buffered: feed() names the buffer the next run reads.
             memory, valid = backend.feed("memory"), backend.feed("memory_valid")
-            late_now = runner.late_runs_committed  # late runs collected up to this tick
-            if rec["status"] == "ok":
-                ok_ticks += 1
+            late_now = runner.late_runs_committed  # runs collected after their tick was published
+            # A run decoded within its tick is committed, on time ("ok") or not ("late: published
+            # N ms after capture": it finished, but its line went out past the deadline).
+            if rec["status"] == "ok" or (rec["reason"] or "").startswith("late: published"):
+                ran_ticks += 1
                 # The model's new memory is the next tick's input, and it is the old one shifted.
                 np.testing.assert_array_equal(memory, seen["new_memory"])
                 np.testing.assert_array_equal(memory[0, :3], seen["memory_in"][0, 1:])
@@ -123,7 +126,7 @@ def test_state_is_carried_and_committed_only_on_good_ticks(reference_bundle):
             elif late_now == late_seen:  # nothing was committed at this tick: the memory is untouched
                 np.testing.assert_array_equal(memory, before)
             late_seen = late_now
-            n = min(ok_ticks + late_now, 4)
+            n = min(ran_ticks + late_now, 4)
             assert valid[0].tolist() == [False] * (4 - n) + [True] * n, (rec["status"], rec["reason"])
             before = memory.copy()
     finally:

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-ms", type=float, default=None, metavar="MS",
                    help="count end-to-end times above this as deadline misses (loop mode default 100)")
     p.add_argument("--shapes", metavar="SPEC", help="symbolic input dims, trtexec syntax: name:1x3x224x224,...")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default cores - 1)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads "
+                       "(default: every core on 1-2 cores, else cores - 1)")
     p.add_argument("--spin-wait", action="store_true", help="let ONNX Runtime's threads spin between runs")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the engine runs, as vla-run --device (default cpu)")
