@@ -28,6 +28,8 @@ import torch
 
 from vla.runtime.errors import VlaError
 
+from .entropy import install as install_entropy_search
+
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 #: Kept in FP32 under --precision fp16: normalisations and softmax (sums of many small terms, and
 #: variances that overflow FP16), exponentials and powers, and integrations along the trajectory
@@ -187,6 +189,8 @@ class Int8Converter:
                                            augmented_model_path=str(Path(self._tmp.name) / "augmented.onnx"),
                                            calibrate_method=self._method, extra_options=dict(self._options))
             calibrator.collect_data(_Reader(calib_sets))
+            if self.method == "entropy":  # ONNX Runtime's threshold search, without its Python loops
+                install_entropy_search(calibrator.collector)
             save_tensors_data(calibrator.compute_data(), self.cache)
 
     def build(self, exclude: list[str]) -> onnx.ModelProto:

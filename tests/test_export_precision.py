@@ -427,3 +427,37 @@ def test_calibration_check_reads_what_calibration_will_read(reference_manifest, 
     for count in (3, None):
         with pytest.raises(VlaError, match=r"02\.png"):
             check_source(str(tmp_path), manifest, count)
+
+
+def _histogram(counts: np.ndarray, lo: float = -4.0, hi: float = 4.0) -> tuple:
+    """A histogram in ONNX Runtime's per-tensor form: (counts, edges, min, max)."""
+    edges = np.linspace(lo, hi, counts.size + 1, dtype=np.float32)
+    return counts.astype(np.int64), edges, np.float32(lo * 0.97), np.float32(hi * 0.99)  # (-3.88, 3.96)
+
+
+@pytest.mark.parametrize("case", ["laplace", "outliers", "sparse", "one_sided", "few_counts"])
+def test_entropy_threshold_is_onnxruntimes(case):
+    """The array version of the entropy search returns exactly what ONNX Runtime's loops return."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from vla.export.entropy import entropy_threshold
+
+    rng = np.random.default_rng(7)
+    bins = 512  # 2048 in exports; fewer keeps ONNX Runtime's own search quick here
+    if case == "laplace":
+        counts = np.histogram(rng.laplace(0, 0.4, 200_000), bins=bins, range=(-4, 4))[0]
+    elif case == "outliers":
+        counts = np.histogram(np.concatenate([rng.normal(0, 0.3, 100_000), rng.uniform(-4, 4, 50)]),
+                              bins=bins, range=(-4, 4))[0]
+    elif case == "few_counts":  # merged bins average to fractions: ONNX Runtime truncates them
+        counts = np.histogram(np.random.default_rng(1).normal(0, 0.5, 3000), bins=bins, range=(-4, 4))[0]
+    elif case == "sparse":
+        counts = np.zeros(bins, np.int64)
+        counts[rng.choice(bins, 40, replace=False)] = rng.integers(1, 1000, 40)
+    else:
+        counts = np.histogram(np.abs(rng.normal(0, 1.0, 100_000)), bins=bins, range=(-4, 4))[0]
+    hist = _histogram(counts)
+    want = HistogramCollector.get_entropy_threshold(None, hist, 128)  # uses nothing of its instance
+    got = entropy_threshold(hist, 128)
+    assert (float(got[0]), float(got[1])) == (float(want[0]), float(want[1]))
+    assert got[0].dtype == want[0].dtype == np.float32
