@@ -33,6 +33,7 @@ class BudgetFit:
     budget_ms: float
     period_ms: float
     reserve: float = RESERVE
+    precision: str | None = None  # the bundle's (manifest export.precision.mode), to suggest a lighter one
 
     @property
     def engine_allowance_ms(self) -> float:
@@ -77,14 +78,23 @@ class BudgetFit:
             fixes.append(f"--budget-ms {max(self.suggested_budget_ms(), int(self.budget_ms) + 10)}")
         if not self.fits_period:
             fixes.append(f"--rate {self.suggested_rate_hz():g}")
-        fixes.append("a lighter precision (vla-export --precision fp16 or int8)")
+        fixes.append(lighter_precision(self.precision))
         return f"warning: {figures}: {'; '.join(problems)}. Try {', or '.join(fixes)}"
 
 
-def judge_budget(engine_ms: Sequence[float], budget_ms: float, rate_hz: float,
-                 reserve: float = RESERVE) -> BudgetFit | None:
+def lighter_precision(precision: str | None) -> str:
+    """What to export instead of a bundle of ``precision`` for a faster engine."""
+    if precision == "int8":
+        return "a faster engine (vla-build, --backend trt on the target's GPU)"
+    if precision == "fp16":
+        return "a lighter precision (vla-export --precision int8)"
+    return "a lighter precision (vla-export --precision fp16 or int8)"
+
+
+def judge_budget(engine_ms: Sequence[float], budget_ms: float, rate_hz: float, reserve: float = RESERVE,
+                 precision: str | None = None) -> BudgetFit | None:
     """The warm-up runs' times (milliseconds) against the budget; None when there are none."""
     if not engine_ms:
         return None
     s = sorted(engine_ms)
-    return BudgetFit(len(s), median(s), percentile(s, 99), budget_ms, 1000.0 / rate_hz, reserve)
+    return BudgetFit(len(s), median(s), percentile(s, 99), budget_ms, 1000.0 / rate_hz, reserve, precision)

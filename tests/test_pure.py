@@ -338,6 +338,10 @@ def test_budget_fit_from_warm_up_runs():
     slow = judge_budget([1500.0], budget_ms=100.0, rate_hz=10.0)
     assert slow.suggested_rate_hz() == 0.5 and slow.suggested_budget_ms() == 1670
     assert "--budget-ms 1670, or --rate 0.5, or a lighter precision" in slow.line()
+    # The precision to suggest follows the bundle's own.
+    assert "--precision int8)" in judge_budget([95.0], 100.0, 10.0, precision="fp16").line()
+    int8 = judge_budget([95.0], 100.0, 10.0, precision="int8").line()
+    assert "--precision" not in int8 and int8.endswith("a faster engine (vla-build, --backend trt on the target's GPU)")
     # A suggestion is always above the budget the user gave.
     edge = judge_budget([90.5], budget_ms=100.0, rate_hz=5.0)
     assert not edge.fits and "--budget-ms 110" in edge.line()
