@@ -15,15 +15,29 @@ Exit status: the command's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import describe
-
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "while True:\n    pass\n"
+
+
+def describe() -> str:
+    """CPU model and cores, read without the project (this runs before the README's command
+    installs it, so ``machine.describe`` cannot be imported yet)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def readme_test_command(readme: Path = ROOT / "README.md") -> str:
