@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -65,7 +66,10 @@ def main() -> int:
     loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.cores)]
     t0 = time.monotonic()
     try:
-        rc = subprocess.run(["bash", "-c", shell] if shell else command, cwd=ROOT).returncode
+        # Ctrl-C reaches the command as it would at a terminal, even when this script runs as a
+        # background job (whose children inherit SIGINT ignored).
+        rc = subprocess.run(["bash", "-c", shell] if shell else command, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)).returncode
     except KeyboardInterrupt:
         rc = 130
     finally:

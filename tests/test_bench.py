@@ -150,8 +150,10 @@ def test_bad_input_is_one_line(tmp_path, args, needle):
 def test_ctrl_c_still_prints_what_was_measured(tmp_path):
     model = _symbolic_onnx(tmp_path / "m.onnx", batch_dim=1)
     out = tmp_path / "r.json"
+    # Started with SIGINT ignored, as a background job's children are: vla-bench takes Ctrl-C itself.
     proc = subprocess.Popen([*VLA_BENCH, "--engine", str(model), "--duration", "60", "--json", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.stderr.readline().startswith("vla-bench: warming up for 0.2 s, then timing")  # the engine is open
     time.sleep(0.2 + 2.0)  # the warm-up, then 2 s of runs of a model that takes microseconds
     proc.send_signal(signal.SIGINT)

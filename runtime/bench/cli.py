@@ -109,7 +109,10 @@ def bench(args: argparse.Namespace) -> int:
     realtime = apply_realtime(args.cpu, args.rt_priority, prog="vla-bench")
     env = environment.collect()
     env["describe"] = environment.describe(env)
-    signal.signal(signal.SIGTERM, _interrupt)  # a service stop reports what was measured, like Ctrl-C
+    # Ctrl-C and a service stop report what was measured. SIGINT is set here too, not left to Python:
+    # a process started from a background job (a CI script's `&`) inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     with environment.TegrastatsSampler() as tegra:
         if args.loop:
             result = run_loop_bench(args.engine, args.camera, ticks=args.ticks, rate_hz=args.rate,
