@@ -206,8 +206,7 @@ class DeviceTick:
         first launches of the kernels and the engine happen before tick 0. The captures still happen
         on live ticks, once a key has recurred: a key's first run is the one with the initial state."""
         for _ in range(WARM_RUNS):
-            self._enqueue()
-            self.finish()
+            self.plain_run()
         return {}
 
     def decoded(self) -> DecodedTrajectory:

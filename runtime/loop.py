@@ -245,8 +245,8 @@ class Runner:
             self.warmup_engine_ms.append((worker.finished - worker.started) * 1000.0)
             if len(self.warmup_engine_ms) >= 3 and time.monotonic() >= ends:
                 break
-        precision = ((self.backend.manifest.raw.get("export") or {}).get("precision") or {}).get("mode")
-        self.budget_fit = judge_budget(self.warmup_engine_ms, cfg.budget_ms, cfg.rate_hz, precision=precision)
+        self.budget_fit = judge_budget(self.warmup_engine_ms, cfg.budget_ms, cfg.rate_hz,
+                                       precision=self.backend.manifest.precision)
         if self.budget_fit is not None and cfg.log is not None:
             cfg.log(self.budget_fit.line())
 

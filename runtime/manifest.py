@@ -79,6 +79,11 @@ class Manifest:
         return {n: (t.detail["width"], t.detail["height"])
                 for t in self.inputs_with("camera") for n in t.detail["names"]}
 
+    @property
+    def precision(self) -> str:
+        """The precision the bundle was exported at (export.precision.mode; fp32 when not recorded)."""
+        return ((self.raw.get("export") or {}).get("precision") or {}).get("mode", "fp32")
+
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=False)
 

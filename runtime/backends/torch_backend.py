@@ -82,7 +82,7 @@ def find_program(engine: str, manifest: Manifest) -> Path:
     program = folder / str(export.get("program") or PROGRAM_FILE)
     if program.is_file():
         return program
-    mode = (export.get("precision") or {}).get("mode", "fp32")
+    mode = manifest.precision
     if mode != "fp32":
         raise VlaError(f"--engine {engine}: no {PROGRAM_FILE}: {mode} bundles hold their model only as ONNX "
                        "(the torch backend runs the FP32 program); use --backend ort, or an FP32 bundle")
