@@ -1,6 +1,8 @@
 """A bundle is a folder: ``model.onnx`` (manifest embedded), ``manifest.json``, ``parity.json``,
-``accuracy.json`` when the precision is not FP32 (the gate's figures and every search trial), and
-``program.pt2`` for FP32 (the torch.export program the runtime's torch backend runs).
+``accuracy.json`` when the precision is not FP32 (the gate's figures and every search trial),
+``program.pt2`` for FP32 (the torch.export program the runtime's torch backend runs), and
+``tokenizer.json`` when the model reads text with a Hugging Face tokenizer (``--tokenizer``: copied byte
+for byte, its sha256 in the manifest, so the same file gives the same bundle).
 
 It is written to a temporary folder beside the target and renamed into place, so a failed or
 interrupted export never leaves a half-written bundle where a vehicle could pick it up.
@@ -21,13 +23,14 @@ from typing import Any
 import onnx
 
 from vla.runtime.errors import VlaError
-from vla.runtime.manifest import METADATA_KEY
+from vla.runtime.manifest import METADATA_KEY, Manifest
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 ACCURACY_FILE = "accuracy.json"
 PROGRAM_FILE = "program.pt2"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def model_hash(model: onnx.ModelProto) -> str:
@@ -52,6 +55,17 @@ def tool_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions
+
+
+def stage_tokenizer(spec: Manifest, folder: Path) -> dict[str, Path]:
+    """A copy of the spec's tokenizer file in ``folder`` under its bundle name, for ``write_bundle``'s
+    ``files`` (which moves them: the user's own file stays where it is); {} for a model without one."""
+    block = spec.tokenizer
+    if block is None or spec.tokenizer_file is None:
+        return {}
+    staged = folder / block["file"]
+    shutil.copyfile(spec.tokenizer_file, staged)
+    return {block["file"]: staged}
 
 
 def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any],

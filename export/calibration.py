@@ -145,12 +145,13 @@ def check_source(source: str, manifest: Manifest, count: int | None = None) -> N
         _read_image(path, 8, 8)
 
 
-def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, seed: int
-                     ) -> tuple[list[dict[str, np.ndarray]], dict[str, object]]:
+def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, seed: int,
+                     command: str | None = None) -> tuple[list[dict[str, np.ndarray]], dict[str, object]]:
     """The calibration input sets and how they were made (recorded in the manifest); ``check_source``
-    has vetted ``source`` already (the pipeline runs it before the slow export)."""
+    has vetted ``source`` already (the pipeline runs it before the slow export). ``command``: the route
+    command of the synthetic drives (``vla-export --command``; default: those the model takes)."""
     if source == "synthetic":
-        sets = scene_sets(manifest, step, count=count, seed=seed)
+        sets = scene_sets(manifest, step, count=count, seed=seed, command=command)
         return sets, {"source": "synthetic", "seed": seed, "samples": len(sets), "hash": data_hash(sets)}
     folder = Path(source)
     npz = sorted(folder.glob("*.npz"))
@@ -161,6 +162,7 @@ def calibration_sets(source: str, manifest: Manifest, step: StepFn, count: int, 
         cam = manifest.inputs_with("camera")[0].detail
         samples = _image_samples(folder, cam["names"])
         images = ImageFolder(samples, cam["width"], cam["height"])  # one reel, read on across drives
-        sets = scene_sets(manifest, step, count=min(count, len(samples)), seed=seed, frames_for=lambda d: images)
+        sets = scene_sets(manifest, step, count=min(count, len(samples)), seed=seed, frames_for=lambda d: images,
+                          command=command)
         kind = "images"
     return sets, {"source": str(folder), "kind": kind, "samples": len(sets), "hash": data_hash(sets)}

@@ -8,6 +8,11 @@ ONNX Runtime's basic level only rewrites with standard ONNX ops (its extended le
 Runtime runs with its fused integer kernels (31 vs 49 ms for the reference model's INT8 graph on
 this machine, FP32 unchanged; see benchmarks/RESULTS.md).
 
+Identical initializers are then stored once (``dedupe_initializers``): the exporter and constant
+folding copy a weight per use (a backbone shared by three branches, each copy transposed), which
+would make the bundle larger than the model. The parameters counted are weight elements, comparable
+with the PyTorch model's ``parameters()``.
+
 One onnxslim fusion is skipped: ``FusionGemm`` turns MatMul+Add into Gemm with a transposed copy
 of the weight *per use*, and a model that reuses weights (the reference model's action expert runs
 once per Euler step) then grows by the copies (50 → 80 MB measured). ONNX Runtime and TensorRT both
@@ -17,6 +22,7 @@ fuse MatMul+Add themselves.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import tempfile
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from vla.runtime.errors import VlaError
 
@@ -35,10 +42,96 @@ TRT_OPSETS = range(9, 21)
 SKIPPED_FUSIONS = ["FusionGemm"]
 
 
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.DOUBLE}
+
+
+def _weight_elements(init: onnx.TensorProto) -> int:
+    """Elements of a weight: a floating-point initializer with at least one axis. Shapes and indices
+    (integer tensors) and folded scalar constants (``1/sqrt(d)``, an epsilon) are not parameters, as
+    they are not among a PyTorch model's ``parameters()`` either."""
+    return int(np.prod(init.dims)) if init.data_type in _FLOAT_TYPES and len(init.dims) > 0 else 0
+
+
 def graph_figures(model: onnx.ModelProto) -> dict[str, int]:
-    """Nodes, parameters (initializer elements) and serialised size in bytes."""
-    params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    """Nodes, parameters (weight elements, as ``_weight_elements`` counts them) and serialised size in bytes,
+    comparable with ``sum(p.numel() for p in model.parameters())``."""
+    params = sum(_weight_elements(i) for i in model.graph.initializer)
     return {"nodes": len(model.graph.node), "parameters": params, "bytes": model.ByteSize()}
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Store identical initializers once: same dtype, shape and bytes; every use reads the first of them.
+
+    The exporter and constant folding make copies: a weight shared by three branches (tied, or one
+    backbone called three times) reaches the graph as one transposed copy per use, so a bundle would
+    hold more parameters than the model. Merging by content is exact (bytes, so -0.0 and NaN payloads
+    stay apart) and deterministic (the first in graph order is kept): the same graph gives the same
+    bytes. Graph inputs and outputs keep their names. Returns the model (changed in place) and how
+    many initializers and parameters were merged away.
+    """
+    graph = model.graph
+    protected = {v.name for v in graph.input} | {v.name for v in graph.output}
+    first: dict[tuple[int, tuple[int, ...], bytes], tuple[str, bytes]] = {}
+    rename: dict[str, str] = {}
+    keep: list[onnx.TensorProto] = []
+    saved = 0
+    for init in graph.initializer:
+        data = np.ascontiguousarray(numpy_helper.to_array(init)).tobytes()
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
+        seen = first.get(key)
+        if seen is not None and seen[1] == data and init.name not in protected:
+            rename[init.name] = seen[0]
+            saved += _weight_elements(init)
+            continue
+        first.setdefault(key, (init.name, data))
+        keep.append(init)
+    if rename:
+        _rename_inputs(graph, rename)
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        kept_info = [v for v in graph.value_info if v.name not in rename]
+        del graph.value_info[:]
+        graph.value_info.extend(kept_info)
+    return model, {"initializers": len(rename), "parameters": saved}
+
+
+def shared_note(merged: dict[str, int]) -> str:
+    """``"; 3 identical initializers stored once (8,192 parameters)"`` for the export's progress line."""
+    if not merged.get("initializers"):
+        return ""
+    return f"; {merged['initializers']} identical initializer(s) stored once ({merged['parameters']:,} parameters)"
+
+
+def parameter_note(model: onnx.ModelProto, declared: Any) -> str | None:
+    """Why the graph holds more weight elements than the PyTorch model's ``parameters()``, or None.
+
+    After ``dedupe_initializers`` only what is not a parameter can make the difference: buffers (a
+    sampler's time grid, running statistics not folded) or a weight that constant folding keeps in two
+    forms (used as is and transposed)."""
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return None
+    held = graph_figures(model)["parameters"]
+    if held <= declared:
+        return None
+    return (f"the graph holds {held:,} weight elements, {held - declared:,} more than the model's {declared:,} "
+            "parameters: its buffers, or a weight constant folding keeps in two forms")
+
+
+def _rename_inputs(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Point node inputs at the kept names, in ``graph`` and its subgraphs (If/Loop bodies read outer
+    names), except where a subgraph defines a name of its own."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                local = {i.name for i in sub.initializer} | {v.name for v in sub.input} | \
+                    {o for n in sub.node for o in n.output}
+                inner = {k: v for k, v in rename.items() if k not in local}
+                if inner:
+                    _rename_inputs(sub, inner)
 
 
 def slim(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -58,9 +151,10 @@ def slim(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
         raise VlaError("graph clean-up (onnxslim) returned no model; --no-slim exports without it")
     del cleaned.metadata_props[:]  # onnxslim may stamp its own; the bundle writes ours
     cleaned = ort_basic_optimise(cleaned)
+    cleaned, merged = dedupe_initializers(cleaned)
     after = graph_figures(cleaned)
     return cleaned, {"tool": f"onnxslim {onnxslim.__version__} + onnxruntime {ort.__version__} basic optimisations",
-                     "skipped_fusions": SKIPPED_FUSIONS, "before": before, "after": after}
+                     "skipped_fusions": SKIPPED_FUSIONS, "before": before, "after": after, "deduplicated": merged}
 
 
 def ort_basic_optimise(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from vla.runtime.cli_support import run_main
+from vla.runtime.cli_support import require, run_main
 from vla.runtime.errors import VlaError
+
+from .accuracy import Gate
 
 EPILOG = """\
 MODEL is one of:
@@ -16,16 +18,22 @@ MODEL is one of:
   model.pt2        a torch.export archive (torch.export.save), with vla_spec.json in extra_files
   weights.pt       a state_dict (torch.save(model.state_dict())), with --factory MODULE:FUNCTION
   model.pkl        a pickled nn.Module (torch.save(model)), only with --trust-pickle
+  BUNDLE/          an FP32 bundle folder (model.onnx + manifest.json): re-quantised to --precision
+                   fp16 or int8 without the PyTorch model; the gate compares with its ONNX Runtime outputs
 
 precision (decided in the graph, so ONNX Runtime and TensorRT 11 run the same numbers):
   fp32             the cleaned graph, checked against PyTorch (parity)
   fp16             FP16 weights and compute, FP32 inputs/outputs; normalisations, softmax,
                    integrations, output heads and overflowing nodes stay FP32
   int8             explicit Q/DQ as TensorRT wants it (symmetric INT8 activations, per-channel
-                   symmetric INT8 weights), calibrated on --calib
+                   symmetric INT8 weights), calibrated on --calib; --int8-form ort or dynamic for
+                   graphs meant for ONNX Runtime CPU
   fp16 and int8 must pass the accuracy gate on held-out synthetic drives against PyTorch FP32:
-  trajectory ADE <= --gate-rel-ade of the reference trajectories' spread (and <= --gate-ade-m
-  metres if given). If they don't, the most sensitive nodes are kept in FP32 until they do.
+  trajectory ADE <= --gate-rel-ade of the reference trajectories' spread (default 2%), or with
+  --gate-ade-m alone ADE <= that many metres, or both limits when both are given. A spread under
+  0.1 m is too small to judge a relative gate by (the export says so): gate in metres then.
+  If the gate fails, PyTorch modules are kept in FP32, those whose restoration lowers the
+  trajectory error most first (each measured), until it passes (--search-seconds, --max-exclude).
 
 examples:
   vla-export reference -o bundles/reference
@@ -34,6 +42,8 @@ examples:
   vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
   vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
   vla-export weights.pt --factory mypkg.models:build -o bundles/mine --precision int8 --calib recordings/
+  vla-export bundles/reference -o bundles/reference-int8 --precision int8   # from the FP32 bundle
+  vla-export vla.pt2 -o bundles/vla --spec spec.yaml --tokenizer tokenizer.json --command "turn left"
 """
 
 
@@ -60,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-slim", action="store_true", help="skip the onnxslim clean-up (constant folding, "
                    "dead nodes, shape simplification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and held-out drives (default 0)")
+    p.add_argument("--tokenizer", metavar="FILE",
+                   help="a Hugging Face tokenizers file (tokenizer.json) the model's text input is read with: "
+                   "copied into the bundle and hashed in the manifest; vla-run needs only the tokenizers package")
+    p.add_argument("--command", metavar="TEXT",
+                   help="route command of the parity, calibration and held-out inputs, encoded as vla-run does "
+                   "(default: the commands the model takes: its vocabulary's phrases that fit, its default)")
     g = p.add_argument_group("parity (the FP32 graph against PyTorch)")
     g.add_argument("--parity-inputs", type=int, default=3, metavar="N", help="seeded input sets to compare (default 3)")
     g.add_argument("--rtol", type=float, default=1e-3, help="max error relative to each output's scale (default 1e-3)")
@@ -74,13 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-samples", type=int, default=32, metavar="N", help="calibration input sets (default 32)")
     g.add_argument("--heldout", type=int, default=16, metavar="N",
                    help="held-out input sets the gate measures on (default 16)")
-    g.add_argument("--gate-rel-ade", type=float, default=0.02, metavar="R",
-                   help="max trajectory ADE as a fraction of the reference trajectories' spread (default 0.02)")
+    g.add_argument("--gate-rel-ade", type=float, default=None, metavar="R",
+                   help="max trajectory ADE as a fraction of the reference trajectories' spread (default 0.02 "
+                   "unless --gate-ade-m is given alone)")
     g.add_argument("--gate-ade-m", type=float, default=None, metavar="M",
-                   help="max trajectory ADE in metres (default: not gated, only reported)")
+                   help="max trajectory ADE in metres; alone, the gate is in metres only (default: reported, "
+                   "not gated)")
     g.add_argument("--max-exclude", type=int, default=None, metavar="N",
                    help="most nodes the search may keep in FP32 (default: a quarter of the candidates; "
                    "0 turns the search off)")
+    g.add_argument("--search-seconds", type=float, default=300.0, metavar="S",
+                   help="time budget of the exclusion search (default 300): modules are measured one by one, "
+                   "most likely culprits first, and the best result so far is kept when time runs out")
+    g.add_argument("--int8-form", choices=("tensorrt", "ort", "dynamic"), default="tensorrt",
+                   help="INT8 graph form, named after its target: tensorrt (default; symmetric INT8 Q/DQ, the "
+                   "form TensorRT parses), ort (UINT8-activation Q/DQ that ONNX Runtime's x86 kernels run "
+                   "fastest, best for convolutions), dynamic (run-time activation ranges, MatMul/Gemm "
+                   "only, no calibration: transformer blocks on ONNX Runtime CPU)")
     p.add_argument("--force", action="store_true", help="write the bundle even if parity or the gate fails")
     p.add_argument("--build", action="store_true",
                    help="then build the bundle's TensorRT plan into BUNDLE/engines/, as vla-build BUNDLE does (on "
@@ -95,13 +121,18 @@ def _check(args: argparse.Namespace) -> None:
             raise VlaError(f"--{name.replace('_', '-')} must be at least 1")
     if args.heldout < 2 and args.precision != "fp32":
         raise VlaError("--heldout must be at least 2 (the spread of the reference trajectories needs two)")
+    Gate.from_options(args.gate_rel_ade, args.gate_ade_m)  # limits that are not positive numbers
     if args.max_exclude is not None and args.max_exclude < 0:
         raise VlaError("--max-exclude must be 0 or more")
+    if not args.search_seconds > 0:
+        raise VlaError("--search-seconds must be more than 0")
     if args.precision != "int8" and args.calib != "synthetic":
         raise VlaError("--calib only applies to --precision int8")
 
 
 def export(args: argparse.Namespace) -> int:
+    # The export extra, checked before any slow work: one line naming what to install.
+    require("torch", "onnx", "onnxscript", *(() if args.no_slim else ("onnxslim",)))
     from .pipeline import run_export
 
     _check(args)

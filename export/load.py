@@ -24,6 +24,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def _pickled_global(exc: Exception) -> str | None:
 
 
 def _load_pickled_module(path: Path, spec_path: str | None) -> LoadedModel:
-    _cwd_on_path()  # the pickle names its classes by module; let the user's own modules resolve
+    user_import_path()  # the pickle names its classes by module; let the user's own modules resolve
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-pickle was given
     except Exception as exc:
@@ -299,11 +300,79 @@ def _as_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
                    "save model.state_dict()")
 
 
-def _cwd_on_path() -> None:
-    """``vla-export`` runs as a console script, whose sys.path lacks the current directory; add it."""
+#: Our top-level source folders (pyproject.toml maps them to vla.runtime, vla.export, vla.kernels). From a
+#: checkout they would also import as plain ``runtime``, ``export``, ``kernels``: names other packages
+#: have (transformers probes for Hugging Face's ``kernels``), so a checkout never serves them.
+PROJECT_FOLDERS = ("runtime", "export", "kernels")
+_PROJECT_NAME = re.compile(r'^name\s*=\s*["\']vla-runtime["\']', re.M)
+
+
+def is_checkout(folder: str | Path) -> bool:
+    """Whether ``folder`` is a source checkout of this project (its pyproject.toml names vla-runtime)."""
+    root = Path(folder)
+    try:
+        return all((root / f).is_dir() for f in PROJECT_FOLDERS) and \
+            bool(_PROJECT_NAME.search((root / "pyproject.toml").read_text(errors="replace")))
+    except OSError:
+        return False
+
+
+class _WithoutProjectFolders:
+    """The import path entry of a checkout, minus our folders: every other module there still imports
+    (a user's ``my_model.py`` beside them), while ``import kernels`` goes on to the next entry, as if
+    the folder were not there. Stored in ``sys.path_importer_cache``, where ``PathFinder`` looks first."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def find_spec(self, fullname: str, target: Any = None) -> Any:
+        if fullname in PROJECT_FOLDERS:
+            return None
+        return self.inner.find_spec(fullname, target)
+
+    def invalidate_caches(self) -> None:
+        if hasattr(self.inner, "invalidate_caches"):
+            self.inner.invalidate_caches()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _hide_project_folders(entry: str) -> None:
+    key = entry or os.getcwd()  # PathFinder's own key for '' (the current directory)
+    if not os.path.isdir(key) or isinstance(sys.path_importer_cache.get(key), _WithoutProjectFolders):
+        return
+    if not is_checkout(key):
+        return
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(key)
+        except ImportError:
+            continue
+        sys.path_importer_cache[key] = _WithoutProjectFolders(finder)
+        for name in PROJECT_FOLDERS:  # imported from the checkout already (not through vla.*): forget them
+            module = sys.modules.get(name)
+            if module is not None and str(getattr(module, "__file__", "") or "").startswith(key + os.sep):
+                del sys.modules[name]
+        importlib.invalidate_caches()
+        return
+
+
+def user_import_path() -> None:
+    """Make the user's modules importable, as ``python`` would, without our folders shadowing theirs.
+
+    ``vla-export`` runs as a console script, whose sys.path lacks the current directory: it goes first,
+    as it does for ``python -m``. Any entry that is a checkout of this project (the current directory
+    in it, ``python -m vla.export.cli`` there, a PYTHONPATH pointing at it) keeps serving every module
+    but ``runtime``, ``export`` and ``kernels``: the user's ``import kernels`` finds the installed package
+    of that name, or nothing, never our folder.
+    """
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
+    for entry in list(sys.path):
+        if isinstance(entry, str):
+            _hide_project_folders(entry)
 
 
 def build_from_factory(factory: str) -> nn.Module:
@@ -311,14 +380,17 @@ def build_from_factory(factory: str) -> nn.Module:
     mod_name, sep, func_name = factory.partition(":")
     if not sep or not mod_name or not func_name:
         raise VlaError(f"--factory {factory}: expected MODULE:FUNCTION, e.g. --factory my_model:build")
-    _cwd_on_path()
+    user_import_path()
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
             raise VlaError(f"--factory {factory}: no module named {mod_name!r} (it must be importable from the "
                            "current directory or the Python path)") from None
-        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None
+        where = _raised_in(exc)
+        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed: {where}imports {exc.name!r}, which is "
+                       f"not installed here ({_first_line(exc)}); install it (pip install "
+                       f"{(exc.name or '?').split('.')[0]}) or fix the import") from None
     except Exception as exc:
         raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None
     func = getattr(mod, func_name, None)
@@ -335,6 +407,13 @@ def build_from_factory(factory: str) -> nn.Module:
         raise VlaError(f"--factory {factory}: {func_name}() returned a {type(module).__name__}, "
                        "not a torch.nn.Module")
     return module
+
+
+def _raised_in(exc: BaseException) -> str:
+    """``"path/to/file.py:12 "`` for the innermost frame of ``exc`` outside importlib: whose import failed."""
+    frames = [(f.f_code.co_filename, n) for f, n in traceback.walk_tb(exc.__traceback__)
+              if not f.f_code.co_filename.startswith("<frozen")]
+    return f"{frames[-1][0]}:{frames[-1][1]} " if frames else ""
 
 
 def _load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], path: Path, factory: str) -> None:

@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,26 @@ from vla.runtime.errors import ManifestError, VlaError
 from vla.runtime.feeds import example_feeds
 from vla.runtime.manifest import Manifest, check_against_graph, parse_manifest
 
-from . import bundle
-from .accuracy import Gate, describe, judge, measure
-from .cleanup import prune_opset_imports, slim, tensorrt_problems
+from . import bundle, exclusions
+from .accuracy import Gate, describe, judge, measure, reference_note
+from .cleanup import dedupe_initializers, parameter_note, prune_opset_imports, shared_note, slim, tensorrt_problems
 from .convert import check_onnx, export_onnx, tensor_types
 from .load import LoadedModel, load_model
+from .module_names import group_by_module, module_paths, read_scopes, stamp
 from .parity import Tolerance, check_parity, run_torch
 from .precision import Fp16Converter, Int8Converter, candidates, local_errors
+from .progress import Progress
 from .scenes import scene_sets
-from .search import SearchResult, Trial, search_exclusions
+from .search import EffectSearch, Trial, search_by_effect
 from .signature import check_spec_against_model
 from .speed import median_latencies_ms
+from .text import attach_tokenizer, check_commands, check_vocabulary_size, locate_tokenizer
 
 HELDOUT_SEED = 10_000  # drives of the held-out set: seeds HELDOUT_SEED + seed + d
 CALIB_SEED = 1_000  # drives of the synthetic calibration set (never overlaps the held-out seeds)
-SENSITIVITY_SETS = 4  # held-out sets used to rank nodes (the gate always uses all of them)
+SENSITIVITY_SETS = 4  # held-out sets used to order the modules' measurement (the gate always uses all of them)
+DEFAULT_SEARCH_SECONDS = 300.0  # --search-seconds: the exclusion search's time budget
+MAX_GROUPS = 24  # modules measured one by one at most (deeper module paths are merged to fit)
 
 
 def say(msg: str) -> None:
@@ -63,7 +69,8 @@ def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, s
                 ) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any], Any]:
     """The cleaned FP32 graph, how it was made, the parity report against PyTorch, and the
     torch.export program the graph came from (or None; see ``export_onnx``)."""
-    feed_sets = [example_feeds(spec, args.seed + i) for i in range(max(1, args.parity_inputs))]
+    command = getattr(args, "command", None)
+    feed_sets = [example_feeds(spec, args.seed + i, command) for i in range(max(1, args.parity_inputs))]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / bundle.MODEL_FILE
         how, traced = export_onnx(loaded, spec, feed_sets[0], path, args.opset)
@@ -73,18 +80,29 @@ def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, s
         model = check_onnx(path)
         if not args.no_slim:
             start = time.perf_counter()
+            scopes = read_scopes(model)  # the clean-up drops the exporter's per-node module scopes
             model, how["cleanup"] = slim(model)
+            stamp(model, scopes)
             onnx.save_model(model, str(path))
             model = check_onnx(path)
             seconds["cleanup"] = round(time.perf_counter() - start, 2)
             b, a = how["cleanup"]["before"], how["cleanup"]["after"]
             say(f"cleaned up with {how['cleanup']['tool']}: nodes {b['nodes']} -> {a['nodes']}, "
                 f"parameters {b['parameters']:,} -> {a['parameters']:,}, "
-                f"size {b['bytes'] / 1e6:.1f} -> {a['bytes'] / 1e6:.1f} MB")
+                f"size {b['bytes'] / 1e6:.1f} -> {a['bytes'] / 1e6:.1f} MB"
+                + shared_note(how["cleanup"]["deduplicated"]))
+        else:  # no clean-up, but identical initializers are still stored once (lossless)
+            model, how["deduplicated"] = dedupe_initializers(model)
+            if how["deduplicated"]["initializers"]:
+                say(f"--no-slim: no clean-up{shared_note(how['deduplicated'])}")
+        note = parameter_note(model, spec.raw["model"].get("parameters"))
+        if note:
+            say(f"note: {note}")
     for problem in tensorrt_problems(model):
         say(f"warning: TensorRT: {problem}")
     check_against_graph(spec, tensor_types(list(model.graph.input)), tensor_types(list(model.graph.output)),
                         "exported graph")
+    check_vocabulary_size(model, spec, say)  # a tokenizer with more ids than the embedding has rows
     start = time.perf_counter()
     parity = check_parity(loaded.eager, _session(model), spec, feed_sets, Tolerance(args.rtol, args.ade_tol))
     seconds["parity"] = round(time.perf_counter() - start, 2)
@@ -101,77 +119,104 @@ def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, s
     return model, how, parity, traced
 
 
-def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, fp32: onnx.ModelProto,
-                      seconds: dict[str, float]) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any]]:
-    """FP16 or INT8 graph that passes the accuracy gate: (model, decided record, measured report)."""
+def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                      reference_name: str, spec: Manifest, fp32: onnx.ModelProto, seconds: dict[str, float]
+                      ) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any]]:
+    """FP16 or INT8 graph that passes the accuracy gate: (model, decided record, measured report).
+
+    ``reference`` gives the outputs the gate compares against on one input set (PyTorch FP32 for an
+    export, the FP32 bundle's ONNX Runtime session for a re-quantisation), named by ``reference_name``.
+    """
     start = time.perf_counter()
     sess32 = _session(fp32)
 
     def step(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return _run(sess32, feeds)
 
-    held = scene_sets(spec, step, count=args.heldout, seed=HELDOUT_SEED + args.seed)
-    refs = [run_torch(loaded.eager, spec, feeds) for feeds in held]
+    held = scene_sets(spec, step, count=args.heldout, seed=HELDOUT_SEED + args.seed,
+                      command=getattr(args, "command", None))
+    refs = [reference(feeds) for feeds in held]
     say(f"held-out set: {len(held)} input sets from synthetic drives (seeds from {HELDOUT_SEED + args.seed}), "
-        "reference outputs from PyTorch FP32")
+        f"reference outputs from {reference_name}")
     record: dict[str, Any] = {"mode": args.precision}
+    form = getattr(args, "int8_form", "tensorrt") if args.precision == "int8" else None
     if args.precision == "int8":
         from .calibration import calibration_sets
 
-        calib, calib_info = calibration_sets(args.calib, spec, step, args.calib_samples, CALIB_SEED + args.seed)
-        say(f"calibrating on {calib_info['samples']} input sets from {calib_info['source']} "
-            f"({args.calib_method})")
-        converter: Fp16Converter | Int8Converter = Int8Converter(fp32, calib, args.calib_method)
+        if form == "dynamic":
+            calib: list[dict[str, np.ndarray]] = []
+            say("int8 dynamic form: weights quantised now, activations at run time (no calibration)")
+        else:
+            calib, calib_info = calibration_sets(args.calib, spec, step, args.calib_samples, CALIB_SEED + args.seed,
+                                                 command=getattr(args, "command", None))
+            say(f"calibrating on {calib_info['samples']} input sets from {calib_info['source']} "
+                f"({args.calib_method}, {form} form)")
+            record["calibration"] = {**calib_info, "method": args.calib_method}
+        converter: Fp16Converter | Int8Converter = Int8Converter(fp32, calib, args.calib_method, form=form)
         ranges = converter.ranges()
-        record["calibration"] = {**calib_info, "method": args.calib_method}
     else:
         overflow_sets = held[: SENSITIVITY_SETS]
         converter = Fp16Converter(fp32, overflow_sets)
         ranges = None
     seconds["calibration"] = round(time.perf_counter() - start, 2)
     record.update(converter.record())
-    gate = Gate(args.gate_rel_ade, args.gate_ade_m)
-    record["gate"] = {"rel_ade": gate.rel_ade, "ade_m": gate.ade_m, "heldout_sets": len(held)}
+    gate = Gate.from_options(args.gate_rel_ade, args.gate_ade_m)
+    record["gate"] = {**gate.record(), "heldout_sets": len(held)}
+    note = reference_note(spec, refs, gate)
+    if note:
+        say(f"warning: {note}")
 
-    built: dict[int, onnx.ModelProto] = {}
+    built: dict[frozenset[str], onnx.ModelProto] = {}
 
     def evaluate(excluded: list[str]) -> tuple[list[str], dict[str, Any]]:
         model = prune_opset_imports(converter.build(excluded))
-        built[len(excluded)] = model
+        built[frozenset(excluded)] = model
         sess = _session(model)
         figures = measure(spec, refs, [_run(sess, feeds) for feeds in held])
         return judge(figures, gate), figures
 
-    def progress(t: Trial) -> None:
-        verdict = "passes" if t.passed else "fails"
-        say(f"{args.precision} with {t.excluded} node(s) kept in FP32: {describe(t.figures)}: gate {verdict}")
-
     start = time.perf_counter()
-    nodes = candidates(fp32, args.precision)
+    budget = float(getattr(args, "search_seconds", DEFAULT_SEARCH_SECONDS))
+    nodes = candidates(fp32, args.precision, form or "tensorrt")
+    paths = module_paths(fp32)
+    groups = group_by_module(nodes, paths, MAX_GROUPS)
+    limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 4)
+    bar = Progress()
+
+    def progress(t: Trial) -> None:
+        what = ", ".join(t.groups[:3]) + (f" +{len(t.groups) - 3}" if len(t.groups) > 3 else "") or "nothing"
+        verdict = "passes" if t.passed else "fails"
+        total = 1 + len(groups) + 2 * max(1, len(groups)).bit_length()
+        bar.step(min(len(built), total), total, f"{time.perf_counter() - start:.0f}/{budget:g} s: "
+                 f"{args.precision} with {what} in FP32 ({t.excluded} node(s)): {describe(t.figures, gate)}: "
+                 f"gate {verdict}")
+
     try:
         errors = local_errors(fp32, held[:SENSITIVITY_SETS], nodes, args.precision, ranges)
-        order = {n: i for i, n in enumerate(nodes)}
-        ranked = sorted(nodes, key=lambda n: (-errors.get(n, 0.0), order[n]))
-        limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 4)
-        result = search_exclusions(ranked, evaluate, limit, on_trial=progress)
+        order = sorted(groups, key=lambda g: -max(errors.get(n, 0.0) for n in groups[g]))
+        result = search_by_effect(groups, order, evaluate, limit,
+                                  lambda trials: time.perf_counter() - start >= budget, on_trial=progress)
     finally:
+        bar.close()
         converter.close()
     seconds["gate_and_search"] = round(time.perf_counter() - start, 2)
 
-    by_name = {n.name: n for n in fp32.graph.node}
-    record["excluded"] = [{"node": n, "op": by_name[n].op_type, "local_error": round(errors.get(n, 0.0), 6)}
-                          for n in result.excluded]
-    record["search"] = {"candidates": len(nodes), "max_exclude": limit, "trials": len(result.trials),
-                        "ranking": "relative RMS error of each node's output when only it is converted"}
-    final = built[len(result.excluded)]
+    record["excluded"] = exclusions.decided(result, fp32, paths)
+    record["search"] = {"candidates": len(nodes), "groups": len(groups), "max_exclude": limit,
+                        "ranking": "measured: trajectory ADE with each module alone kept in FP32"}
+    final = built[frozenset(result.excluded)]
     report = _accuracy_report(result, gate)
+    report["search"] = {"trials": len(result.trials), "seconds_budget": budget, "out_of_time": result.out_of_time,
+                        "effects": exclusions.effects_table(result)}
+    report["excluded_modules"] = exclusions.measured(result)
+    for line in exclusions.summary_lines(args.precision, result):
+        say(line)
     if not result.passed:
-        msg = (f"{args.precision} accuracy gate failed ({'; '.join(result.final.failures)}) even with the "
-               f"{len(result.excluded)} most sensitive of {len(nodes)} nodes kept in FP32")
+        msg = exclusions.refusal(args.precision, result, len(nodes), limit, budget)
         if not args.force:
-            raise VlaError(f"{msg}; no bundle written (--max-exclude N allows more, --force writes it anyway)")
-        say(f"warning: {msg}; writing anyway because of --force")
-    timed = {"fp32": fp32, "converted_all": built[0]}
+            raise VlaError(msg)
+        say(f"warning: {msg.replace('; no bundle written', '')}; writing anyway because of --force")
+    timed = {"fp32": fp32, "converted_all": built[frozenset()]}
     if result.excluded:
         timed["final"] = final
     speeds = median_latencies_ms(timed, held[0])
@@ -179,8 +224,10 @@ def convert_precision(args: argparse.Namespace, loaded: LoadedModel, spec: Manif
     report["speed_ms"] = {k: round(v, 2) for k, v in speeds.items()}
     report["speed_ms"]["exclusion_cost"] = round(speeds["final"] - speeds["converted_all"], 2)
     report["speedup_vs_fp32"] = round(speeds["fp32"] / speeds["final"], 3)
-    say(f"{args.precision}: {len(result.excluded)} node(s) kept in FP32; {describe(result.final.figures)}; "
-        f"{speeds['final']:.1f} ms vs FP32 {speeds['fp32']:.1f} ms (x{report['speedup_vs_fp32']:.2f}; "
+    report["speed_note"] = exclusions.speed_note(args.precision, form, speeds["fp32"], speeds["final"])
+    say(f"{args.precision}: {len(result.excluded)} node(s) in {len(result.groups)} module(s) kept in FP32; "
+        f"{describe(result.final.figures, gate)}; "
+        f"{speeds['final']:.1f} ms vs FP32 {speeds['fp32']:.1f} ms (x{speeds['fp32'] / speeds['final']:.2f}; "
         f"exclusions cost {report['speed_ms']['exclusion_cost']:+.1f} ms)")
     return final, record, report
 
@@ -225,22 +272,29 @@ def save_program(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, 
     return path
 
 
-def _accuracy_report(result: SearchResult, gate: Gate) -> dict[str, Any]:
+def _accuracy_report(result: EffectSearch, gate: Gate) -> dict[str, Any]:
     final = result.final
     return {"passed": result.passed, "failures": final.failures, "figures": final.figures,
-            "gate": {"rel_ade": gate.rel_ade, "ade_m": gate.ade_m},
-            "trials": [{"excluded": t.excluded, "passed": t.passed, "failures": t.failures,
+            "gate": gate.record(), "notes": gate.notes(final.figures),
+            "trials": [{"excluded": t.excluded, "modules": t.groups, "passed": t.passed, "failures": t.failures,
                         "trajectory": t.figures["trajectory"]} for t in result.trials]}
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from .requantize import is_bundle, requantize
+
+    if is_bundle(args.model):  # an FP32 bundle: a new precision without the PyTorch model
+        return requantize(args)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     loaded = load_model(args.model, args.spec, args.config, factory=args.factory, trust_pickle=args.trust_pickle)
+    tokenizer = getattr(args, "tokenizer", None)
     try:
-        spec = parse_manifest(loaded.spec)
+        spec = parse_manifest(attach_tokenizer(loaded.spec, tokenizer))
     except ManifestError as exc:
         raise ManifestError(f"{args.model}: I/O spec: {exc}") from None
+    spec = locate_tokenizer(spec, tokenizer)
+    check_commands(spec, getattr(args, "command", None), say)  # before the slow steps
     check_spec_against_model(loaded, spec)
     if args.precision == "int8":
         from .calibration import check_source
@@ -252,7 +306,8 @@ def run_export(args: argparse.Namespace) -> int:
     precision: dict[str, Any] = {"mode": "fp32"}
     accuracy: dict[str, Any] | None = None
     if args.precision != "fp32":
-        model, precision, accuracy = convert_precision(args, loaded, spec, model, seconds)
+        model, precision, accuracy = convert_precision(
+            args, lambda feeds: run_torch(loaded.eager, spec, feeds), "PyTorch FP32", spec, model, seconds)
         for problem in tensorrt_problems(model):
             say(f"warning: TensorRT: {problem}")
 
@@ -270,25 +325,36 @@ def run_export(args: argparse.Namespace) -> int:
                                 "parity": {"passed": parity["passed"], "ade_m": parity["trajectory"]["ade_m"],
                                            "fde_m": parity["trajectory"]["fde_m"]}}
         if accuracy is not None:
-            manifest["measured"]["accuracy"] = {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
-                                                "speed_ms": accuracy["speed_ms"],
-                                                "speedup_vs_fp32": accuracy["speedup_vs_fp32"]}
+            manifest["measured"]["accuracy"] = measured_accuracy(accuracy)
         parse_manifest(manifest)  # what we write must load
         embedded = {k: v for k, v in manifest.items() if k != "measured"}
         bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
         extra = {bundle.ACCURACY_FILE: accuracy} if accuracy is not None else {}
         binaries = {bundle.PROGRAM_FILE: program} if program is not None else {}
+        binaries.update(bundle.stage_tokenizer(spec, Path(staging)))
         bundle.write_bundle(args.output, model, manifest, parity, extra, binaries)
     files = ", ".join([bundle.MODEL_FILE, bundle.MANIFEST_FILE, bundle.PARITY_FILE, *extra, *binaries])
     say(f"wrote {args.output}/ ({files}) in {time.perf_counter() - t0:.1f} s")
+    if accuracy is not None and accuracy.get("speed_note"):
+        say(accuracy["speed_note"])
     return 0
+
+
+def measured_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy report's summary for ``manifest["measured"]``: the gate's figures, the modules kept
+    in FP32 with their measured effect, and the speed against FP32 on ONNX Runtime CPU."""
+    return {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
+            "excluded_modules": accuracy.get("excluded_modules", []),
+            "speed_ms": accuracy["speed_ms"], "speedup_vs_fp32": accuracy["speedup_vs_fp32"],
+            "slower_than_fp32": accuracy["speedup_vs_fp32"] < 1.0}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that decide the graph (not where it is written): recorded, and hashed by equality."""
     keys = ["opset", "precision", "seed", "parity_inputs", "rtol", "ade_tol", "no_slim", "config"]
     if args.precision != "fp32":
-        keys += ["heldout", "gate_rel_ade", "gate_ade_m", "max_exclude"]
+        keys += ["heldout", "gate_rel_ade", "gate_ade_m", "max_exclude", "command"]
     if args.precision == "int8":
-        keys += ["calib", "calib_method", "calib_samples"]
-    return {k: getattr(args, k) for k in keys}
+        keys += ["int8_form"] + ([] if getattr(args, "int8_form", "") == "dynamic"
+                                 else ["calib", "calib_method", "calib_samples"])
+    return {k: getattr(args, k, None) for k in keys}

@@ -60,10 +60,10 @@ def output_heads(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if outs & set(n.output)]
 
 
-def candidates(model: onnx.ModelProto, precision: str) -> list[str]:
-    """Nodes the given precision converts, by name (the list ``search`` may exclude from)."""
+def candidates(model: onnx.ModelProto, precision: str, form: str = "tensorrt") -> list[str]:
+    """Nodes the given precision (and INT8 form) converts, by name (the list ``search`` may exclude from)."""
     if precision == "int8":
-        return [n.name for n in model.graph.node if n.op_type in QUANT_OPS]
+        return [n.name for n in model.graph.node if n.op_type in int8_ops(form)]
     if precision == "fp16":
         keep = set(output_heads(model))
         return [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.name not in keep]
@@ -145,8 +145,25 @@ class _Reader:
         return next(self._it, None)
 
 
+#: The INT8 graph forms ``--int8-form`` chooses between, each named after the runtime it is for.
+#: ``tensorrt``: explicit QDQ with symmetric INT8 activations (zero point 0) and per-channel symmetric
+#: INT8 weights, the only QDQ form TensorRT's parser accepts. ``ort``: QDQ with asymmetric UINT8
+#: activations and per-channel INT8 weights (U8S8), the form ONNX Runtime's x86 integer kernels (VNNI,
+#: AVX2) take directly. ``dynamic``: weights INT8 per channel, activations quantised at run time by
+#: the graph itself (DynamicQuantizeLinear + MatMulInteger): no calibration, MatMul/Gemm only (ONNX
+#: Runtime's ConvInteger is slower than its FP32 convolution); for transformer blocks on a CPU.
+INT8_FORMS = ("tensorrt", "ort", "dynamic")
+DYNAMIC_OPS = ("MatMul", "Gemm")
+
+
+def int8_ops(form: str) -> tuple[str, ...]:
+    """The op types a given INT8 form converts."""
+    return DYNAMIC_OPS if form == "dynamic" else QUANT_OPS
+
+
 class Int8Converter:
-    """Explicit QDQ INT8 for TensorRT: symmetric activations, per-channel symmetric weights.
+    """INT8 in one of ``INT8_FORMS``; by default explicit QDQ for TensorRT (symmetric activations,
+    per-channel symmetric weights).
 
     Calibration runs once, with ONNX Runtime's calibrators, into a range cache in a work folder;
     each ``build`` then only re-inserts Q/DQ nodes around the nodes not excluded, so the search can
@@ -154,21 +171,24 @@ class Int8Converter:
     because it cannot set the histogram size: its Entropy default (128 bins for 128 quantised bins)
     leaves the KL search a single candidate, the full range, i.e. MinMax again. Here Entropy uses
     2048 bins (as TensorRT's entropy calibrator does) and Percentile 2048 bins at 99.999%.
+    The ``dynamic`` form calibrates nothing: its activation ranges are taken per run.
     """
 
     precision = "int8"
     HISTOGRAM_BINS = 2048
 
     def __init__(self, model: onnx.ModelProto, calib_sets: list[dict[str, np.ndarray]], method: str = "minmax",
-                 percentile: float = 99.999) -> None:
+                 percentile: float = 99.999, form: str = "tensorrt") -> None:
         from onnxruntime.quantization import CalibrationMethod
 
         if method not in CALIB_METHODS:
             raise VlaError(f"--calib-method {method}: choose one of {', '.join(CALIB_METHODS)}")
-        self.model, self.method = model, method
+        if form not in INT8_FORMS:
+            raise VlaError(f"--int8-form {form}: choose one of {', '.join(INT8_FORMS)}")
+        self.model, self.method, self.form = model, method, form
         self._method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
-        self._options: dict[str, Any] = {"symmetric": True}
+        self._options: dict[str, Any] = {"symmetric": form == "tensorrt"}
         if method != "minmax":
             self._options["num_bins"] = self.HISTOGRAM_BINS
         if method == "entropy":
@@ -179,7 +199,8 @@ class Int8Converter:
         self._src = Path(self._tmp.name) / "fp32.onnx"
         onnx.save_model(model, str(self._src))
         self.cache = Path(self._tmp.name) / "calibration.json"
-        self._calibrate(calib_sets)
+        if form != "dynamic":
+            self._calibrate(calib_sets)
 
     def _calibrate(self, calib_sets: list[dict[str, np.ndarray]]) -> None:
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -194,28 +215,45 @@ class Int8Converter:
             save_tensors_data(calibrator.compute_data(), self.cache)
 
     def build(self, exclude: list[str]) -> onnx.ModelProto:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
         out = Path(self._tmp.name) / "int8.onnx"
+        ops = list(int8_ops(self.form))
         with _quiet_ort_tools():
-            quantize_static(str(self._src), str(out), None,
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(exclude) or None, calibrate_method=self._method,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-                            calibration_cache_path=str(self.cache))
+            if self.form == "dynamic":
+                quantize_dynamic(str(self._src), str(out), op_types_to_quantize=ops, per_channel=True,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                                 extra_options={"WeightSymmetric": True})
+            else:
+                symmetric = self.form == "tensorrt"
+                quantize_static(str(self._src), str(out), None,
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
+                                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                                calibrate_method=self._method,
+                                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+                                calibration_cache_path=str(self.cache))
         return onnx.load(str(out))
 
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        """Calibrated (min, max) of every calibrated tensor."""
+    def ranges(self) -> dict[str, tuple[float, float]] | None:
+        """Calibrated (min, max) of every calibrated tensor (None for the dynamic form)."""
         from onnxruntime.quantization.calibrate import load_tensors_data
 
+        if self.form == "dynamic":
+            return None
         data = load_tensors_data(self.cache).data
         return {name: (float(np.min(d.range_value[0])), float(np.max(d.range_value[1]))) for name, d in data.items()}
 
     def record(self) -> dict[str, Any]:
-        return {"format": "QDQ", "activations": "int8 symmetric (zero point 0), per tensor",
-                "weights": "int8 symmetric, per channel", "ops": list(QUANT_OPS),
+        ops = list(int8_ops(self.form))
+        if self.form == "dynamic":
+            return {"form": "dynamic", "format": "dynamic (DynamicQuantizeLinear + MatMulInteger)",
+                    "activations": "uint8, range taken per run", "weights": "int8 symmetric, per channel",
+                    "ops": ops, "tensorrt": False}
+        acts = ("int8 symmetric (zero point 0), per tensor" if self.form == "tensorrt"
+                else "uint8 asymmetric, per tensor")
+        return {"form": self.form, "format": "QDQ", "activations": acts, "weights": "int8 symmetric, per channel",
+                "ops": ops, "tensorrt": self.form == "tensorrt",
                 "calibrator": {k: v for k, v in self._options.items() if k != "symmetric"}}
 
     def close(self) -> None:

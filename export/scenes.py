@@ -3,9 +3,10 @@
 Random tensors are poor stand-ins for both: quantisation ranges calibrated on noise images and a
 zero memory are not the ranges a car sees, and an accuracy figure measured on them says little.
 So each input set here comes from a *drive*: the synthetic road rendered by every camera of the
-manifest at the model's own resolution, the ego history of that drive, a route command from the
-vocabulary, seeded noise, and recurrent state rolled forward by running the FP32 model on the
-drive's earlier ticks (so ``memory`` holds real scene tokens, as it would on the road).
+manifest at the model's own resolution, the ego history of that drive, a route command the model
+takes (``vla-export --command``, else its own phrases that fit and its default), seeded noise,
+and recurrent state rolled forward by running the FP32 model on the drive's earlier ticks (so
+``memory`` holds real scene tokens, as it would on the road).
 
 Camera pictures come from a ``FrameSource``: the synthetic renderer by default, or a folder of
 recorded images (``calibration.ImageFolder``). Drives with different seeds give independent
@@ -19,9 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vla.runtime.commands import write_command
-from vla.runtime.ego import FIELDS as EGO_FIELDS
-from vla.runtime.ego import EgoHistory
+from vla.runtime.commands import CommandEncoder
+from vla.runtime.ego import EgoFeed
 from vla.runtime.feeds import example_feed
 from vla.runtime.manifest import Manifest, TensorSpec
 from vla.runtime.preprocess import CameraPreprocessing, RigPreprocessor
@@ -78,19 +78,22 @@ def _camera_writer(spec: TensorSpec, out: np.ndarray) -> Callable[[dict[str, np.
     return write
 
 
-def _commands(manifest: Manifest) -> list[str]:
-    vocab = manifest.vocabulary or {}
-    return [c["phrases"][0] for c in vocab.get("commands", [])]
+def _commands(encoder: CommandEncoder, command: str | None) -> list[str]:
+    """``command`` when given; else those the model takes as they are (its own phrases that fit, the default)."""
+    if command is not None:
+        return [command]
+    return encoder.accepted()
 
 
 def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warmup_ticks: int = 4,
-                start_s: float | None = None, frames: FrameSource | None = None) -> Iterator[dict[str, np.ndarray]]:
+                start_s: float | None = None, frames: FrameSource | None = None,
+                command: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """``ticks`` input sets of one drive at 10 Hz, after ``warmup_ticks`` that only fill the state.
 
     Inputs are filled by role: cameras from ``frames`` (default: the synthetic road of ``seed``),
-    ego from the drive's motion (when the manifest uses the standard ego fields), command and text
-    from one route command of the vocabulary, noise seeded, state from the model's own outputs;
-    anything else gets ``vla.runtime.feeds.example_feed``. Yields fresh arrays each tick.
+    every ego input from the drive's motion (its declared fields, in their order), command and text
+    from one route command (``command``, else one the model takes as it is), noise seeded, state from
+    the model's own outputs; anything else gets ``vla.runtime.feeds.example_feed``. Yields fresh arrays each tick.
     """
     rng = np.random.default_rng(seed)
     cam = _camera_spec(manifest)
@@ -101,15 +104,17 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
     feeds = {t.name: example_feed(t, manifest, rng) for t in manifest.inputs}
     for t in manifest.inputs_with("state"):
         feeds[t.name][...] = t.detail["initial"]
-    commands = _commands(manifest)
-    if commands:
-        write_command(manifest, commands[int(rng.integers(len(commands)))], feeds.__getitem__)
-    ego_specs = [t for t in manifest.inputs_with("ego") if tuple(t.detail.get("fields", ())) == EGO_FIELDS]
-    history = EgoHistory(ego_specs[0].shape[1], ego_specs[0].detail["rate_hz"]) if ego_specs else None
-    # Ego history before the first tick, so tick 0 already has a full past.
+    encoder = CommandEncoder(manifest)
+    commands = _commands(encoder, command)
+    if commands:  # notes (a command cut or replaced) were said once by the caller: not once per drive
+        encoder.write(encoder.encode(commands[int(rng.integers(len(commands)))]), feeds.__getitem__)
+    ego_specs = manifest.inputs_with("ego")
+    history = EgoFeed.for_specs(ego_specs, lambda t: feeds[t.name][0]) if ego_specs else None
+    # Ego history before the first tick, so tick 0 already has a full past (the longest input's).
     if history is not None:
-        for k in range(history.steps + 1, 0, -1):
-            _ego_update(history, road, t0 - k * history.period)
+        longest = max(history.histories, key=lambda h: h.steps * h.period)
+        for k in range(longest.steps + 1, 0, -1):
+            _ego_update(history, road, t0 - k * longest.period)
     write_cameras = _camera_writer(cam, feeds[cam.name]) if cam is not None and frames is not None else None
     for k in range(warmup_ticks + ticks):
         t = t0 + k / TICK_HZ
@@ -117,7 +122,7 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
             write_cameras(frames.frame(max(t, 0.0)))
         if history is not None:
             _ego_update(history, road, t)
-            history.fill(feeds[ego_specs[0].name][0])
+            history.fill()
         for spec in manifest.inputs_with("noise"):
             feeds[spec.name][...] = rng.standard_normal(spec.shape).astype(spec.dtype) * spec.detail.get("std", 1.0)
         if k >= warmup_ticks:
@@ -128,14 +133,14 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
                 feeds[spec.name][...] = outputs[spec.detail["from_output"]]
 
 
-def _ego_update(history: EgoHistory, road: Road, t: float) -> None:
+def _ego_update(history: EgoFeed, road: Road, t: float) -> None:
     pose = road.ego_at(max(t, 0.0))
     history.update(t, pose.speed, pose.accel, pose.yaw_rate)
 
 
 def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks_per_drive: int = 4,
                stride: int = 5, frames_for: Callable[[int], FrameSource | None] | None = None,
-               ) -> list[dict[str, np.ndarray]]:
+               command: str | None = None) -> list[dict[str, np.ndarray]]:
     """``count`` input sets from ``ceil(count / ticks_per_drive)`` drives, ``stride`` ticks apart.
 
     Drive ``d`` uses seed ``seed + d``; consecutive kept ticks are ``stride`` ticks (0.5 s) apart
@@ -148,7 +153,7 @@ def scene_sets(manifest: Manifest, step: StepFn, *, count: int, seed: int, ticks
         frames = frames_for(drive) if frames_for else None
         kept = 0
         for i, feeds in enumerate(drive_feeds(manifest, step, seed=seed + drive,
-                                               ticks=ticks_per_drive * stride, frames=frames)):
+                                               ticks=ticks_per_drive * stride, frames=frames, command=command)):
             if i % stride == stride - 1:
                 sets.append(feeds)
                 kept += 1

@@ -1,4 +1,8 @@
-"""Which nodes to keep in high precision: the smallest prefix of the sensitivity ranking that passes.
+"""Which nodes to keep in high precision: the smallest prefix of a sensitivity ranking that passes.
+
+``search_by_effect`` (what the export runs) ranks *groups* of nodes (one per PyTorch module) by their
+measured effect on the trajectory, then searches prefixes of that ranking, within a time budget.
+``search_exclusions`` searches prefixes of a ranking given in advance.
 
 ``ranked`` lists the converted nodes, most sensitive first (``precision.local_errors``). Excluding
 a longer prefix can only bring the graph closer to FP32, so the search doubles the prefix until the
@@ -19,9 +23,10 @@ Evaluate = Callable[[list[str]], tuple[list[str], dict[str, Any]]]
 
 @dataclass
 class Trial:
-    excluded: int  # length of the ranked prefix kept in high precision
+    excluded: int  # length of the ranked prefix kept in high precision (nodes)
     failures: list[str]
     figures: dict[str, Any]
+    groups: list[str] = field(default_factory=list)  # the modules kept in FP32 (``search_by_effect``)
 
     @property
     def passed(self) -> bool:
@@ -83,3 +88,130 @@ def search_exclusions(ranked: list[str], evaluate: Evaluate, max_exclude: int,
         else:
             lo = mid
     return SearchResult(ranked[:hi], True, trials)
+
+
+# ==================================================================================================
+# Search by measured effect: modules ranked by what restoring each to FP32 does to the trajectory
+# ==================================================================================================
+
+#: out_of_time(trials run so far) -> True when no further trial may start (a clock in the pipeline,
+#: a trial count in tests).
+OutOfTime = Callable[[int], bool]
+
+
+@dataclass
+class Effect:
+    """What keeping one group (a module's nodes) in FP32, everything else converted, does to ADE."""
+
+    group: str
+    nodes: list[str]
+    ade_m: float  # trajectory ADE with this group in FP32
+    effect_m: float  # ADE with everything converted minus ``ade_m``: how much this group alone costs
+
+
+@dataclass
+class EffectSearch:
+    """The groups chosen (kept in FP32, most harmful first), the trial that measured them, and why it ended."""
+
+    groups: list[str]
+    excluded: list[str]  # their nodes
+    passed: bool
+    final: Trial
+    trials: list[Trial]
+    effects: dict[str, Effect]
+    out_of_time: bool = False
+
+    def harmful(self, n: int = 3) -> list[Effect]:
+        """The ``n`` groups whose FP32 restoration helped most (for a refusal naming them)."""
+        ranked = sorted(self.effects.values(), key=lambda e: -e.effect_m)
+        return [e for e in ranked if e.effect_m > 0][:n]
+
+
+def _ade(t: Trial) -> float:
+    return float(t.figures.get("trajectory", {}).get("ade_m", float("inf")))
+
+
+def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: Evaluate, max_exclude: int,
+                     out_of_time: OutOfTime, on_trial: Callable[[Trial], None] | None = None) -> EffectSearch:
+    """Fewest groups to keep in FP32 so the gate passes, chosen by *measured* effect on the trajectory.
+
+    1. Everything converted; if that passes, nothing is kept in FP32.
+    2. For each group, in ``order`` (a cheap guess of sensitivity, so the likely culprits are measured
+       first should time run out): everything converted except that group; its *effect* is how much
+       ADE falls. Groups never measured rank after the measured ones, in ``order``; groups of more than
+       ``max_exclude`` nodes are measured (a refusal names them) but never chosen.
+    3. The smallest prefix of that ranking that passes, by doubling then bisection (as
+       ``search_exclusions``), never more than ``max_exclude`` nodes in FP32.
+
+    ``out_of_time`` is asked before every trial after the first; when it says stop, the best result so
+    far is returned (a passing one if any trial passed). Trials are memoised by their node set.
+    """
+    trials: list[Trial] = []
+    seen: dict[frozenset[str], Trial] = {}
+
+    def trial(names: list[str]) -> Trial:
+        nodes = [n for g in names for n in groups[g]]
+        key = frozenset(nodes)
+        if key in seen:
+            return seen[key]
+        failures, figures = evaluate(nodes)
+        t = Trial(len(nodes), failures, figures, groups=list(names))
+        trials.append(t)
+        seen[key] = t
+        if on_trial:
+            on_trial(t)
+        return t
+
+    def done(chosen: list[str], t: Trial, effects: dict[str, Effect], late: bool = False) -> EffectSearch:
+        return EffectSearch(chosen, [n for g in chosen for n in groups[g]], t.passed, t, trials, effects, late)
+
+    base = trial([])
+    effects: dict[str, Effect] = {}
+    if base.passed:
+        return done([], base, effects)
+    for g in order:  # groups too big to keep are measured too: a refusal names what hurts
+        if out_of_time(len(trials)):
+            break
+        t = trial([g])
+        effects[g] = Effect(g, list(groups[g]), _ade(t), _ade(base) - _ade(t))
+    allowed = [g for g in order if len(groups[g]) <= max_exclude]
+    measured = sorted((g for g in effects if g in allowed), key=lambda g: -effects[g].effect_m)
+    ranked = measured + [g for g in allowed if g not in effects]
+    best = [g for g in measured[:1] if seen[frozenset(groups[g])].passed]
+    if best:  # the most helpful single group already passes: no prefix is shorter
+        return done(best, seen[frozenset(groups[best[0]])], effects)
+
+    sizes = [0]  # nodes in each prefix of ``ranked``
+    for g in ranked:
+        sizes.append(sizes[-1] + len(groups[g]))
+    longest = max(k for k, s in enumerate(sizes) if s <= max_exclude)
+    lo, hi, best_fail = 1 if measured else 0, None, (base, 0)
+    for k in prefix_lengths(longest):
+        if k <= lo and measured:
+            continue
+        if out_of_time(len(trials)):
+            return _give_up(done, ranked, best_fail, effects)
+        t = trial(ranked[:k])
+        if t.passed:
+            hi = k
+            break
+        lo = k
+        if _ade(t) < _ade(best_fail[0]):
+            best_fail = (t, k)
+    if hi is None:
+        return _give_up(done, ranked, best_fail, effects, late=False)
+    while hi - lo > 1:
+        if out_of_time(len(trials)):
+            break
+        mid = (lo + hi) // 2
+        if trial(ranked[:mid]).passed:
+            hi = mid
+        else:
+            lo = mid
+    return done(ranked[:hi], seen[frozenset(n for g in ranked[:hi] for n in groups[g])], effects)
+
+
+def _give_up(done: Callable[..., EffectSearch], ranked: list[str], best_fail: tuple[Trial, int],
+             effects: dict[str, Effect], late: bool = True) -> EffectSearch:
+    trial_, k = best_fail
+    return done(ranked[:k], trial_, effects, late)

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from vla.runtime.cli_support import install_hint, missing_module
+
 from .load import _first_line
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -124,15 +126,54 @@ def _from_node(node: torch.fx.Node, culprit: Culprit) -> None:
 
 
 # ---- why torch.export / the ONNX converter failed --------------------------------------------------------
-def _reason(chain: list[BaseException]) -> str:
-    """A plain-words cause plus what to do, from the exception types and messages in the chain."""
+#: What works instead of a sampler loop torch.export cannot trace (README, "Iterative samplers").
+SAMPLER_PATTERN = ("fix the step count K when the model is built (a Python int from its config), compute the "
+                   "timesteps/alphas once in __init__ as registered buffers, and unroll the steps with "
+                   "`for k in range(K)` (README: Iterative samplers)")
+_LOOP_LINE = re.compile(r"^\s*(for\b.*\brange\s*\(|while\b)")
+_SCHEDULER_LINE = re.compile(r"\bset_timesteps\b|\bscheduler\b", re.I)
+
+
+def _scheduler_in(chain: list[BaseException], culprit: Culprit) -> str | None:
+    """The class of a diffusers-style scheduler on the failing stack (an object with a ``set_timesteps``
+    method, or code under ``diffusers/schedulers``), or ``"scheduler"`` when only the failing line says so."""
+    for link in chain:
+        for frame, _ in traceback.walk_tb(link.__traceback__):
+            this = frame.f_locals.get("self")
+            if this is not None and callable(getattr(type(this), "set_timesteps", None)):
+                return type(this).__name__
+            if f"{os.sep}diffusers{os.sep}schedulers{os.sep}" in frame.f_code.co_filename:
+                return frame.f_code.co_name
+    if culprit.code and _SCHEDULER_LINE.search(culprit.code):
+        return "scheduler"
+    return None
+
+
+def _reason(chain: list[BaseException], culprit: Culprit | None = None) -> str:
+    """A plain-words cause plus what to do, from the exception types and messages in the chain, and the
+    failing line: sampler loops (schedulers with per-call state, loops over tensor values) get the
+    pattern that exports, since torch.export traces one fixed computation."""
+    culprit = culprit or Culprit()
     text = " ".join(str(e) for e in chain)
-    if any(isinstance(e, GuardOnDataDependentSymNode) for e in chain) or re.search(r"data.dependent", text, re.I):
+    missing = next((m for m in map(missing_module, chain) if m), None)
+    if missing:
+        return f"needs {install_hint(missing)}"
+    scheduler = _scheduler_in(chain, culprit)
+    if scheduler:
+        return (f"a diffusers-style scheduler ({scheduler}) runs inside forward: set_timesteps() and step() keep "
+                f"per-call state (timesteps, step index) that torch.export cannot trace; {SAMPLER_PATTERN}")
+    data_dependent = any(isinstance(e, GuardOnDataDependentSymNode) for e in chain) or \
+        re.search(r"data.dependent", text, re.I)
+    if data_dependent and culprit.code and _LOOP_LINE.search(culprit.code):
+        return ("a Python loop whose number of steps depends on tensor values; torch.export traces one fixed "
+                f"computation, so {SAMPLER_PATTERN}, or mask finished steps with torch.where")
+    if data_dependent:
         return ("data-dependent control flow (a Python branch, loop or size that depends on tensor values); "
                 "use torch.where or torch.cond, or make it static")
     if ".numpy() is not supported" in text or "Cannot access data pointer" in text or ".tolist()" in text:
         return ("it converts a tensor to NumPy/Python data (torch.export traces with fake tensors that hold "
-                "no values); compute it with torch ops")
+                "no values); compute it with torch ops, and constants (time grids, alphas) once in __init__ as "
+                "registered buffers")
     op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
     if op:
         return f"op {op.group(1)} has no ONNX translation; rewrite it with standard torch ops"
@@ -154,7 +195,8 @@ def explain_export_failure(exc: BaseException, root: nn.Module | None) -> str:
     chain = exception_chain(exc)
     traced = any(type(e).__name__ == "TorchExportError" for e in chain)
     stage = "torch.export cannot trace" if traced else "ONNX conversion fails in"
-    reason = _reason(chain)
+    culprit = find_culprit(exc, root)
+    reason = _reason(chain, culprit)
     original = short_message(_original(chain))
-    head = f"{stage} {find_culprit(exc, root).describe()}"
+    head = f"{stage} {culprit.describe()}"
     return f"{head}: {reason} [{original}]" if reason else f"{head}: {original}"

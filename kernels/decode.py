@@ -31,6 +31,10 @@ NONFINITE, CURVATURE, ACCEL, SPEED = 1, 2, 4, 8
 # checking device times on the host would need a synchronisation). The kernel clamps such times.
 TIMES = 16
 FLAG_NAMES = {NONFINITE: "NONFINITE", CURVATURE: "CURVATURE", ACCEL: "ACCEL", SPEED: "SPEED", TIMES: "TIMES"}
+#: The plausibility limits, by flag: (argument name, unit). A caller that lets its user relax the
+#: limits (a bring-up mode) needs to know which limit a trajectory broke, not only that it did.
+LIMITS = {CURVATURE: ("max_curvature", "1/m"), ACCEL: ("max_accel", "m/s²"), SPEED: ("max_speed", "m/s")}
+LIMIT_FLAGS = CURVATURE | ACCEL | SPEED
 
 COLUMNS = ("x", "y", "yaw", "speed", "accel", "curvature")
 MIN_SPEED = float(_core.DECODE_MIN_SPEED)  # m/s: below it curvature is 0 and not checked
@@ -54,6 +58,24 @@ assert RESULT_DTYPE.itemsize == 4 * RESULT_WORDS, "RESULT_DTYPE out of step with
 
 
 @dataclass(frozen=True)
+class LimitBreach:
+    """One plausibility limit a trajectory broke, at its first offending output row.
+
+    ``limit`` is the argument's name (``max_curvature``, ``max_accel``, ``max_speed``), ``bound``
+    its value, ``value`` the signed value that broke it at ``time`` s, and ``text`` the same as the
+    matching part of :attr:`DecodedTrajectory.problem` ("curvature 0.52 1/m > 0.3 at t=1.2 s").
+    """
+
+    flag: int
+    limit: str
+    unit: str
+    value: float
+    bound: float
+    time: float
+    text: str
+
+
+@dataclass(frozen=True)
 class DecodedTrajectory:
     """The chosen mode, resampled and checked.
 
@@ -62,6 +84,8 @@ class DecodedTrajectory:
     else an OR of the flag bits; ``problem`` says what is wrong in one line (None when plausible);
     ``first`` maps each raised flag to the first output row where it occurs (absent when the flag
     is not tied to a row, e.g. a non-finite score or a NaN in a waypoint no output point uses).
+    ``breaches`` lists the plausibility limits broken (curvature, acceleration, speed), in that
+    order, so a caller can say which limit and value, or treat them apart from non-finite values.
     """
 
     mode: int
@@ -70,11 +94,18 @@ class DecodedTrajectory:
     verdict: int
     problem: str | None
     first: dict[int, int] = field(default_factory=dict)
+    breaches: tuple[LimitBreach, ...] = ()
 
     @property
     def ok(self) -> bool:
         """Whether the trajectory may be published."""
         return self.verdict == 0
+
+    @property
+    def only_limits(self) -> bool:
+        """Whether the plausibility limits are all that is wrong: every value finite, so the
+        trajectory could be driven if the limits were relaxed."""
+        return self.verdict != 0 and not self.verdict & ~LIMIT_FLAGS
 
 
 @dataclass(frozen=True)
@@ -135,6 +166,23 @@ def _over_limit(name: str, value: float, unit: str, limit: float, t: float) -> s
     return f"{name} {value:.2f} {unit} {bound} at t={_fmt_t(t)} s"
 
 
+def _breaches(r: np.void, verdict: int, max_curvature: float, max_accel: float,
+              max_speed: float) -> tuple[LimitBreach, ...]:
+    """The limits raised in ``verdict``, with the value and time the kernel reported for each."""
+    bounds = {CURVATURE: max_curvature, ACCEL: max_accel, SPEED: max_speed}
+    out = []
+    for bit, (flag, (limit, unit)) in enumerate(LIMITS.items(), start=1):
+        if not verdict & flag:
+            continue
+        value, t = float(r["value"][bit]), float(r["time"][bit])
+        if flag == SPEED:
+            text = f"speed {value:.2f} m/s > {max_speed:g} at t={_fmt_t(t)} s"
+        else:
+            text = _over_limit("curvature" if flag == CURVATURE else "acceleration", value, unit, bounds[flag], t)
+        out.append(LimitBreach(flag, limit, unit, value, bounds[flag], t, text))
+    return tuple(out)
+
+
 def _problem(r: np.void, verdict: int, horizon: float, max_curvature: float, max_accel: float,
              max_speed: float) -> str | None:
     """One line naming every raised flag, most serious first."""
@@ -145,12 +193,7 @@ def _problem(r: np.void, verdict: int, horizon: float, max_curvature: float, max
         parts.append(f"non-finite trajectory (mode {int(r['mode'])}, waypoint {int(r['bad_waypoint'])})")
     if verdict & NONFINITE and not parts:  # finite inputs, non-finite arithmetic (overflow)
         parts.append(f"non-finite output at t={_fmt_t(r['time'][0])} s")
-    if verdict & CURVATURE:
-        parts.append(_over_limit("curvature", float(r["value"][1]), "1/m", max_curvature, r["time"][1]))
-    if verdict & ACCEL:
-        parts.append(_over_limit("acceleration", float(r["value"][2]), "m/s²", max_accel, r["time"][2]))
-    if verdict & SPEED:
-        parts.append(f"speed {float(r['value'][3]):.2f} m/s > {max_speed:g} at t={_fmt_t(r['time'][3])} s")
+    parts += [b.text for b in _breaches(r, verdict, max_curvature, max_accel, max_speed)]
     if verdict & TIMES:
         parts.append(f"requested time {float(r['value'][4]):g} s outside the trajectory [0, {horizon:g}] s "
                      "(clamped)")
@@ -172,6 +215,7 @@ def _decoded(words: np.ndarray, points: Any, horizon: float, max_curvature: floa
         verdict=verdict,
         problem=_problem(r, verdict, horizon, max_curvature, max_accel, max_speed),
         first=first,
+        breaches=_breaches(r, verdict, max_curvature, max_accel, max_speed),
     )
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from .cli_support import run_main
+from .tally import format_counts, format_kinds
 
 EPILOG = """\
 cameras (--camera [NAME=]URI, repeatable; NAME is one of the model's camera names):
@@ -40,9 +41,11 @@ examples:
   vla-run --list-cameras
 
 Each tick prints one JSON line (schema vla.tick/2): tick, status (ok | late | fallback | fault)
-and reason, frame ids, capture and publish times (monotonic s), per-stage latency, trajectory.
-Every status but ok carries the fallback trajectory (the last good one, slowing to a stop).
-A summary goes to stderr on exit; the exit status is non-zero when a camera was lost.
+and reason, deadline_missed (the engine's result was not in hand by the deadline, whatever was
+published), warning (--limits warn), frame ids, capture and publish times (monotonic s),
+per-stage latency, trajectory. Every status but ok carries the fallback trajectory (the last good
+one, slowing to a stop). A summary goes to stderr on exit: ticks by status, deadline misses,
+reasons by kind; the exit status is non-zero when a camera was lost.
 """
 
 
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vehicle-state input: camera (default), udp://HOST:PORT, constant://?speed=…, profile://")
     p.add_argument("--ego-stale-ms", type=float, default=200.0, metavar="MS",
                    help="vehicle state older than this makes a tick fall back (default 200)")
-    p.add_argument("--command", metavar="TEXT", help="route command, e.g. 'turn left' (default: the model's first)")
+    p.add_argument("--command", metavar="TEXT", help="route command, e.g. 'turn left at the next intersection', read "
+                   "with the bundle's vocabulary or tokenizer (default: the bundle's default command)")
     p.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="tick rate (default 10)")
     p.add_argument("--budget-ms", type=float, default=100.0, help="capture-to-publish budget (default 100)")
     stop = p.add_mutually_exclusive_group()
@@ -93,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accel", type=float, default=8.0, metavar="M/S2",
                    help="... or accelerates/brakes harder than this (default 8)")
     p.add_argument("--max-speed", type=float, default=60.0, metavar="M/S", help="... or is faster (default 60)")
+    p.add_argument("--limits", choices=("enforce", "warn", "off"), default="enforce",
+                   help="what the three limits above do: enforce (fall back, naming the limit and the value; the "
+                   "default); warn (publish the model's trajectory anyway, with a warning naming them: bring-up of "
+                   "an untrained or unfamiliar model); off (no limits; a non-finite output still falls back)")
     p.add_argument("--stop-horizon", type=float, default=4.0, metavar="S",
                    help="a fallback trajectory slows to a stop over this many seconds (default 4)")
     p.add_argument("--fault-after", type=int, default=5, metavar="N",
@@ -116,17 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+LIMITS_NOTE = {"warn": "trajectories beyond --max-curvature/--max-accel/--max-speed are published, with a warning",
+               "off": "no plausibility limits; non-finite outputs still fall back"}
+
+
 def format_summary(s: dict[str, Any]) -> str:
-    """The exit summary, for people; the same figures are in Runner.summary() for programs."""
-    status = ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items())) or "none"
+    """The exit summary, for people; the same figures are in Runner.summary() for programs.
+
+    Ticks by status (every status, 0 included); deadline misses (every tick whose engine result was
+    not in hand by its deadline, whatever was published) with what was published instead; each
+    tick that was not ok by the kind of its own reason; ticks published despite a limit."""
+    misses = s["deadline_misses"]
+    published = format_counts(s.get("deadline_misses_by_status") or {}, zeros=False)
     lines = [
-        f"summary: {s['ticks']} ticks ({status}); deadline misses {s['deadline_misses']} "
-        f"(budget {s['budget_ms']:g} ms); skipped ticks {s['skipped_ticks']}; "
-        f"dropped frames {sum(s['dropped_frames'].values())}"
+        f"summary: {s['ticks']} ticks ({format_counts(s['status'])}); deadline misses {misses} "
+        f"({f'published {published}; ' if misses else ''}budget {s['budget_ms']:g} ms); "
+        f"skipped ticks {s['skipped_ticks']}; dropped frames {sum(s['dropped_frames'].values())}"
         + (f" {s['dropped_frames']}" if s["dropped_frames"] else ""),
     ]
+    last = s.get("last_reasons")
     if s["fallback_reasons"]:
-        lines.append("fallbacks: " + ", ".join(f"{k} x{v}" for k, v in s["fallback_reasons"].items()))
+        lines.append("fallback reasons: " + format_kinds(s["fallback_reasons"], last))
+    if s.get("limit_warnings"):
+        lines.append("published despite a limit (--limits warn): " + format_kinds(s["limit_warnings"], last))
+    if s.get("limits") == "off":
+        lines.append("limits off: no plausibility limits were checked (non-finite outputs still fell back)")
+    limited = sum(n for kind, n in s["fallback_reasons"].items() if kind.startswith("implausible trajectory"))
+    if limited and s.get("limits", "enforce") == "enforce":
+        lines.append(f"limits: {limited} ticks fell back on a plausibility limit; to see the model's own trajectories "
+                     "(bring-up of an untrained or unfamiliar model), --limits warn publishes them with a warning")
     if s["health_events"]:
         lines.append("health: " + "; ".join(s["health_events"]))
     lines.append(f"{'stage (ms)':<12}{'p50':>9}{'p99':>9}{'max':>9}{'mean':>9}")
@@ -177,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
                        sync=args.sync, max_curvature=args.max_curvature, max_accel=args.max_accel,
-                       max_speed=args.max_speed, stop_horizon_s=args.stop_horizon, fault_after=args.fault_after,
+                       max_speed=args.max_speed, limits=args.limits, stop_horizon_s=args.stop_horizon,
+                       fault_after=args.fault_after,
                        fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after,
                        ego_stale_ms=args.ego_stale_ms, sync_tolerance_ms=args.sync_tolerance_ms,
                        frame_wait_ms=args.frame_wait_ms, cuda_graph=not args.no_cuda_graph,
@@ -206,7 +233,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"vla-run: {backend.manifest.name} on {backend.describe()}; "
           f"backend {backend.name} ({getattr(backend, 'selection', args.backend)})", file=sys.stderr)
     print("vla-run: cameras " + ", ".join(f"{n}={c.uri}" for n, c in cameras.items())
-          + f"; command '{runner.command_name}'; {args.rate:g} Hz, budget {args.budget_ms:g} ms"
+          + (f"; command '{runner.command_name}'" if runner.command_name else "; no command input")
+          + f"; {args.rate:g} Hz, budget {args.budget_ms:g} ms"
+          + ("" if args.limits == "enforce" else f"; limits {args.limits} ({LIMITS_NOTE[args.limits]})")
           + (f"; {', '.join(realtime)}" if realtime else ""), file=sys.stderr)
     standing = args.ego == "camera" and not isinstance(runner.ego_input, FrameEgoInput)
     print(f"vla-run: ego {runner.ego_input.describe()}"

@@ -9,7 +9,7 @@ from typing import Any
 from .backends.base import Backend
 from .backends.select import PLAN_WITHOUT_TRT
 from .errors import ManifestError, VlaError
-from .manifest import METADATA_KEY, Manifest, check_against_graph, parse_manifest_text
+from .manifest import METADATA_KEY, Manifest, check_against_graph, parse_manifest_text, with_files
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -35,9 +35,10 @@ def _must_exist(engine: str) -> None:
 
 
 def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
-    """The bundle's manifest.json, else the manifest embedded in the .onnx (``session``'s metadata when one is open)."""
+    """The bundle's manifest.json, else the manifest embedded in the .onnx (``session``'s metadata when one is
+    open); the files it names (a tokenizer) are looked for beside the model."""
     if manifest_path is not None:
-        return parse_manifest_text(manifest_path.read_bytes(), str(manifest_path))
+        return with_files(parse_manifest_text(manifest_path.read_bytes(), str(manifest_path)), model_path.parent)
     if session is not None:
         text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     else:
@@ -45,7 +46,7 @@ def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = N
     if text is None:
         raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
                             f"or run a bundle folder that has {MANIFEST_FILE}")
-    return parse_manifest_text(text, f"{model_path} (embedded manifest)")
+    return with_files(parse_manifest_text(text, f"{model_path} (embedded manifest)"), model_path.parent)
 
 
 def embedded_manifest_text(model_path: Path) -> str | None:

@@ -30,6 +30,11 @@ One tick, at ``--rate`` (``schedule.frame_tick`` / ``schedule.next_tick``):
 
    Every line other than ``ok`` carries the fallback (``fallback.py``): the last good trajectory
    shifted to now, slowing to a stop over ``stop_horizon_s``, with its age and the reason.
+   Every line says whether the tick missed its deadline (``deadline_missed``: the engine's result
+   was not in hand by capture + budget, whatever was published; ``tally.py``). The plausibility
+   limits apply per ``RunConfig.limits`` (``limits.py``): ``enforce`` falls back naming the limit
+   and the value, ``warn`` publishes the model's trajectory with a ``warning`` saying the same,
+   ``off`` checks none (a non-finite output falls back in every mode);
 5. health (``health.py``): after ``fault_after`` consecutive non-ok ticks, or a camera silent for
    ``fault_stall_ms``, every line says ``fault`` (stopping trajectory, the fault's reason) until
    ``recover_after`` good ticks in a row; the transitions carry ``event`` ("fault", "recovered …").
@@ -58,24 +63,26 @@ from typing import Any
 
 import numpy as np
 
-from vla.kernels.decode import COLUMNS, NONFINITE, DecodedTrajectory, TrajectoryDecoder
+from vla.kernels.decode import COLUMNS, DecodedTrajectory, TrajectoryDecoder
 
 from .backends.base import Backend
 from .budget import BudgetFit, judge_budget
 from .camera_group import GroupVerdict, judge_group
-from .commands import write_command
+from .commands import CommandEncoder, EncodedCommand
 from .device_path import DeviceDecoder, DeviceTick
-from .ego import EgoHistory
+from .ego import EgoFeed
 from .ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from .engine_worker import EngineWorker
 from .errors import CameraError, VlaError
 from .fallback import fallback_trajectory
-from .health import Health, HealthConfig, next_health, reason_kind
+from .health import Health, HealthConfig, next_health
+from .limits import check_mode, decoder_limits, judge_decoded
 from .preprocess import RigPreprocessor
 from .realtime import IdleCollector
 from .schedule import frame_tick, next_tick
 from .sources.base import CameraSource, Frame
 from .stats import Window, summarize
+from .tally import Tally, deadline_missed
 
 RECORD_SCHEMA = "vla.tick/2"
 STAGES = ("acquire", "preprocess", "engine", "decode", "e2e")
@@ -87,7 +94,7 @@ class RunConfig:
     budget_ms: float = 100.0
     max_ticks: int | None = None
     duration_s: float | None = None
-    command: str | None = None  # None: the vocabulary's first command
+    command: str | None = None  # None: the bundle's default command (commands.py)
     seed: int = 0
     stall_ms: float = 500.0
     sync: str = "frame"  # "frame": run on the primary camera's next frame after the tick is due; "clock"
@@ -97,6 +104,7 @@ class RunConfig:
     max_curvature: float = 0.3  # 1/m: tighter than any road vehicle's turning circle allows
     max_accel: float = 8.0  # m/s^2, longitudinal: beyond hard braking
     max_speed: float = 60.0  # m/s
+    limits: str = "enforce"  # the limits above: enforce (fall back), warn (publish with a warning), off (limits.py)
     stop_horizon_s: float = 4.0  # a fallback slows to a stop over this long
     fault_after: int = 5  # consecutive non-ok ticks that make a fault
     fault_stall_ms: float = 1000.0  # a camera silent this long is a fault at once
@@ -135,8 +143,8 @@ class Runner:
         for t in m.inputs_with("state"):
             backend.feed(t.name)[...] = t.detail["initial"]
         ego_specs = m.inputs_with("ego")
-        self._ego_buf = backend.feed(ego_specs[0].name)[0] if ego_specs else None
-        self._ego = EgoHistory(ego_specs[0].shape[1], ego_specs[0].detail["rate_hz"]) if ego_specs else None
+        # Each ego input gets exactly its declared fields, in their order (``ego.py``).
+        self._ego = EgoFeed.for_specs(ego_specs, lambda t: backend.feed(t.name)[0]) if ego_specs else None
         if ego is None:
             carried = any(getattr(src, "provides_ego", False) for src in cameras.values())
             ego = FrameEgoInput() if carried else ConstantEgoInput("constant://")
@@ -144,7 +152,11 @@ class Runner:
         self._noise = [(backend.feed(t.name), float(t.detail.get("std", 1.0))) for t in m.inputs_with("noise")]
         self._rng = np.random.default_rng(config.seed)
         self._noise_drawn = False  # the next run's noise is in its inputs already
-        self.command_name = self.set_command(config.command)
+        self._commands = CommandEncoder(m)
+        self._pending_command: EncodedCommand | None = None
+        self.command_name = ""
+        self.set_command(config.command)
+        self._apply_command()
         traj = m.outputs_with("trajectory")[0]
         self._traj_name, self._dt = traj.name, float(traj.detail["dt"])
         self._points = traj.shape[2]
@@ -152,7 +164,7 @@ class Runner:
         self._score_name = scores[0].name if scores else None
         self._last_good = np.zeros((self._points, 3), dtype=np.float32)
         c = config
-        limits = {"max_curvature": c.max_curvature, "max_accel": c.max_accel, "max_speed": c.max_speed}
+        limits = decoder_limits(check_mode(c.limits), c.max_curvature, c.max_accel, c.max_speed)
         traj_name, score_name = self._traj_name, self._score_name
         # The engine thread's run and the model's trajectory, checked against the limits: on the host,
         # backend.run() and a decode of the outputs it returns; on the device, the whole tick's device
@@ -175,8 +187,7 @@ class Runner:
         self._worker: EngineWorker | None = None
         self._in_flight: float | None = None  # capture time of a run not collected yet
         self.ticks = self.skipped_ticks = self.late_runs_committed = 0
-        self.status_counts: Counter[str] = Counter()
-        self.reasons: Counter[str] = Counter()
+        self.tally = Tally()  # statuses, deadline misses, reasons and warnings of the published records
         self.dropped: Counter[str] = Counter()
         self.times = {s: Window(config.stats_window) for s in STAGES}
         self.end_reason = ""
@@ -189,8 +200,24 @@ class Runner:
 
     # ---- control --------------------------------------------------------------------------------
     def set_command(self, text: str | None) -> str:
-        """Encode a route command into the command/text inputs; returns the nav command's name."""
-        return write_command(self.backend.manifest, text, self.backend.feed)
+        """Change the route command (any thread; None: the bundle's default). It is encoded here, so a
+        command the model cannot take raises ``VlaError`` at once, and goes into the inputs before the
+        next engine run (never under a run in progress). Returns the command's name; "" for a model
+        that takes none. A note (text cut, or a shorter phrase fed) goes to ``RunConfig.log``."""
+        enc = self._commands.encode(text)
+        if enc is None:
+            return ""
+        if enc.note and self.cfg.log is not None:
+            self.cfg.log(enc.note)
+        self._pending_command = enc
+        return enc.nav_name
+
+    def _apply_command(self) -> None:
+        """Write a command set since the last run into the inputs (the engine is idle here)."""
+        enc, self._pending_command = self._pending_command, None
+        if enc is not None:
+            self._commands.write(enc, self.backend.feed)
+            self.command_name = enc.nav_name
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run after the tick in progress (at most one budget away); any thread, signal-safe."""
@@ -343,19 +370,26 @@ class Runner:
         lat: dict[str, float] = {"acquire": (acquired - capture) * 1000.0}
         problem = verdict.problem
         ego_age = None
+        engine = "none"  # how the engine stood for this tick (tally.ENGINE_STATES)
         if problem is None and self._worker is not None and self._worker.busy:
             busy_ms = (time.monotonic() - self._worker.started) * 1000.0
             problem = f"engine overrun: the previous run is still going after {busy_ms:.0f} ms"
+            engine = "busy"
         if problem is None and self._ego is not None:
             problem, ego_age = self._read_ego(frames, capture)
-        decoded, late = None, False
+        decoded, warning = None, None
         if problem is None:
-            decoded, problem, late = self._run_model(frames, capture, deadline, lat)
+            decoded, problem, warning, engine = self._run_model(frames, capture, deadline, lat)
         publish = time.monotonic()
         lat["e2e"] = (publish - capture) * 1000.0
-        if problem is None and publish > deadline:  # finished, but not in time to be trusted as current
+        # Missed whatever is published: late, a fallback (engine busy) or a fault (health).
+        missed = deadline_missed(engine, publish, deadline)
+        late = engine == "pending"
+        if problem is None and missed:  # finished, but not in time to be trusted as current
             late = True
             problem = f"late: published {lat['e2e']:.0f} ms after capture (budget {self.cfg.budget_ms:g} ms)"
+        if decoded is not None and missed:  # decoded in this tick, so committed, but past its deadline
+            self.late_runs_committed += 1
         stalest = max(((n, (publish - f.capture_time) * 1000.0) for n, f in frames.items()),
                       key=lambda item: item[1], default=None)
         self.health, event = next_health(self.health, self._health_cfg, fallback=problem, stalled=stalest,
@@ -372,21 +406,21 @@ class Runner:
             # The same representation as a model trajectory (speed, acceleration, curvature); its
             # verdict does not matter: this is what is published whatever it says.
             points = self._describe(shifted[None, None], None).points
-            if problem is not None:
-                self.reasons[reason_kind(problem)] += 1
         else:
             status = "ok"
             points = decoded.points
         self.ticks += 1
-        self.status_counts[status] += 1
         for k, v in lat.items():
             self.times[k].append(v)
         trouble = {n: t for n, src in self.cameras.items() if (t := src.trouble())}
-        return {
+        record = {
             "schema": RECORD_SCHEMA,
             "tick": self.ticks - 1,
             "status": status,
             "reason": reason,
+            "problem": problem,  # this tick's own reason: the same as reason except while faulted
+            "deadline_missed": missed,
+            "warning": warning if status == "ok" else None,  # published despite a limit (--limits warn)
             "event": event,
             "frame_id": {n: f.seq for n, f in frames.items()},
             "capture_time": round(capture, 6),
@@ -403,6 +437,8 @@ class Runner:
             "fields": COLUMNS,
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
         }
+        self.tally.add(record)
+        return record
 
     def _newest(self) -> tuple[dict[str, Frame | None], str | None]:
         """The newest frame of every camera, and why the run must end if a camera has ended."""
@@ -459,9 +495,10 @@ class Runner:
         self._ego.update(min(reading.time, capture), reading.speed, reading.accel, reading.yaw_rate)
         return None, max(0.0, at - reading.time) * 1000.0
 
-    def _run_model(self, frames: dict[str, Frame], capture: float, deadline: float,
-                   lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
-        """Fill the inputs, run the engine until the deadline, decode: (trajectory, problem, late)."""
+    def _run_model(self, frames: dict[str, Frame], capture: float, deadline: float, lat: dict[str, float]
+                   ) -> tuple[DecodedTrajectory | None, str | None, str | None, str]:
+        """Fill the inputs, run the engine until the deadline, decode: (trajectory if usable, problem,
+        warning, engine state: "done", "pending" at the deadline, or "none" when it never started)."""
         t = time.monotonic()
         for cam in self._pre.cameras:
             self._last_seq[cam.name] = frames[cam.name].seq
@@ -473,11 +510,12 @@ class Runner:
                 self._device_tick.stage(frames)
         except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
             lat["preprocess"] = (time.monotonic() - t) * 1000.0
-            return None, str(exc), False
+            return None, str(exc), None, "none"
         # Meanwhile this thread fills the other inputs.
         if self._ego is not None:
-            self._ego.fill(self._ego_buf, capture)
+            self._ego.fill(capture)
         self._draw_noise()
+        self._apply_command()
         if running is not None:
             running.wait()
         lat["preprocess"] = (time.monotonic() - t) * 1000.0
@@ -488,8 +526,8 @@ class Runner:
         if not worker.wait(deadline - time.monotonic()):
             busy_ms = (time.monotonic() - worker.started) * 1000.0
             return None, (f"late: engine still running {busy_ms:.0f} ms in at the deadline "
-                          f"(budget {self.cfg.budget_ms:g} ms)"), True
-        return self._collect(lat)
+                          f"(budget {self.cfg.budget_ms:g} ms)"), None, "pending"
+        return (*self._collect(lat), "done")
 
     def _draw_noise(self) -> None:
         """The next run's noise inputs (one draw per run, so a seed gives the same sequence whichever
@@ -515,28 +553,25 @@ class Runner:
             if decoded is not None:
                 self.late_runs_committed += 1
 
-    def _collect(self, lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, bool]:
-        """Decode the finished run; commit state and the last good trajectory if it is usable."""
+    def _collect(self, lat: dict[str, float]) -> tuple[DecodedTrajectory | None, str | None, str | None]:
+        """Decode the finished run; commit state and the last good trajectory if it is usable (per
+        ``--limits``: ``limits.judge_decoded``). Returns (trajectory if usable, problem, warning)."""
         worker, flight = self._worker, self._in_flight
         self._in_flight = None
         lat["engine"] = (worker.finished - worker.started) * 1000.0
         if worker.error is not None:
             exc = worker.error
-            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", False
+            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", None
         t = time.monotonic()
         out = worker.outputs
         decoded = self._decode(out)
-        problem = None
-        if decoded.problem is not None:
-            kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"
-            problem = f"{kind}: {decoded.problem}"
-            decoded = None
-        else:
+        judged = judge_decoded(decoded, self.cfg.limits)
+        if judged.usable:
             self._commit_state(out)
             np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = flight
         lat["decode"] = (time.monotonic() - t) * 1000.0
-        return decoded, problem, False
+        return (decoded if judged.usable else None), judged.problem, judged.warning
 
     @property
     def data_path(self) -> str:
@@ -547,15 +582,22 @@ class Runner:
         return "host (preprocess and decode on the CPU)"
 
     def summary(self) -> dict[str, Any]:
-        """Counts and per-stage latency statistics (trtexec definitions, milliseconds)."""
+        """Counts and per-stage latency statistics (trtexec definitions, milliseconds).
+
+        ``status`` has every status (0 included); ``deadline_misses`` counts every tick whose engine
+        result was not in hand by its deadline, whatever was published (``tally.py``), and
+        ``deadline_misses_by_status`` what was published instead; ``fallback_reasons`` counts each
+        tick that was not ok by the kind of its own reason (a faulted tick's too), most frequent
+        first; ``limit_warnings`` the ticks published despite a limit (``limits="warn"``), by kind;
+        ``late_runs_committed`` the runs committed to state whose result missed its deadline.
+        """
         return {
             "ticks": self.ticks,
-            "status": dict(self.status_counts),
-            "deadline_misses": self.status_counts.get("late", 0),
+            **self.tally.as_dict(),
+            "limits": self.cfg.limits,
             "late_runs_committed": self.late_runs_committed,
             "skipped_ticks": self.skipped_ticks,
             "dropped_frames": dict(self.dropped),
-            "fallback_reasons": dict(self.reasons),
             "health_events": list(self.events),
             "latency_ms": {s: summarize(w.values()) for s, w in self.times.items() if len(w)},
             "latency_window_ticks": min(self.ticks, self.cfg.stats_window),

@@ -10,13 +10,14 @@ All functions here are pure: they take dicts and return values or raise ``Manife
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from .ego import ego_fields_problem
 from .errors import ManifestError
 
 SCHEMA_VERSION = 1
@@ -44,6 +45,8 @@ class Manifest:
     raw: dict[str, Any]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: Where the file of the ``tokenizer`` block is on this machine (``with_files``); None: not located.
+    tokenizer_file: Path | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -56,6 +59,11 @@ class Manifest:
     @property
     def vocabulary(self) -> dict[str, Any] | None:
         return self.raw.get("vocabulary")
+
+    @property
+    def tokenizer(self) -> dict[str, Any] | None:
+        """The Hugging Face tokenizer the text inputs are read with (``vla-export --tokenizer``), or None."""
+        return self.raw.get("tokenizer")
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -143,6 +151,12 @@ def parse_manifest_text(text: str | bytes, origin: str) -> Manifest:
         raise ManifestError(f"{origin}: {exc}") from None
 
 
+def with_files(m: Manifest, folder: Path) -> Manifest:
+    """``m`` with the files it names (the tokenizer) located in ``folder``, its bundle."""
+    block = m.tokenizer
+    return replace(m, tokenizer_file=folder / block["file"]) if block else m
+
+
 def _spec(t: dict[str, Any]) -> TensorSpec:
     role = t["role"]
     return TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), role, dict(t.get(role, {})))
@@ -195,6 +209,12 @@ def _cross_check(m: Manifest) -> None:
     cams = m.camera_names
     if len(set(cams)) != len(cams):
         raise ManifestError(f"manifest: camera names repeat across inputs: {cams}")
+    for t in m.inputs_with("ego"):  # the fill writes declared field i into column i
+        problem = "must be [batch, steps, fields]" if len(t.shape) != 3 else ego_fields_problem(
+            t.detail["fields"], t.shape[-1])
+        if problem:
+            raise ManifestError(f"manifest: ego input '{t.name}' {list(t.shape)} with fields {t.detail['fields']}: "
+                                f"{problem}")
 
     trajs = m.outputs_with("trajectory")
     if len(trajs) != 1:
@@ -216,21 +236,34 @@ def _cross_check(m: Manifest) -> None:
                 f"manifest: score '{s.name}' shape {list(s.shape)} must be [batch, modes] = {list(traj.shape[:2])}"
             )
 
+    _check_language(m)
     if m.inputs_with("command") or m.inputs_with("text"):
-        vocab = m.vocabulary
-        if vocab is None:
-            raise ManifestError("manifest: command/text inputs need a 'vocabulary'")
-        if vocab["pad"] not in vocab["tokens"]:
-            raise ManifestError(f"manifest: vocabulary pad token {vocab['pad']!r} is not in its tokens")
-        ids = [c["id"] for c in vocab["commands"]]
-        if len(set(ids)) != len(ids):
-            raise ManifestError("manifest: vocabulary command ids repeat")
         text_ids = [t for t in m.inputs_with("text") if t.detail["kind"] == "ids"]
         masks = [t for t in m.inputs_with("text") if t.detail["kind"] == "mask"]
         if len(text_ids) > 1 or len(masks) > 1:
             raise ManifestError("manifest: at most one text 'ids' input and one text 'mask' input")
         if text_ids and masks and text_ids[0].shape != masks[0].shape:
             raise ManifestError("manifest: text ids and text mask shapes differ")
+
+
+def _check_language(m: Manifest) -> None:
+    """Command inputs take nav ids from the vocabulary's commands; text inputs are read with the
+    vocabulary's word tokens or with a tokenizer (``vla-export --tokenizer``)."""
+    vocab, tokenizer = m.vocabulary, m.tokenizer
+    if m.inputs_with("command") and vocab is None:
+        raise ManifestError("manifest: command inputs need a 'vocabulary' with the commands (id, name, phrases)")
+    if m.inputs_with("text") and tokenizer is None and (vocab is None or "tokens" not in vocab):
+        raise ManifestError("manifest: text inputs need a 'vocabulary' with word tokens and a pad token, "
+                            "or a tokenizer (vla-export --tokenizer tokenizer.json)")
+    if vocab is None:
+        return
+    if ("tokens" in vocab) != ("pad" in vocab):
+        raise ManifestError("manifest: a vocabulary with word tokens needs both 'tokens' and 'pad'")
+    if "pad" in vocab and vocab["pad"] not in vocab["tokens"]:
+        raise ManifestError(f"manifest: vocabulary pad token {vocab['pad']!r} is not in its tokens")
+    ids = [c["id"] for c in vocab["commands"]]
+    if len(set(ids)) != len(ids):
+        raise ManifestError("manifest: vocabulary command ids repeat")
 
 
 def check_against_graph(

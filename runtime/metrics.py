@@ -13,11 +13,15 @@ the server down and frees the port.
 Metrics (prefix ``vla_``):
 
 - ``vla_ticks_total{status}``: published records by status (ok, late, fallback, fault);
-- ``vla_fallbacks_total{reason}``: fallback ticks by the kind of reason (``health.reason_kind``:
-  the text before the first ':' or '(', numbers as N, e.g. "engine error"). Fault ticks are not
-  counted here: their reason embeds a running count ("6 consecutive fallbacks …"), which would
-  make a new label per tick; they show in
-  ``vla_ticks_total{status="fault"}`` and ``vla_fault``;
+- ``vla_deadline_misses_total{status}``: ticks whose engine result was not in hand by the deadline
+  (the record's ``deadline_missed``), by the status published instead: a miss is counted whether
+  it went out late, as a fallback or during a fault (``tally.py``);
+- ``vla_fallbacks_total{reason}``: ticks that were not ok, by the kind of their own reason (the
+  record's ``problem``; ``health.reason_kind``: the text before the first ':' or '(', numbers as
+  N, e.g. "engine error", "late", "implausible trajectory beyond --max-curvature"), a faulted
+  tick's too: the summary's ``fallback_reasons``, scraped;
+- ``vla_limit_warnings_total{reason}``: ticks published despite a plausibility limit
+  (``--limits warn``), by kind (which limits);
 - ``vla_latency_ms{stage}``: histogram of preprocess, engine, decode and e2e latency;
 - ``vla_frame_age_ms``: the last record's e2e latency (publish time - capture time);
 - ``vla_fault``: 1 while the loop is faulted, else 0;
@@ -42,11 +46,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from .errors import VlaError
 from .health import reason_kind
 from .loop import STAGES  # the stages a record's latency_ms carries
+from .tally import STATUSES, record_problem
 
 #: Milliseconds: dense where a 10-30 Hz loop lives (a 100 ms budget), sparse towards 500 ms.
 LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
-STATUSES = ("ok", "late", "fallback", "fault")
-MAX_REASONS = 32  # distinct fallback-reason labels kept; further kinds are counted as "other"
+MAX_REASONS = 32  # distinct reason labels kept per metric; further kinds are counted as "other"
 
 
 class Metrics:
@@ -58,7 +62,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._ticks = Counter("vla_ticks", "Published tick records by status", ["status"], registry=r)
-        self._fallbacks = Counter("vla_fallbacks", "Fallback ticks by reason kind", ["reason"], registry=r)
+        self._misses = Counter("vla_deadline_misses", "Ticks whose engine result was not in hand by the deadline, "
+                               "by the status published instead", ["status"], registry=r)
+        self._fallbacks = Counter("vla_fallbacks", "Ticks not ok, by the kind of their own reason", ["reason"],
+                                  registry=r)
+        self._warnings = Counter("vla_limit_warnings", "Ticks published despite a plausibility limit "
+                                 "(--limits warn), by kind", ["reason"], registry=r)
         self._latency = Histogram("vla_latency_ms", "Per-stage latency in milliseconds", ["stage"],
                                   buckets=LATENCY_BUCKETS_MS, registry=r)
         self._frame_age = Gauge("vla_frame_age_ms", "Age of the frames the last tick used (its e2e latency), ms",
@@ -72,8 +81,10 @@ class Metrics:
         self._ego_age.set(math.nan)
         # Label children bound once, so observe() does dict look-ups, not label resolution.
         self._status_child = {s: self._ticks.labels(status=s) for s in STATUSES}
+        self._miss_child = {s: self._misses.labels(status=s) for s in STATUSES}
         self._stage_child = {s: self._latency.labels(stage=s) for s in STAGES}
         self._reason_child: dict[str, Any] = {}
+        self._warning_child: dict[str, Any] = {}
         self._dropped_seen: dict[str, int] = {}
         self._camera_child: dict[str, Any] = {}
         self._lock = threading.Lock()  # only for creating children: dropped() may come from another thread
@@ -99,14 +110,13 @@ class Metrics:
         status = record["status"]
         child = self._status_child.get(status) or self._child(self._status_child, self._ticks, "status", status)
         child.inc()
-        if status == "fallback":
-            kind = reason_kind(record.get("reason") or "unknown")
-            child = self._reason_child.get(kind)
-            if child is None:
-                if len(self._reason_child) >= MAX_REASONS:
-                    kind = "other"
-                child = self._reason_child.get(kind) or self._child(self._reason_child, self._fallbacks, "reason", kind)
+        if record.get("deadline_missed", status == "late"):  # records from before the field: late ones
+            child = self._miss_child.get(status) or self._child(self._miss_child, self._misses, "status", status)
             child.inc()
+        if status != "ok" and (problem := record_problem(record)):
+            self._kind(self._reason_child, self._fallbacks, problem).inc()
+        if warning := record.get("warning"):
+            self._kind(self._warning_child, self._warnings, warning).inc()
         self._fault.set(1.0 if status == "fault" else 0.0)
         lat = record.get("latency_ms") or {}
         for stage, ms in lat.items():
@@ -139,6 +149,16 @@ class Metrics:
     def set_info(self, model: str, backend: str, **extra: str) -> None:
         """Which model runs on which backend (``vla_model_info``); replaces what was set before."""
         self._info.info({"model": model, "backend": backend, **extra})
+
+    def _kind(self, cache: dict[str, Any], metric: Any, reason: str) -> Any:
+        """The child counting ``reason``'s kind: at most ``MAX_REASONS`` labels, then "other"."""
+        kind = reason_kind(reason)
+        child = cache.get(kind)
+        if child is None:
+            if len(cache) >= MAX_REASONS:
+                kind = "other"
+            child = cache.get(kind) or self._child(cache, metric, "reason", kind)
+        return child
 
     def _child(self, cache: dict[str, Any], metric: Any, label: str, value: str) -> Any:
         with self._lock:

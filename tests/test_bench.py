@@ -179,7 +179,26 @@ def test_loop_mode_times_the_real_pipeline(reference_bundle, tmp_path):
         assert all(o == pytest.approx(e - a - c, abs=1e-3)
                    for o, e, a, c in zip(s["overhead"], s["e2e"], s["acquire"], s["compute"], strict=True))
     assert 0 < r["stages"]["overhead"]["median"] < r["stages"]["e2e"]["median"]
-    assert sum(r["status"].values()) == 15
+    assert list(r["status"]) == ["ok", "late", "fallback", "fault"] and sum(r["status"].values()) == 15
+    # Misses whatever was published, and what was published instead (a late line, a fallback, a fault).
+    assert r["deadline"]["misses"] == sum(r["deadline"]["by_status"].values()) >= r["status"]["late"]
+    assert sum(r["fallback_reasons"].values()) >= 15 - r["status"]["ok"] - r["status"]["fault"]
+    assert "status: " + ", ".join(f"{k} {v}" for k, v in r["status"].items()) in proc.stdout.splitlines()
+
+
+def test_loop_mode_takes_the_limits_mode_and_reports_counts(tiny_bundle, tmp_path):
+    out = tmp_path / "loop.json"
+    proc = run_cli(VLA_BENCH, "--engine", tiny_bundle, "--loop", "--ticks", "5", "--limits", "off",
+                   "--camera", "synthetic://?size=160x120", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert r["settings"]["limits"] == "off" and r["limit_warnings"] == {}
+    assert sum(r["status"].values()) == 5 and set(r["deadline"]) >= {"misses", "by_status"}
+    lines = proc.stdout.splitlines()
+    assert "limits=off" in next(ln for ln in lines if ln.startswith("settings: "))
+    assert any(ln.startswith("status: ok ") for ln in lines), proc.stdout
+    bad = run_cli(VLA_BENCH, "--engine", tiny_bundle, "--loop", "--limits", "loose")
+    assert bad.returncode != 0 and "invalid choice: 'loose'" in bad.stderr
 
 
 def test_loop_mode_refuses_cuda_graph_on_the_host_data_path(reference_bundle):

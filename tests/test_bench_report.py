@@ -114,6 +114,29 @@ def test_deadline_line_count_and_rate():
     assert "deadline" not in report.format_table(make_result(budget=None))
 
 
+def test_loop_counts_status_reasons_and_where_misses_went():
+    """Loop mode: every status, the misses by what was published instead, the reasons by kind."""
+    misses = {"late": 3, "fallback": 5, "fault": 2}
+    r = make_result(mode="loop", status={"ok": 990, "late": 3, "fallback": 5, "fault": 2},
+                    deadline={"budget_ms": 997, "misses": 10, "rate": 0.01, "by_status": misses},
+                    fallback_reasons={"late": 6, "engine overrun": 4},
+                    limit_warnings={"implausible trajectory beyond --max-speed": 7})
+    text = report.format_table(r).splitlines()
+    assert "deadline misses: 10 of 1000 (1.00%) over 997 ms budget (published late 3, fallback 5, fault 2)" in text
+    assert "status: ok 990, late 3, fallback 5, fault 2" in text
+    assert "fallback reasons: late x6, engine overrun x4" in text
+    assert "published despite a limit (--limits warn): implausible trajectory beyond --max-speed x7" in text
+    md = report.to_markdown(r)
+    assert "- Status: ok 990, late 3, fallback 5, fault 2" in md and "- Fallback reasons: late x6" in md
+    saved = json.loads(report.to_json(r))
+    assert saved["status"] == r["status"] and saved["deadline"]["by_status"] == misses
+    keys = list(saved)
+    assert keys.index("deadline") < keys.index("status") < keys.index("fallback_reasons") < keys.index("wall_s")
+    # Engine mode has no ticks: no such lines.
+    assert not any(ln.startswith(("status:", "fallback reasons:")) for ln in report.format_table(make_result())
+                   .splitlines())
+
+
 def test_interrupted_wording():
     r = make_result(interrupted=True)
     assert "interrupted: figures cover the 1000 iterations measured before Ctrl-C" in report.format_table(r)

@@ -169,3 +169,34 @@ def test_dropped_totals_and_ego_age_follow_the_loop(metrics):
     assert value(s, "vla_dropped_frames_total", camera="front") == 5
     assert value(s, "vla_dropped_frames_total", camera="left") == 1
     assert value(s, "vla_ego_age_ms") == 12.5
+
+
+def test_deadline_misses_reasons_and_warnings_count_as_the_summary_does(metrics):
+    """The records' deadline_missed, problem and warning, counted as vla-run's summary counts them
+    (``vla.runtime.tally``): a miss whatever was published, a faulted tick's own reason, warnings."""
+    from vla.runtime.tally import Tally
+
+    late = "late: engine still running 412 ms in at the deadline (budget 100 ms)"
+    over = "implausible trajectory beyond --max-curvature: curvature 0.52 1/m > 0.3 at t=1.2 s"
+    records = [
+        {**record("ok", 40.0), "problem": None, "deadline_missed": False, "warning": over},
+        {**record("late", 100.0, reason=late), "problem": late, "deadline_missed": True, "warning": None},
+        {**record("fallback", 30.0, reason="engine overrun: the previous run is still going after 180 ms"),
+         "problem": "engine overrun: the previous run is still going after 180 ms", "deadline_missed": True,
+         "warning": None},
+        {**record("fault", 100.0, reason=f"3 consecutive fallbacks (last: {late})"), "problem": late,
+         "deadline_missed": True, "warning": None},
+        {**record("fallback", 12.0, reason=over), "problem": over, "deadline_missed": False, "warning": None},
+    ]
+    for r in records:
+        metrics.observe(r)
+    s = scrape(metrics.port)
+    assert labelled(s, "vla_deadline_misses_total", "status") == {"ok": 0, "late": 1, "fallback": 1, "fault": 1}
+    assert labelled(s, "vla_fallbacks_total", "reason") == {
+        "late": 2, "engine overrun": 1, "implausible trajectory beyond --max-curvature": 1}
+    assert labelled(s, "vla_limit_warnings_total", "reason") == {"implausible trajectory beyond --max-curvature": 1}
+    # The same figures as the summary's, from the same records.
+    counts = Tally().extend(records).as_dict()
+    assert sum(labelled(s, "vla_deadline_misses_total", "status").values()) == counts["deadline_misses"] == 3
+    assert labelled(s, "vla_fallbacks_total", "reason") == counts["fallback_reasons"]
+    assert labelled(s, "vla_ticks_total", "status") == counts["status"]

@@ -11,7 +11,9 @@ test says so.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import pytest
 from conftest import VLA_RUN, assert_one_line_error, paced, run_cli
 from vla.runtime.ego_input import open_ego_input
 from vla.runtime.engine import open_engine
+from vla.runtime.errors import VlaError
 from vla.runtime.loop import RunConfig, Runner
 from vla.runtime.sources import open_cameras
 from vla.runtime.sources.base import CameraSource, Frame
@@ -114,7 +117,14 @@ def test_engine_overrun_publishes_late_on_time_then_commits_the_late_run(tiny_bu
     assert busy and all(r["status"] == "fallback" for r in busy)
     assert statuses[-1] == "ok"
     summary = runner.summary()
-    assert summary["late_runs_committed"] == 1 and summary["deadline_misses"] == 1
+    # Every tick without its engine result by the deadline is a miss, whatever went out: the late
+    # line, and each fallback while the slow run still held the engine.
+    assert [r["deadline_missed"] for r in records] == [r is late or r in busy for r in records]
+    assert summary["deadline_misses"] == 1 + len(busy)
+    assert summary["deadline_misses_by_status"] == {"late": 1, "fallback": len(busy)}
+    assert summary["status"] == {s: statuses.count(s) for s in ("ok", "late", "fallback", "fault")}
+    assert summary["fallback_reasons"]["late"] == 1 and summary["fallback_reasons"]["engine overrun"] == len(busy)
+    assert summary["late_runs_committed"] == 1
     committed = statuses.count("ok") + 1  # every ok run and the late one went into the memory
     assert runner.backend.feed("memory_valid")[0].tolist() == [False] * (4 - min(committed, 4)) + [True] * min(
         committed, 4)
@@ -380,3 +390,227 @@ def test_a_lagging_camera_is_named(tiny_bundle):
     assert ok and all(r["sync_ms"] <= 50 for r in ok)
     assert records[-1]["status"] == "ok"  # caught up after the freeze
     assert runner.summary()["dropped_frames"].get("right", 0) >= 1
+
+
+# --- honest counts and the plausibility limits ------------------------------------------------------
+
+SPEED_SCALE = 20.0  # the tiny model plans ~12 m/s: scaled, ~240 m/s, far beyond --max-speed 60
+
+
+def _scaled(run, factor: float):
+    """The engine's real run, its trajectory's x and y then scaled by ``factor`` (a model whose output
+    breaks the speed limit: the untrained tiny model's own plans are plausible)."""
+
+    def scaled():
+        out = run()
+        out["trajectory"][..., :2] *= factor
+        return out
+
+    return scaled
+
+
+def test_deadline_missed_is_decided_by_the_engine_not_by_what_was_published():
+    """Pure: a tick misses when its engine result was not in hand by the deadline."""
+    from vla.runtime.tally import deadline_missed
+
+    assert not deadline_missed("done", publish=1.0, deadline=1.0)  # in hand at the deadline: on time
+    assert deadline_missed("done", publish=1.001, deadline=1.0)  # decoded (usable or not) after it
+    assert deadline_missed("pending", publish=1.0, deadline=1.0)  # still running: published at the deadline
+    assert deadline_missed("busy", publish=0.5, deadline=1.0)  # an earlier run held the engine: never ran
+    assert not deadline_missed("none", publish=2.0, deadline=1.0)  # not run (frames, ego): its reason says why
+    with pytest.raises(ValueError, match="engine state 'late'"):
+        deadline_missed("late", 0.0, 1.0)
+
+
+def test_tally_counts_misses_whatever_was_published():
+    """Pure: the counts of vla-run's summary and vla-bench --loop, from records."""
+    from vla.runtime.tally import Tally, format_kinds
+
+    def rec(status, missed, problem=None, reason=None, warning=None):
+        return {"status": status, "deadline_missed": missed, "problem": problem,
+                "reason": reason if reason is not None else problem, "warning": warning}
+
+    over = "implausible trajectory beyond --max-speed: speed 80.00 m/s > 60 at t=0.3 s"
+    counts = Tally().extend([
+        rec("ok", False),
+        rec("ok", False, warning=over),
+        rec("late", True, "late: engine still running 412 ms in at the deadline (budget 200 ms)"),
+        rec("fallback", True, "engine overrun: the previous run is still going after 310 ms"),
+        rec("fault", True, "late: engine still running 230 ms in at the deadline (budget 200 ms)",
+            reason="5 consecutive fallbacks (last: late: engine still running 230 ms in at the deadline)"),
+        rec("fault", False, None, reason="5 consecutive fallbacks (last: x)"),  # a good tick, still faulted
+        rec("fallback", False, "no new frame from camera 'left'"),
+        rec("fallback", False, over),
+    ]).as_dict()
+    assert counts["status"] == {"ok": 2, "late": 1, "fallback": 3, "fault": 2}
+    assert counts["deadline_misses"] == 3  # one published late: the count the summary used to give
+    assert counts["deadline_misses_by_status"] == {"late": 1, "fallback": 1, "fault": 1}
+    assert counts["fallback_reasons"] == {"late": 2, "engine overrun": 1, "no new frame from camera 'left'": 1,
+                                          "implausible trajectory beyond --max-speed": 1}
+    assert counts["limit_warnings"] == {"implausible trajectory beyond --max-speed": 1}
+    # The kind leaves the value out; the summary line gives the last one for a limit.
+    assert format_kinds(counts["limit_warnings"], counts["last_reasons"]) == (
+        "implausible trajectory beyond --max-speed x1 (last: speed 80.00 m/s > 60 at t=0.3 s)")
+    # Records from before deadline_missed and problem: misses are the late ones, reasons as published.
+    old = Tally().extend([{"status": "late", "reason": "late: published 230 ms after capture"},
+                          {"status": "fault", "reason": "5 consecutive fallbacks (last: x)"}]).as_dict()
+    assert old["deadline_misses"] == 1 and old["fallback_reasons"] == {"late": 1}
+
+
+def _circle(radius: float = 2.0, speed: float = 5.0, steps: int = 20, dt: float = 0.1) -> np.ndarray:
+    """One mode [1, T, 3] driving a circle: curvature 1/radius at constant speed, no acceleration."""
+    a = speed * dt * np.arange(1, steps + 1) / radius
+    return np.stack([radius * np.sin(a), radius * (1 - np.cos(a)), a], axis=1)[None].astype(np.float32)
+
+
+def test_limit_modes_judge_the_decode_kernels_verdict():
+    """Pure, on the real decode kernel: a 2 m circle (curvature 0.5 1/m) breaks --max-curvature 0.3."""
+    from vla.kernels.decode import CURVATURE, decode_trajectory
+    from vla.runtime.limits import check_mode, decoder_limits, judge_decoded
+
+    limits = decoder_limits("enforce", 0.3, 8.0, 60.0)
+    decoded = decode_trajectory(_circle(), None, 0.1, **limits)
+    assert decoded.verdict == CURVATURE and decoded.only_limits
+    (breach,) = decoded.breaches
+    assert breach.limit == "max_curvature" and breach.bound == 0.3 and breach.value == pytest.approx(0.5, abs=0.01)
+    enforce = judge_decoded(decoded, "enforce")
+    assert not enforce.usable and enforce.warning is None
+    assert re.fullmatch(r"implausible trajectory beyond --max-curvature: curvature 0\.(49|50|51) 1/m > 0\.3 at t=\S+ s",
+                        enforce.problem), enforce.problem
+    warn = judge_decoded(decoded, "warn")
+    assert warn.usable and warn.problem is None and warn.warning == enforce.problem
+    # off: the kernel checks no limit at all, so the same circle decodes clean.
+    assert decoder_limits("off", 0.3, 8.0, 60.0) == {"max_curvature": math.inf, "max_accel": math.inf,
+                                                     "max_speed": math.inf}
+    free = decode_trajectory(_circle(), None, 0.1, **decoder_limits("off", 0.3, 8.0, 60.0))
+    assert free.ok and judge_decoded(free, "off").usable
+    # A NaN is never driveable, in any mode.
+    poisoned = _circle()
+    poisoned[0, 4, 1] = np.nan
+    for mode in ("enforce", "warn", "off"):
+        bad = decode_trajectory(poisoned, None, 0.1, **decoder_limits(mode, 0.3, 8.0, 60.0))
+        judged = judge_decoded(bad, mode)
+        assert not judged.usable and judged.problem.startswith("non-finite output: non-finite trajectory"), mode
+    with pytest.raises(VlaError, match="limits mode 'loose': use enforce"):
+        check_mode("loose")
+
+
+def test_slow_engine_under_a_fault_counts_every_deadline_miss(tiny_bundle):
+    """The issue's run: every engine result came after its deadline, and health turned the ticks
+    into fallbacks and a fault; the summary used to count only the ticks published late."""
+    backend = open_engine(str(tiny_bundle))
+    backend.run = paced(backend.run, LATE_MS)  # every run takes five budgets
+    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, _config(max_ticks=8, fault_after=2))
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+    statuses = [r["status"] for r in records]
+    assert statuses[0] == "late" and "fault" in statuses, statuses
+    assert all(r["deadline_missed"] for r in records), [(r["status"], r["problem"]) for r in records]
+    summary = runner.summary()
+    assert summary["deadline_misses"] == 8 > summary["status"]["late"]
+    assert summary["deadline_misses_by_status"] == {s: n for s in ("late", "fallback", "fault")
+                                                    if (n := statuses.count(s))}
+    assert set(summary["fallback_reasons"]) <= {"late", "engine overrun"}
+    assert sum(summary["fallback_reasons"].values()) == 8  # a faulted tick's own reason is counted too
+    from vla.runtime.cli import format_summary
+
+    head = format_summary(summary).splitlines()[0]
+    assert "deadline misses 8 (published late " in head and "fault " in head, head
+
+
+@pytest.mark.parametrize("implausible", [False, True])
+def test_a_result_in_hand_after_the_deadline_is_a_miss_whatever_was_published(tiny_bundle, implausible):
+    """The engine is on time, but tick 1's result is decoded past its deadline: a slow decode,
+    injected by wrapping the loop's own decode step (nothing real slows down on demand). Usable, the
+    line goes out late and the run is committed, and counted as committed late; implausible, the
+    tick falls back. Either way the tick missed its deadline."""
+    backend = open_engine(str(tiny_bundle))
+    backend.run = paced(backend.run, ON_TIME_MS)
+    if implausible:
+        backend.run = _scaled(backend.run, SPEED_SCALE)
+    cameras = open_cameras([SMALL_CAM], backend.manifest.camera_names)
+    runner = Runner(backend, cameras, _config(max_ticks=4, fault_after=100))
+    real_decode, calls = runner._decode, {"n": 0}
+
+    def slow_decode(out):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            time.sleep(1.5 * BUDGET_MS / 1000.0)
+        return real_decode(out)
+
+    runner._decode = slow_decode
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+    assert [r["deadline_missed"] for r in records] == [False, True, False, False], [r["reason"] for r in records]
+    slow, summary = records[1], runner.summary()
+    if implausible:
+        assert slow["status"] == "fallback" and slow["reason"].startswith("implausible trajectory beyond ")
+        assert summary["deadline_misses_by_status"] == {"fallback": 1} and summary["late_runs_committed"] == 0
+        assert not runner.backend.feed("memory_valid").any()  # nothing usable: nothing committed
+    else:
+        assert slow["status"] == "late" and slow["reason"].startswith("late: published ")
+        assert summary["deadline_misses_by_status"] == {"late": 1}
+        assert summary["late_runs_committed"] == 1  # decoded in its own tick, committed, but late
+        assert runner.backend.feed("memory_valid")[0].tolist() == [True] * 4
+
+
+@pytest.mark.parametrize("mode", ["enforce", "warn", "off"])
+def test_limits_modes_in_the_loop(tiny_bundle, mode):
+    """A model whose trajectory breaks --max-speed (the real engine's output, scaled)."""
+    records, runner = _run(tiny_bundle, _config(max_ticks=4, fault_after=100, limits=mode),
+                           wrap=lambda run: _scaled(run, SPEED_SCALE))
+    summary = runner.summary()
+    assert summary["limits"] == mode and summary["deadline_misses"] == 0
+    valid = runner.backend.feed("memory_valid")[0].tolist()
+    if mode == "enforce":
+        assert all(r["status"] == "fallback" for r in records), [r["reason"] for r in records]
+        for r in records:  # the reason names the limit's flag and the value that broke it
+            flags, values = r["reason"].split(": ", 1)
+            assert flags.startswith("implausible trajectory beyond ") and "--max-speed" in flags, r["reason"]
+            assert re.search(r"speed \d{3}\.\d\d m/s > 60 at t=", values), r["reason"]
+            assert r["warning"] is None
+            _assert_fallback_trajectory(r)
+        assert all("--max-speed" in kind for kind in summary["fallback_reasons"])
+        assert sum(summary["fallback_reasons"].values()) == 4 and valid == [False] * 4
+        return
+    # warn and off: the model's own trajectory is published, ok, and committed to state.
+    assert all(r["status"] == "ok" and r["reason"] is None for r in records), [r["reason"] for r in records]
+    assert all(max(p[3] for p in r["trajectory"]) > 60 for r in records)  # its raw speeds, beyond the limit
+    assert valid == [True] * 4 and summary["fallback_reasons"] == {}
+    if mode == "warn":
+        for r in records:
+            assert r["warning"].startswith("implausible trajectory beyond ") and "--max-speed" in r["warning"]
+            assert re.search(r"speed \d{3}\.\d\d m/s > 60 at t=", r["warning"]), r["warning"]
+        assert sum(summary["limit_warnings"].values()) == 4
+        assert all("--max-speed" in kind for kind in summary["limit_warnings"])
+    else:
+        assert all(r["warning"] is None for r in records) and summary["limit_warnings"] == {}
+
+
+def test_vla_run_limits_from_the_command_line(tiny_bundle):
+    """The flag end to end: the banner says the mode, records and summary name the limit and value
+    (the untrained tiny model against a speed limit below its ~12 m/s plans)."""
+    common = ("--engine", tiny_bundle, "--camera", SMALL_CAM, "--frames", "4", "--max-speed", "1",
+              "--budget-ms", f"{BUDGET_MS:g}", "--fault-after", "100")
+    warn = run_cli(VLA_RUN, *common, "--limits", "warn")
+    assert warn.returncode == 0, warn.stderr
+    assert "; limits warn (trajectories beyond --max-curvature/--max-accel/--max-speed are published" in warn.stderr
+    records = [json.loads(x) for x in warn.stdout.splitlines()]
+    assert records and all(r["status"] in ("ok", "late") for r in records)
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok and all("--max-speed" in r["warning"] and "m/s > 1 at t=" in r["warning"] for r in ok)
+    line = next(ln for ln in warn.stderr.splitlines() if ln.startswith("published despite a limit (--limits warn): "))
+    assert "--max-speed" in line and re.search(r"\(last: speed \d+\.\d\d m/s > 1 at t=", line), line
+    enforce = run_cli(VLA_RUN, *common)
+    assert enforce.returncode == 0, enforce.stderr
+    assert "limits" not in enforce.stderr.splitlines()[1]  # the default is not announced
+    reasons = next(ln for ln in enforce.stderr.splitlines() if ln.startswith("fallback reasons: "))
+    assert "--max-speed" in reasons and re.search(r"\(last: speed \d+\.\d\d m/s > 1 at t=", reasons), reasons
+    assert "--limits warn publishes them with a warning" in enforce.stderr
+    bad = run_cli(VLA_RUN, *common, "--limits", "loose")
+    assert bad.returncode != 0 and "invalid choice: 'loose'" in bad.stderr

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay CUDA graphs: TensorRT's engine (engine mode), the tick's device work (--loop "
                    "--device cuda), as vla-run does by default")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--command", metavar="TEXT", help="route command, encoded as vla-run --command does (default: "
+                   "the bundle's default command)")
     p.add_argument("--cpu", metavar="LIST", help="pin to these CPUs, as vla-run --cpu (e.g. 2-5)")
     p.add_argument("--rt-priority", type=int, metavar="N",
                    help="run under SCHED_FIFO priority N, as vla-run --rt-priority (a warning when not permitted)")
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera", default="synthetic://", help="camera URI (default synthetic://)")
     g.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
     g.add_argument("--ticks", type=int, default=300, help="timed ticks (default 300)")
+    g.add_argument("--limits", choices=("enforce", "warn", "off"), default="enforce",
+                   help="the plausibility limits, as vla-run --limits: enforce (default), warn, off")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="FILE", help="write the full result (vla.bench/1) as JSON")
     g.add_argument("--markdown", metavar="FILE", help="write a Markdown section for RESULTS.md")
@@ -117,12 +121,13 @@ def bench(args: argparse.Namespace) -> int:
         if args.loop:
             result = run_loop_bench(args.engine, args.camera, ticks=args.ticks, rate_hz=args.rate,
                                     budget_ms=args.budget_ms or 100.0, threads=args.threads, backend=args.backend,
-                                    device=args.device, cuda_graph=args.cuda_graph)
+                                    device=args.device, cuda_graph=args.cuda_graph, limits=args.limits,
+                                    command=args.command)
         else:
             cfg = BenchConfig(iterations=args.iterations, duration_s=args.duration, warmup_s=args.warmup,
                               budget_ms=args.budget_ms, shapes=parse_shapes(args.shapes), threads=args.threads,
                               spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed,
-                              device=args.device)
+                              device=args.device, command=args.command)
             target = open_target(args.engine, args.backend, cfg)
             print(f"vla-bench: warming up for {cfg.warmup_s:g} s, then timing at least {cfg.iterations} runs and "
                   f"{cfg.duration_s:g} s (Ctrl-C stops early and reports what was measured)",

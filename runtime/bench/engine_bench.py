@@ -18,6 +18,7 @@ then cover what was measured, and the result says so.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +50,7 @@ class BenchConfig:
     cuda_graph: bool = False
     seed: int = 0
     device: str = "cpu"
+    command: str | None = None  # route command of a bundle's command/text inputs (None: the bundle's default)
 
 
 def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
@@ -172,6 +174,7 @@ class BundleTarget(Target):
                  backend: str = "auto") -> None:
         from vla.kernels import TrajectoryDecoder
 
+        from ..commands import write_command
         from ..engine import open_engine
         from ..feeds import example_feed
         from ..preprocess import RigPreprocessor
@@ -194,6 +197,12 @@ class BundleTarget(Target):
         for spec in m.inputs:
             if spec.role != "camera":
                 self.backend_obj.feed(spec.name)[...] = example_feed(spec, m, rng)
+        try:  # the command as vla-run encodes it (a model without command inputs refuses --command)
+            write_command(m, cfg.command, self.backend_obj.feed,
+                          warn=lambda note: print(f"vla-bench: warning: {note}", file=sys.stderr, flush=True))
+        except BaseException:
+            self.backend_obj.close()
+            raise
         traj = m.outputs_with("trajectory")[0]
         scores = m.outputs_with("score")
         self._traj, self._score = traj.name, scores[0].name if scores else None
@@ -251,6 +260,9 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
         raise VlaError(f"--engine {engine}: expected a bundle folder, an .onnx or a .plan")
     if _has_manifest(path):
         return BundleTarget(engine, cfg, backend=backend)
+    if cfg.command is not None:
+        raise VlaError(f"--command: {engine} has no vla manifest to say how the model reads a command; "
+                       "give a bundle from vla-export")
     if cfg.device == "cuda":
         raise VlaError(f"--engine {engine}: a bare .onnx without a manifest runs on ONNX Runtime on the CPU here; "
                        "drop --device cuda, or give a bundle from vla-export")

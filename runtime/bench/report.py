@@ -32,7 +32,8 @@ _HEADERS = {"cv": "cv %"}
 _SPREAD = ("std", "cv")
 #: Top-level keys in the order ``result.py`` documents them: a JSON file reads like its schema.
 _KEY_ORDER = ("schema", "mode", "engine", "backend", "settings", "environment", "warnings", "stages", "samples",
-              "throughput_qps", "deadline", "wall_s", "interrupted", "started_at")
+              "throughput_qps", "deadline", "status", "fallback_reasons", "limit_warnings", "wall_s", "interrupted",
+              "started_at")
 
 
 # --- small formatting helpers -------------------------------------------------------------------------
@@ -162,7 +163,28 @@ def _deadline_line(result: Result) -> str | None:
     if rate is None:
         rate = misses / total if total else 0.0
     budget = _finite(deadline["budget_ms"])
-    return f"deadline misses: {misses} of {total} ({100 * rate:.2f}%) over {budget:g} ms budget"
+    line = f"deadline misses: {misses} of {total} ({100 * rate:.2f}%) over {budget:g} ms budget"
+    # Loop mode: a miss is published late, as a fallback or as a fault; say which, so a run whose
+    # misses all became fallbacks does not read as "late 0" (vla.runtime.tally).
+    by_status = deadline.get("by_status")
+    if misses and isinstance(by_status, Mapping) and by_status:
+        line += " (published " + ", ".join(f"{k} {v}" for k, v in by_status.items()) + ")"
+    return line
+
+
+def _count_lines(result: Result) -> list[str]:
+    """Loop mode: ticks by status (every status, 0 included), the reasons of those not ok by kind,
+    and the ticks published despite a plausibility limit; nothing for engine mode."""
+    lines = []
+    status = result.get("status")
+    if isinstance(status, Mapping) and status:
+        lines.append("status: " + ", ".join(f"{k} {int(v or 0)}" for k, v in status.items()))
+    for key, title in (("fallback_reasons", "fallback reasons"),
+                       ("limit_warnings", "published despite a limit (--limits warn)")):
+        kinds = result.get(key)
+        if isinstance(kinds, Mapping) and kinds:
+            lines.append(f"{title}: " + ", ".join(f"{k} x{int(v or 0)}" for k, v in kinds.items()))
+    return lines
 
 
 def _throughput_line(result: Result) -> str | None:
@@ -210,7 +232,10 @@ def format_table(result: Result) -> str:
         lines += _grid([header, *([name, *(_cell(st, c) for c in COLUMNS)] for name, st in stages)])
     else:
         lines.append("no stage was measured")
-    lines += [ln for ln in (_throughput_line(result), _deadline_line(result), _interrupted_line(result)) if ln]
+    lines += [ln for ln in (_throughput_line(result), _deadline_line(result)) if ln]
+    lines += _count_lines(result)
+    if interrupted := _interrupted_line(result):
+        lines.append(interrupted)
     lines.append(f"note: times in ms, cv in % of the mean; {NOTE}")
     return "\n".join(lines) + "\n"
 
@@ -232,7 +257,7 @@ def to_markdown(result: Result) -> str:
     lines.append(f"- Settings: {_md(_settings(result))}")
     if timed := _timed_line(result):
         lines.append(f"- {_md(timed[0].upper() + timed[1:])}")
-    for line in (_throughput_line(result), _deadline_line(result), _interrupted_line(result)):
+    for line in (_throughput_line(result), _deadline_line(result), *_count_lines(result), _interrupted_line(result)):
         if line:
             lines.append(f"- {_md(line[0].upper() + line[1:])}")
     lines += [f"- Warning: {_md(w)}" for w in result.get("warnings") or ()]
