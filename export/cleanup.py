@@ -115,7 +115,8 @@ def parameter_note(model: onnx.ModelProto, declared: Any) -> str | None:
     if held <= declared:
         return None
     return (f"the graph holds {held:,} weight elements, {held - declared:,} more than the model's {declared:,} "
-            "parameters: its buffers, or a weight constant folding keeps in two forms")
+            "parameters: buffers and constants folded from them (a sampler's time grid), or a weight that "
+            "constant folding keeps in two forms")
 
 
 def _rename_inputs(graph: onnx.GraphProto, rename: dict[str, str]) -> None:

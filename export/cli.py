@@ -42,6 +42,8 @@ examples:
   vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
   vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
   vla-export weights.pt --factory mypkg.models:build -o bundles/mine --precision int8 --calib recordings/
+  vla-export weights.pt --factory mypkg.models:build --spec-skeleton spec.yaml \
+             --example images=1x1x3x224x224:uint8 --example ego=1x16x3   # a draft spec to review
   vla-export bundles/reference -o bundles/reference-int8 --precision int8   # from the FP32 bundle
   vla-export vla.pt2 -o bundles/vla --spec spec.yaml --tokenizer tokenizer.json --command "turn left"
 """
@@ -54,10 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         "checked against PyTorch with ONNX Runtime.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="'reference', or a model file (see below)")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument("-o", "--output", type=Path, metavar="BUNDLE", help="bundle folder to write (required, "
+                   "except with --spec-skeleton)")
     p.add_argument("--spec", metavar="FILE",
                    help="I/O spec, JSON or YAML (the inputs/outputs/vocabulary part of a manifest); default: the "
                    "model's own (a vla_spec attribute, an io_spec() method, or vla_spec.json in an archive)")
+    p.add_argument("--spec-skeleton", metavar="OUT.yaml",
+                   help="write a draft I/O spec from forward()'s signature and one run on example inputs (roles "
+                   "guessed, each guess marked REVIEW), then stop: no export")
+    p.add_argument("--example", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
+                   help="with --spec-skeleton: the shape of a forward() input, e.g. images=1x3x3x224x224:uint8, "
+                   "ego=1x16x6 (dtype default float32); not needed for a .pt2 archive")
     p.add_argument("--factory", metavar="MODULE:FUNCTION",
                    help="for a state_dict MODEL: the importable function that builds the nn.Module to load it into")
     p.add_argument("--trust-pickle", action="store_true",
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-seconds", type=float, default=300.0, metavar="S",
                    help="time budget of the exclusion search (default 300): modules are measured one by one, "
                    "most likely culprits first, and the best result so far is kept when time runs out")
-    g.add_argument("--int8-form", choices=("tensorrt", "ort", "dynamic"), default="tensorrt",
+    g.add_argument("--int8-form", choices=("tensorrt", "ort", "dynamic"), default=None,
                    help="INT8 graph form, named after its target: tensorrt (default; symmetric INT8 Q/DQ, the "
                    "form TensorRT parses), ort (UINT8-activation Q/DQ that ONNX Runtime's x86 kernels run "
                    "fastest, best for convolutions), dynamic (run-time activation ranges, MatMul/Gemm "
@@ -128,9 +137,20 @@ def _check(args: argparse.Namespace) -> None:
         raise VlaError("--search-seconds must be more than 0")
     if args.precision != "int8" and args.calib != "synthetic":
         raise VlaError("--calib only applies to --precision int8")
+    if args.int8_form is not None and args.precision != "int8":
+        raise VlaError("--int8-form only applies to --precision int8")
+    if args.int8_form == "dynamic" and args.calib != "synthetic":
+        raise VlaError("--calib does not apply to --int8-form dynamic (it takes activation ranges at run time)")
+    if args.precision == "int8":
+        args.int8_form = args.int8_form or "tensorrt"
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.spec_skeleton:
+        require("torch", "yaml")
+        from .skeleton import write_skeleton
+
+        return write_skeleton(args)
     # The export extra, checked before any slow work: one line naming what to install.
     require("torch", "onnx", "onnxscript", *(() if args.no_slim else ("onnxslim",)))
     from .pipeline import run_export
@@ -150,7 +170,12 @@ def export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output is None and not args.spec_skeleton:
+        parser.error("the following arguments are required: -o/--output")
+    if args.example and not args.spec_skeleton:
+        parser.error("--example only applies with --spec-skeleton")
     return run_main("vla-export", lambda: export(args))
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla.runtime.cli_support import install_hint
 from vla.runtime.errors import VlaError
 
 SPEC_FILE = "vla_spec.json"
@@ -95,8 +96,7 @@ def _parse_yaml(text: str, path: str) -> Any:
     try:
         import yaml
     except ImportError:
-        raise VlaError(f"--spec {path}: reading YAML needs PyYAML (pip install pyyaml), or give the spec as JSON") \
-            from None
+        raise VlaError(f"--spec {path}: reading YAML needs {install_hint('yaml')}; or give the spec as JSON") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -127,7 +127,9 @@ def _spec_from_module(module: nn.Module, model: str) -> dict[str, Any] | None:
     return spec
 
 
-def _module_spec(module: nn.Module, model: str, spec_path: str | None) -> dict[str, Any]:
+def _module_spec(module: nn.Module, model: str, spec_path: str | bool | None) -> dict[str, Any]:
+    if spec_path is False:  # --spec-skeleton: the spec is what is being written
+        return {}
     spec = _read_spec_file(spec_path) if spec_path else _spec_from_module(module, model)
     if spec is None:
         raise VlaError(f"MODEL {model}: no I/O spec; {_SPEC_HELP}")
@@ -137,7 +139,9 @@ def _module_spec(module: nn.Module, model: str, spec_path: str | None) -> dict[s
     return spec
 
 
-def _archive_spec(model: str, spec_path: str | None, embedded: str | bytes) -> dict[str, Any]:
+def _archive_spec(model: str, spec_path: str | bool | None, embedded: str | bytes) -> dict[str, Any]:
+    if spec_path is False:
+        return {}
     if spec_path:
         return _read_spec_file(spec_path)
     if not embedded:
@@ -150,9 +154,12 @@ def _archive_spec(model: str, spec_path: str | None, embedded: str | bytes) -> d
 
 
 # ---- MODEL forms ------------------------------------------------------------------------------------
-def load_model(model: str, spec_path: str | None = None, config: list[str] | None = None, *,
+def load_model(model: str, spec_path: str | bool | None = None, config: list[str] | None = None, *,
                factory: str | None = None, trust_pickle: bool = False) -> LoadedModel:
-    """Resolve MODEL; every failure is a one-line ``VlaError`` naming the file, the cause and the fix."""
+    """Resolve MODEL; every failure is a one-line ``VlaError`` naming the file, the cause and the fix.
+
+    ``spec_path=False`` loads the model without any spec (``LoadedModel.spec`` is ``{}``): for
+    ``--spec-skeleton``, which writes one."""
     if model == "reference":
         if factory:
             raise VlaError("--factory only applies to a state_dict MODEL, not to 'reference'")
@@ -388,8 +395,8 @@ def build_from_factory(factory: str) -> nn.Module:
             raise VlaError(f"--factory {factory}: no module named {mod_name!r} (it must be importable from the "
                            "current directory or the Python path)") from None
         where = _raised_in(exc)
-        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed: {where}imports {exc.name!r}, which is "
-                       f"not installed here ({_first_line(exc)}); install it (pip install "
+        raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)}): {where}imports "
+                       f"{exc.name!r}, which is not installed here; install it (pip install "
                        f"{(exc.name or '?').split('.')[0]}) or fix the import") from None
     except Exception as exc:
         raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None

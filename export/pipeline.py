@@ -139,7 +139,7 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
     say(f"held-out set: {len(held)} input sets from synthetic drives (seeds from {HELDOUT_SEED + args.seed}), "
         f"reference outputs from {reference_name}")
     record: dict[str, Any] = {"mode": args.precision}
-    form = getattr(args, "int8_form", "tensorrt") if args.precision == "int8" else None
+    form = (getattr(args, "int8_form", None) or "tensorrt") if args.precision == "int8" else None
     if args.precision == "int8":
         from .calibration import calibration_sets
 
@@ -166,11 +166,15 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
     if note:
         say(f"warning: {note}")
 
-    built: dict[frozenset[str], onnx.ModelProto] = {}
+    built: dict[frozenset[str], onnx.ModelProto] = {}  # everything converted, and the last trial
+    trials = [0]
 
     def evaluate(excluded: list[str]) -> tuple[list[str], dict[str, Any]]:
         model = prune_opset_imports(converter.build(excluded))
+        for key in [k for k in built if k]:  # a model per trial would hold gigabytes on a large graph
+            del built[key]
         built[frozenset(excluded)] = model
+        trials[0] += 1
         sess = _session(model)
         figures = measure(spec, refs, [_run(sess, feeds) for feeds in held])
         return judge(figures, gate), figures
@@ -187,7 +191,7 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
         what = ", ".join(t.groups[:3]) + (f" +{len(t.groups) - 3}" if len(t.groups) > 3 else "") or "nothing"
         verdict = "passes" if t.passed else "fails"
         total = 1 + len(groups) + 2 * max(1, len(groups)).bit_length()
-        bar.step(min(len(built), total), total, f"{time.perf_counter() - start:.0f}/{budget:g} s: "
+        bar.step(min(trials[0], total), total, f"{time.perf_counter() - start:.0f}/{budget:g} s: "
                  f"{args.precision} with {what} in FP32 ({t.excluded} node(s)): {describe(t.figures, gate)}: "
                  f"gate {verdict}")
 
@@ -195,7 +199,10 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
         errors = local_errors(fp32, held[:SENSITIVITY_SETS], nodes, args.precision, ranges)
         order = sorted(groups, key=lambda g: -max(errors.get(n, 0.0) for n in groups[g]))
         result = search_by_effect(groups, order, evaluate, limit,
-                                  lambda trials: time.perf_counter() - start >= budget, on_trial=progress)
+                                  lambda _: time.perf_counter() - start >= budget, on_trial=progress)
+        bar.close()
+        key = frozenset(result.excluded)
+        final = built[key] if key in built else prune_opset_imports(converter.build(result.excluded))
     finally:
         bar.close()
         converter.close()
@@ -204,7 +211,6 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
     record["excluded"] = exclusions.decided(result, fp32, paths)
     record["search"] = {"candidates": len(nodes), "groups": len(groups), "max_exclude": limit,
                         "ranking": "measured: trajectory ADE with each module alone kept in FP32"}
-    final = built[frozenset(result.excluded)]
     report = _accuracy_report(result, gate)
     report["search"] = {"trials": len(result.trials), "seconds_budget": budget, "out_of_time": result.out_of_time,
                         "effects": exclusions.effects_table(result)}

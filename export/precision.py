@@ -221,8 +221,11 @@ class Int8Converter:
         ops = list(int8_ops(self.form))
         with _quiet_ort_tools():
             if self.form == "dynamic":
+                # Its dynamic mode first rewrites every Gemm as MatMul (+ Add) named "<gemm>_MatMul", and
+                # then matches exclusions by name: an excluded Gemm is excluded under both names.
+                names = [*exclude, *(f"{n}_MatMul" for n in exclude)]
                 quantize_dynamic(str(self._src), str(out), op_types_to_quantize=ops, per_channel=True,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=names or None,
                                  extra_options={"WeightSymmetric": True})
             else:
                 symmetric = self.form == "tensorrt"

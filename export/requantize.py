@@ -21,14 +21,15 @@ from typing import Any
 import onnx
 
 from vla.runtime.errors import ManifestError, VlaError
-from vla.runtime.manifest import parse_manifest
+from vla.runtime.manifest import parse_manifest, with_files
 
 from . import bundle
 
 #: Files of the source bundle that belong to its FP32 precision or its measurement, not carried over.
 NOT_CARRIED = {bundle.MODEL_FILE, bundle.MANIFEST_FILE, bundle.PARITY_FILE, bundle.ACCURACY_FILE, bundle.PROGRAM_FILE}
 #: Options that only make sense with a PyTorch MODEL.
-MODEL_ONLY = (("spec", "--spec"), ("factory", "--factory"), ("config", "--config"), ("trust_pickle", "--trust-pickle"))
+MODEL_ONLY = (("spec", "--spec"), ("factory", "--factory"), ("config", "--config"), ("trust_pickle", "--trust-pickle"),
+              ("tokenizer", "--tokenizer"))
 
 
 def is_bundle(model: str) -> bool:
@@ -72,7 +73,10 @@ def requantize(args: argparse.Namespace) -> int:
         if getattr(args, attr, None):
             raise VlaError(f"{flag} does not apply to a bundle MODEL ({folder} carries its own manifest)")
     fp32, raw = read_source(folder, args.precision)
-    spec = parse_manifest(raw)
+    spec = with_files(parse_manifest(raw), folder)  # its tokenizer, for the scenes' route commands
+    from .text import check_commands
+
+    check_commands(spec, getattr(args, "command", None), say)
     if args.precision == "int8":
         from .calibration import check_source
 
@@ -116,7 +120,7 @@ def requantize(args: argparse.Namespace) -> int:
 
 
 def _precision_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ["precision", "seed", "heldout", "gate_rel_ade", "gate_ade_m", "max_exclude"]
+    keys = ["precision", "seed", "heldout", "gate_rel_ade", "gate_ade_m", "max_exclude", "command"]
     if args.precision == "int8":
         keys += ["int8_form"] + ([] if getattr(args, "int8_form", "") == "dynamic"
                                  else ["calib", "calib_method", "calib_samples"])

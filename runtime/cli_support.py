@@ -30,6 +30,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str | None]] = {
     "onnxslim": ("onnxslim", "export"),
     "yaml": ("pyyaml", "export"),
     "matplotlib": ("matplotlib", "bench"),
+    "tokenizers": ("tokenizers", "text"),
     "cuda": ("cuda-bindings", "trt"),
     # Required dependencies: missing only from a broken or partial install.
     "numpy": ("numpy", None),

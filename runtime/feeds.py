@@ -44,7 +44,7 @@ def example_feed(spec: TensorSpec, manifest: Manifest, rng: np.random.Generator)
         return rng.integers(0, 8, size=shape).astype(dtype)
     if spec.role == "ego":
         return example_ego(spec, rng).astype(dtype)
-    scale = 0.5 if spec.role in ("state", "ego") else 1.0
+    scale = 0.5 if spec.role == "state" else 1.0
     return (scale * rng.standard_normal(size=shape)).astype(dtype)
 
 

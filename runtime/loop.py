@@ -154,6 +154,7 @@ class Runner:
         self._noise_drawn = False  # the next run's noise is in its inputs already
         self._commands = CommandEncoder(m)
         self._pending_command: EncodedCommand | None = None
+        self._command_lock = threading.Lock()  # set_command may be called from any thread
         self.command_name = ""
         self.set_command(config.command)
         self._apply_command()
@@ -208,13 +209,15 @@ class Runner:
         if enc is None:
             return ""
         if enc.note and self.cfg.log is not None:
-            self.cfg.log(enc.note)
-        self._pending_command = enc
+            self.cfg.log(f"warning: {enc.note}")
+        with self._command_lock:
+            self._pending_command = enc
         return enc.nav_name
 
     def _apply_command(self) -> None:
         """Write a command set since the last run into the inputs (the engine is idle here)."""
-        enc, self._pending_command = self._pending_command, None
+        with self._command_lock:
+            enc, self._pending_command = self._pending_command, None
         if enc is not None:
             self._commands.write(enc, self.backend.feed)
             self.command_name = enc.nav_name
@@ -301,7 +304,9 @@ class Runner:
 
     def _ticks(self, collector: IdleCollector) -> Iterator[dict[str, Any]]:
         period = 1.0 / self.cfg.rate_hz
-        schedule = self._frame_schedule(period) if self.cfg.sync == "frame" else self._clock_schedule(period)
+        # A model with no camera input has no frames to tick on: its ticks follow the clock.
+        by_frame = self.cfg.sync == "frame" and bool(self.cameras)
+        schedule = self._frame_schedule(period) if by_frame else self._clock_schedule(period)
         started = time.monotonic()
         for next_due in schedule:
             yield self._tick()

@@ -172,13 +172,17 @@ def test_loop_mode_times_the_real_pipeline(reference_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert r["mode"] == "loop" and r["settings"]["cameras"] == 3
-    assert {"acquire", "preprocess", "compute", "decode", "e2e", "overhead"} <= set(r["stages"])
+    assert {"acquire", "preprocess", "e2e"} <= set(r["stages"])
     assert r["stages"]["e2e"]["count"] == 15
     s = r["samples"]
-    if len(s["e2e"]) == len(s["compute"]):  # every tick ran the engine: overhead is paired tick by tick
-        assert all(o == pytest.approx(e - a - c, abs=1e-3)
-                   for o, e, a, c in zip(s["overhead"], s["e2e"], s["acquire"], s["compute"], strict=True))
-    assert 0 < r["stages"]["overhead"]["median"] < r["stages"]["e2e"]["median"]
+    # A machine too busy for the full model may have no tick whose engine result came in time (all
+    # late or overrun, then a fault): engine-side stages exist when any tick decoded within its tick.
+    if r["status"]["ok"]:
+        assert {"compute", "decode", "overhead"} <= set(r["stages"])
+        if len(s["e2e"]) == len(s["compute"]):  # every tick ran the engine: overhead is paired tick by tick
+            assert all(o == pytest.approx(e - a - c, abs=1e-3)
+                       for o, e, a, c in zip(s["overhead"], s["e2e"], s["acquire"], s["compute"], strict=True))
+        assert 0 < r["stages"]["overhead"]["median"] < r["stages"]["e2e"]["median"]
     assert list(r["status"]) == ["ok", "late", "fallback", "fault"] and sum(r["status"].values()) == 15
     # Misses whatever was published, and what was published instead (a late line, a fallback, a fault).
     assert r["deadline"]["misses"] == sum(r["deadline"]["by_status"].values()) >= r["status"]["late"]

@@ -271,8 +271,13 @@ def egonet(tmp_path_factory):
     return {"root": root, "logs": logs, **{k: root / k for k in jobs}}
 
 
+#: A slow tick rate and a dozen ticks: a loaded machine may still make some ticks late or starve the
+#: camera (fallbacks); these tests are about the values that reach the model on the ticks that run.
+RUN = ("--rate", "5", "--frames", "12", "--output", "-")
+
+
 def _run(bundle, *args: str) -> list[dict]:
-    proc = run_cli(VLA_RUN, "--engine", bundle, "--frames", "8", "--output", "-", *args)
+    proc = run_cli(VLA_RUN, "--engine", bundle, *RUN, *args)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
@@ -284,14 +289,15 @@ def _x_end(record: dict) -> float:
 
 def test_three_field_model_runs_on_a_constant_ego(egonet):
     records = _run(egonet["vay"], "--ego", "constant://?speed=10&accel=0.5&yaw_rate=0.01")
-    assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
-    for r in records:  # 10 m/s for 0.4 s, read from the v column (first of [v, a, yaw_rate])
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(records) == 12 and len(ok) >= 3, [r["reason"] for r in records]
+    for r in ok:  # 10 m/s for 0.4 s, read from the v column (first of [v, a, yaw_rate])
         assert _x_end(r) == pytest.approx(10.0 * HORIZON_S, rel=0.02)
 
 
 def test_three_field_model_runs_on_ego_from_udp(egonet):
-    p = subprocess.Popen([*VLA_RUN, "--engine", str(egonet["vay"]), "--ego", "udp://127.0.0.1:0", "--frames", "10",
-                          "--output", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*VLA_RUN, "--engine", str(egonet["vay"]), "--ego", "udp://127.0.0.1:0", *RUN],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
     try:
         for _ in range(10):
@@ -319,7 +325,7 @@ def test_three_field_model_runs_on_ego_from_udp(egonet):
     assert p.returncode == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     ok = [r for r in records if r["status"] == "ok"]
-    assert len(records) == 10 and len(ok) >= 5, [r["reason"] for r in records]
+    assert len(records) == 12 and len(ok) >= 3, [r["reason"] for r in records]
     for r in ok:
         assert _x_end(r) == pytest.approx(5.0 * HORIZON_S, rel=0.02)
         assert r["ego_age_ms"] is not None
@@ -328,7 +334,7 @@ def test_three_field_model_runs_on_ego_from_udp(egonet):
 def test_three_field_model_runs_on_the_state_the_camera_carries(egonet):
     records = _run(egonet["vay"])  # --ego camera (default): the synthetic road's own speed
     ok = [r for r in records if r["status"] == "ok"]
-    assert len(ok) >= 6, [r["reason"] for r in records]
+    assert len(ok) >= 3, [r["reason"] for r in records]
     speeds = [_x_end(r) / HORIZON_S for r in ok]
     assert all(0.5 < v < 40.0 for v in speeds), speeds  # the road's ego speed reached the v column
 
@@ -346,7 +352,7 @@ def test_four_field_int8_model_gated_in_metres_runs_on_a_profile(egonet):
     assert accuracy["figures"]["trajectory"]["spread_m"] > 0 and accuracy["figures"]["trajectory"]["rel_ade"] > 0
     records = _run(egonet["mixed"], "--ego", "profile://?speed_scale=8")  # accelerating from standstill
     ok = [r for r in records if r["status"] == "ok"]
-    assert len(ok) >= 6, [r["reason"] for r in records]
+    assert len(ok) >= 3, [r["reason"] for r in records]
     ends = [_x_end(r) for r in ok]
     assert ends[0] > 0 and all(b > a for a, b in itertools.pairwise(ends)), ends
 
@@ -356,6 +362,8 @@ def test_three_field_model_benches_engine_and_loop(egonet, tmp_path):
                      "--json", tmp_path / "engine.json")
     assert engine.returncode == 0, engine.stderr
     assert json.loads((tmp_path / "engine.json").read_text())["stages"]["e2e"]["count"] >= 20
-    loop = run_cli(VLA_BENCH, "--engine", egonet["vay"], "--loop", "--ticks", "10", "--json", tmp_path / "loop.json")
+    loop = run_cli(VLA_BENCH, "--engine", egonet["vay"], "--loop", "--rate", "5", "--ticks", "10",
+                   "--json", tmp_path / "loop.json")
     assert loop.returncode == 0, loop.stderr
-    assert "status: ok 10," in loop.stdout, loop.stdout
+    status = json.loads((tmp_path / "loop.json").read_text())["status"]
+    assert sum(status.values()) == 10 and status["ok"] >= 1, status  # the camera's ego state reached the model

@@ -4,6 +4,7 @@ slower-than-FP32 line, and re-quantising an FP32 bundle without the PyTorch mode
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -188,7 +189,7 @@ def sensitive_fp32(tmp_path_factory):
 
 @pytest.mark.parametrize("form", ["tensorrt", "ort", "dynamic"])
 def test_int8_forms(sensitive_fp32, form):
-    from vla.export.precision import Int8Converter
+    from vla.export.precision import Int8Converter, candidates
 
     fp32 = onnx.load(str(sensitive_fp32 / "model.onnx"))
     rng = np.random.default_rng(0)
@@ -197,8 +198,15 @@ def test_int8_forms(sensitive_fp32, form):
     conv = Int8Converter(fp32, calib, form=form)
     try:
         graph = conv.build([]).graph
+        everything_excluded = conv.build(candidates(fp32, "int8", form))
     finally:
         conv.close()
+    # Every candidate excluded is the FP32 model's arithmetic (the dynamic form renames Gemms on the way).
+    import onnxruntime as ort
+
+    fp32_out, excl_out = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                          .run(None, calib[0])[0] for m in (fp32, everything_excluded))
+    np.testing.assert_allclose(excl_out, fp32_out, rtol=1e-5, atol=1e-6)
     ops = {n.op_type for n in graph.node}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     q_zps = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
@@ -268,3 +276,36 @@ def test_refusal_names_the_module_when_nothing_may_be_kept(sensitive_fp32, tmp_p
     line = assert_one_line_error(proc, "int8 accuracy gate failed", "no bundle written")
     assert "the modules that hurt most: sensitive (ADE -0." in line
     assert not (tmp_path / "b").exists()
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal (a real TTY is not available to a test)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_updating_line_on_a_terminal_and_plain_lines_otherwise():
+    from vla.export.progress import Progress
+
+    plain, tty = io.StringIO(), _Terminal()
+    for stream in (plain, tty):
+        bar = Progress(stream)
+        bar.step(1, 4, "first")
+        bar.step(4, 4, "last")
+        bar.close()
+    assert plain.getvalue().splitlines() == ["vla-export: [#####---------------] 1/4 first",
+                                             "vla-export: [####################] 4/4 last"]
+    assert "\r" not in plain.getvalue()
+    assert tty.getvalue().count("\n") == 1 and tty.getvalue().count("\r") == 2
+    assert tty.getvalue().endswith("4/4 last\n")
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--int8-form", "ort"], "--int8-form only applies to --precision int8"),
+    (["--precision", "int8", "--int8-form", "dynamic", "--calib", "."],
+     "--calib does not apply to --int8-form dynamic"),
+    (["--precision", "int8", "--search-seconds", "0"], "--search-seconds must be more than 0"),
+])
+def test_int8_options_that_cannot_work_are_refused_in_one_line(tmp_path, extra, needle):
+    assert_one_line_error(run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", *extra), needle)

@@ -183,6 +183,11 @@ def test_search_restores_accuracy_by_excluding_the_sensitive_layer(sensitive_arc
     excluded = manifest["export"]["precision"]["excluded"]
     graph = onnx.load(str(out / "model.onnx")).graph
     assert len(excluded) == 1 and excluded[0]["op"] in ("MatMul", "Gemm")
+    # Named by its PyTorch module, with its measured effect on the trajectory, in the bundle and the output.
+    assert excluded[0]["module"] == "sensitive"
+    (kept,) = manifest["measured"]["accuracy"]["excluded_modules"]
+    assert kept["module"] == "sensitive" and kept["effect_ade_m"] > 0
+    assert "int8: kept in FP32: sensitive (1 node(s); restoring it alone: -" in proc.stderr
     # The excluded node is the one fed by the outlier channel: its input is not quantised.
     node = next(n for n in graph.node if n.name == excluded[0]["node"])
     producers = {o: n.op_type for n in graph.node for o in n.output}

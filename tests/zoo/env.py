@@ -25,7 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ENV_DIR = ROOT / "build" / "zoo-env"
+#: Where the env lives: build/zoo-env, or $VLA_ZOO_ENV (e.g. a folder outside the checkout, so that
+#: fresh clones on one machine share one env instead of each building its own).
+ENV_DIR = Path(os.environ.get("VLA_ZOO_ENV") or ROOT / "build" / "zoo-env")
 REQUIREMENTS = HERE / "requirements.txt"
 REQUIREMENTS_NODEPS = HERE / "requirements-nodeps.txt"
 STAMP = ".zoo-requirements.sha256"

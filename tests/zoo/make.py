@@ -4,7 +4,7 @@
 
 writes, in OUT_DIR, the model file (act: a state_dict ``.pt``; diffusion: a torch.export archive
 ``.pt2`` carrying ``vla_spec.json``; text: ``.safetensors`` weights, plus ``tokenizer.json``) and
-``info.json``: the vla-export arguments for it, the PyTorch parameter count, and what the build
+``info.json``: the vla-export arguments for it (absolute paths), the PyTorch parameter count, and what the build
 checked (for the diffusion policy: the unrolled sampler against LeRobot's own sampling loop).
 """
 
@@ -23,7 +23,7 @@ from . import policies
 def _save_act(out: Path) -> dict:
     built = policies.build_act()
     torch.save(built.module.state_dict(), out / "act.pt")
-    return {"built": built, "model": "act.pt", "args": ["--factory", "zoo.policies:act_factory"]}
+    return {"built": built, "model": str(out / "act.pt"), "args": ["--factory", "zoo.policies:act_factory"]}
 
 
 def _save_diffusion(out: Path) -> dict:
@@ -33,7 +33,7 @@ def _save_diffusion(out: Path) -> dict:
         library = built.module.reference_sample(*built.inputs)
     program = torch.export.export(built.module, built.inputs)
     torch.export.save(program, str(out / "diffusion.pt2"), extra_files={"vla_spec.json": json.dumps(built.spec)})
-    return {"built": built, "model": "diffusion.pt2", "args": [],
+    return {"built": built, "model": str(out / "diffusion.pt2"), "args": [],
             "sampler_max_abs_diff": float((unrolled - library).abs().max())}
 
 
@@ -44,8 +44,8 @@ def _save_text(out: Path, tokenizer: bool) -> dict:
     policies.train_tokenizer(out / "tokenizer.json")
     save_file(built.module.state_dict(), str(out / "text.safetensors"))
     factory = "zoo.policies:text_factory_tokenizer" if tokenizer else "zoo.policies:text_factory"
-    args = ["--factory", factory] + (["--tokenizer", "tokenizer.json"] if tokenizer else [])
-    return {"built": built, "model": "text.safetensors", "args": args}
+    args = ["--factory", factory] + (["--tokenizer", str(out / "tokenizer.json")] if tokenizer else [])
+    return {"built": built, "model": str(out / "text.safetensors"), "args": args}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--tokenizer", action="store_true", help="text: read text with tokenizer.json")
     a = parser.parse_args(argv)
+    a.out = a.out.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
     made = {"act": lambda: _save_act(a.out), "diffusion": lambda: _save_diffusion(a.out),
             "text": lambda: _save_text(a.out, a.tokenizer)}[a.name]()

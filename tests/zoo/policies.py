@@ -6,12 +6,12 @@ whose ``forward`` takes the runtime's roles in the spec's input order, the I/O s
 example inputs (a tuple of tensors in that order, seeded):
 
 - ``build_act(seed=0)``: LeRobot's ACT (``lerobot.policies.act``: torchvision ResNet-18 backbone,
-  transformer encoder/decoder, action chunk) on two uint8 cameras and a 3-field ego subset
-  ``[v, a, yaw_rate]`` over 2 steps; the chunk's actions are per-step (dx, dy), summed into one
-  trajectory ``[1, 1, 20, 2]``.
+  transformer encoder/decoder, action chunk) on two uint8 cameras, a 3-field ego subset
+  ``[v, a, yaw_rate]`` over 2 steps and a route command (nav id); the chunk's actions are per-step
+  (dx, dy), summed into one trajectory ``[1, 1, 20, 2]``.
 - ``build_diffusion(seed=0, steps=4)``: LeRobot's Diffusion Policy (its ResNet-18 + spatial-softmax
-  image encoder and 1-D conditional U-Net) on one float camera (normalised by the runtime) and the
-  full ego; its DDIM sampler unrolled over ``steps`` (a Python int) with the timesteps and alphas
+  image encoder and 1-D conditional U-Net) on one float camera (normalised by the runtime), the
+  full ego and a route command; its DDIM sampler unrolled over ``steps`` (a Python int) with the timesteps and alphas
   that diffusers' ``DDIMScheduler.set_timesteps`` gives, precomputed into buffers at build time, and
   the starting noise as a ``noise`` input ``[1, 3, 16, 3]``: three candidate trajectories.
 - ``build_text_policy(seed=0)``: a timm ResNet (``resnet10t``, shared by three cameras: three
@@ -21,8 +21,10 @@ example inputs (a tuple of tensors in that order, seeded):
   whose hidden vector is a recurrent ``state``; outputs ``trajectory [1, 3, 20, 3]``, ``score``
   and the new hidden state.
 
-``factory(name)`` functions (``act_factory``, ``diffusion_factory``, ``text_factory``) are what
-``vla-export WEIGHTS --factory zoo.policies:act_factory`` calls (``tests`` on the import path).
+The ``*_factory`` functions (``act_factory``, ``diffusion_factory``, ``text_factory`` with a word
+vocabulary, ``text_factory_tokenizer`` for ``--tokenizer``) return the module alone, for
+``vla-export WEIGHTS --factory zoo.policies:act_factory`` (with ``tests`` on the import path).
+``python -m zoo.make NAME DIR`` saves one as the tests do (``zoo/make.py``).
 
 Imports of torch and the libraries are inside the functions: the main environment (CPU torch, no
 torchvision) can import this module for its constants; building needs the zoo env (``zoo/env.py``).
@@ -90,7 +92,7 @@ def _command_input() -> dict:
 
 
 def _example(spec: dict, seed: int) -> tuple:
-    """Seeded inputs of the spec's shapes and dtypes: pixels, a plausible ego, the tokenized command."""
+    """Seeded inputs of the spec's shapes and dtypes: random pixels, ego and noise, ``COMMAND``."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -303,7 +305,8 @@ def train_tokenizer(path: Path | None = None):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(list(CORPUS), trainers.WordPieceTrainer(vocab_size=TEXT_VOCAB, special_tokens=special, show_progress=False))
+    trainer = trainers.WordPieceTrainer(vocab_size=TEXT_VOCAB, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(list(CORPUS), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
@@ -344,7 +347,8 @@ def text_spec(cameras=("front", "left", "right"), h: int = 64, w: int = 96, mode
         ],
         "outputs": [
             _trajectory(modes, points, ["x", "y", "yaw"]),
-            {"name": "score", "dtype": "float32", "role": "score", "shape": [1, modes], "score": {"kind": "probability"}},
+            {"name": "score", "dtype": "float32", "role": "score", "shape": [1, modes],
+             "score": {"kind": "probability"}},
             {"name": "new_hidden", "dtype": "float32", "role": "state", "shape": [1, hidden],
              "state": {"to_input": "hidden"}},
         ],
