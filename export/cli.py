@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max trajectory ADE in metres; alone, the gate is in metres only (default: reported, "
                    "not gated)")
     g.add_argument("--max-exclude", type=int, default=None, metavar="N",
-                   help="most nodes the search may keep in FP32 (default: a quarter of the candidates; "
+                   help="most nodes the search may keep in FP32 (default: half of the candidates; "
                    "0 turns the search off)")
     g.add_argument("--search-seconds", type=float, default=300.0, metavar="S",
                    help="time budget of the exclusion search (default 300): modules are measured one by one, "

@@ -133,8 +133,14 @@ def _module_spec(module: nn.Module, model: str, spec_path: str | bool | None) ->
     spec = _read_spec_file(spec_path) if spec_path else _spec_from_module(module, model)
     if spec is None:
         raise VlaError(f"MODEL {model}: no I/O spec; {_SPEC_HELP}")
+    return _with_parameter_count(spec, module)
+
+
+def _with_parameter_count(spec: dict[str, Any], module: nn.Module) -> dict[str, Any]:
+    """The manifest's size figure, known here for free for every model form (``parameters()`` counts a
+    tied or shared parameter once: the figure the bundle's deduplicated weights are compared with)."""
     info = spec.get("model")
-    if isinstance(info, dict) and "parameters" not in info:  # the manifest's size figure, known here for free
+    if isinstance(info, dict) and "parameters" not in info:
         spec = {**spec, "model": {**info, "parameters": sum(p.numel() for p in module.parameters())}}
     return spec
 
@@ -216,8 +222,8 @@ def _load_torchscript(path: Path, spec_path: str | None) -> LoadedModel:
         raise VlaError(f"MODEL {path}: cannot read the TorchScript archive ({_first_line(exc)}); "
                        "if it is a torch.export program, name it .pt2") from None
     script.eval()
-    return LoadedModel(script, script, _archive_spec(str(path), spec_path, extra[SPEC_FILE]), "torchscript",
-                       str(path))
+    spec = _with_parameter_count(_archive_spec(str(path), spec_path, extra[SPEC_FILE]), script)
+    return LoadedModel(script, script, spec, "torchscript", str(path))
 
 
 def _load_exported_program(path: Path, spec_path: str | None) -> LoadedModel:
@@ -226,8 +232,9 @@ def _load_exported_program(path: Path, spec_path: str | None) -> LoadedModel:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise VlaError(f"MODEL {path}: cannot read the torch.export archive ({_first_line(exc)})") from None
-    return LoadedModel(program, program.module(), _archive_spec(str(path), spec_path, extra[SPEC_FILE]),
-                       "exported_program", str(path))
+    eager = program.module()
+    spec = _with_parameter_count(_archive_spec(str(path), spec_path, extra[SPEC_FILE]), eager)
+    return LoadedModel(program, eager, spec, "exported_program", str(path))
 
 
 def _load_torch_save(path: Path, factory: str | None, spec_path: str | None, trust_pickle: bool) -> LoadedModel:

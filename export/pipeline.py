@@ -184,7 +184,7 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
     nodes = candidates(fp32, args.precision, form or "tensorrt")
     paths = module_paths(fp32)
     groups = group_by_module(nodes, paths, MAX_GROUPS)
-    limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 4)
+    limit = args.max_exclude if args.max_exclude is not None else max(1, len(nodes) // 2)
     bar = Progress()
 
     def progress(t: Trial) -> None:

@@ -1,14 +1,12 @@
-"""Which nodes to keep in high precision: the smallest prefix of a sensitivity ranking that passes.
+"""Which nodes to keep in high precision, decided by measuring: ``search_by_effect``.
 
-``search_by_effect`` (what the export runs) ranks *groups* of nodes (one per PyTorch module) by their
-measured effect on the trajectory, then searches prefixes of that ranking, within a time budget.
-``search_exclusions`` searches prefixes of a ranking given in advance.
-
-``ranked`` lists the converted nodes, most sensitive first (``precision.local_errors``). Excluding
-a longer prefix can only bring the graph closer to FP32, so the search doubles the prefix until the
-gate passes (1, 2, 4, ... up to ``max_exclude``) and then bisects between the last failing and the
-first passing length. Every trial is measured on the real converted graph by ``evaluate``; this
-module only decides what to try next, so it is tested without a model.
+The converted nodes come in *groups*, one per PyTorch module. Each group's effect on the trajectory
+is measured (ADE with only that group kept in FP32), the groups are ranked by it, and the smallest
+prefix of the ranking that passes the gate is found by doubling then bisection, within a node limit
+and a time budget. Keeping more of the graph in FP32 brings it closer to FP32, but not strictly
+(rounding errors can cancel), so the ranking is measured rather than assumed. Every trial runs the
+real converted graph through ``evaluate``; this module only decides what to try next, so it is
+tested without a model.
 """
 
 from __future__ import annotations
@@ -23,27 +21,14 @@ Evaluate = Callable[[list[str]], tuple[list[str], dict[str, Any]]]
 
 @dataclass
 class Trial:
-    excluded: int  # length of the ranked prefix kept in high precision (nodes)
+    excluded: int  # nodes kept in high precision
     failures: list[str]
     figures: dict[str, Any]
-    groups: list[str] = field(default_factory=list)  # the modules kept in FP32 (``search_by_effect``)
+    groups: list[str] = field(default_factory=list)  # the modules they belong to
 
     @property
     def passed(self) -> bool:
         return not self.failures
-
-
-@dataclass
-class SearchResult:
-    excluded: list[str]
-    passed: bool
-    trials: list[Trial] = field(default_factory=list)
-
-    @property
-    def final(self) -> Trial:
-        """The trial whose exclusions were chosen (or the best failing one)."""
-        match = [t for t in self.trials if t.excluded == len(self.excluded)]
-        return match[-1] if match else self.trials[-1]
 
 
 def prefix_lengths(max_exclude: int) -> list[int]:
@@ -56,43 +41,6 @@ def prefix_lengths(max_exclude: int) -> list[int]:
         out.append(max_exclude)
     return out
 
-
-def search_exclusions(ranked: list[str], evaluate: Evaluate, max_exclude: int,
-                      on_trial: Callable[[Trial], None] | None = None) -> SearchResult:
-    """Smallest passing prefix of ``ranked`` (length <= ``max_exclude``); ``passed`` False if none."""
-    max_exclude = min(max_exclude, len(ranked))
-    trials: list[Trial] = []
-
-    def trial(k: int) -> Trial:
-        failures, figures = evaluate(ranked[:k])
-        t = Trial(k, failures, figures)
-        trials.append(t)
-        if on_trial:
-            on_trial(t)
-        return t
-
-    if trial(0).passed:
-        return SearchResult([], True, trials)
-    lo, hi = 0, None
-    for k in prefix_lengths(max_exclude):
-        if trial(k).passed:
-            hi = k
-            break
-        lo = k
-    if hi is None:
-        return SearchResult(ranked[:lo], False, trials)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if trial(mid).passed:
-            hi = mid
-        else:
-            lo = mid
-    return SearchResult(ranked[:hi], True, trials)
-
-
-# ==================================================================================================
-# Search by measured effect: modules ranked by what restoring each to FP32 does to the trajectory
-# ==================================================================================================
 
 #: out_of_time(trials run so far) -> True when no further trial may start (a clock in the pipeline,
 #: a trial count in tests).
@@ -140,8 +88,8 @@ def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: E
        first should time run out): everything converted except that group; its *effect* is how much
        ADE falls. Groups never measured rank after the measured ones, in ``order``; groups of more than
        ``max_exclude`` nodes are measured (a refusal names them) but never chosen.
-    3. The smallest prefix of that ranking that passes, by doubling then bisection (as
-       ``search_exclusions``), never more than ``max_exclude`` nodes in FP32.
+    3. The smallest prefix of that ranking that passes, by doubling then bisection (``prefix_lengths``),
+       never more than ``max_exclude`` nodes in FP32.
 
     ``out_of_time`` is asked before every trial after the first; when it says stop, the best result so
     far is returned (a passing one if any trial passed). Trials are memoised by their node set.
@@ -185,21 +133,19 @@ def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: E
     for g in ranked:
         sizes.append(sizes[-1] + len(groups[g]))
     longest = max(k for k, s in enumerate(sizes) if s <= max_exclude)
-    lo, hi, best_fail = 1 if measured else 0, None, (base, 0)
+    lo, hi = 1 if measured else 0, None
     for k in prefix_lengths(longest):
         if k <= lo and measured:
             continue
         if out_of_time(len(trials)):
-            return _give_up(done, ranked, best_fail, effects)
+            return _give_up(done, trials, set(allowed), effects)
         t = trial(ranked[:k])
         if t.passed:
             hi = k
             break
         lo = k
-        if _ade(t) < _ade(best_fail[0]):
-            best_fail = (t, k)
     if hi is None:
-        return _give_up(done, ranked, best_fail, effects, late=False)
+        return _give_up(done, trials, set(allowed), effects, late=False)
     while hi - lo > 1:
         if out_of_time(len(trials)):
             break
@@ -211,7 +157,9 @@ def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: E
     return done(ranked[:hi], seen[frozenset(n for g in ranked[:hi] for n in groups[g])], effects)
 
 
-def _give_up(done: Callable[..., EffectSearch], ranked: list[str], best_fail: tuple[Trial, int],
+def _give_up(done: Callable[..., EffectSearch], trials: list[Trial], allowed: set[str],
              effects: dict[str, Effect], late: bool = True) -> EffectSearch:
-    trial_, k = best_fail
-    return done(ranked[:k], trial_, effects, late)
+    """No passing set: the trial with the lowest ADE among those the limit allows (a refusal reports it,
+    ``--force`` writes it)."""
+    best = min((t for t in trials if set(t.groups) <= allowed), key=_ade)
+    return done(list(best.groups), best, effects, late)

@@ -81,6 +81,22 @@ def build_vay():
 def build_mixed():
     torch.manual_seed(1)
     return EgoNet(["yaw_rate", "x", "v", "yaw"])
+
+
+class EgoOnly(EgoNet):
+    """No camera at all: a model that plans from the vehicle state alone still ticks (on the clock)."""
+
+    def io_spec(self):
+        full = spec(self.fields, self.steps)
+        return dict(full, inputs=full["inputs"][1:])
+
+    def forward(self, ego):
+        return super().forward(torch.zeros(1, 1, 3, 16, 32, dtype=torch.uint8), ego)
+
+
+def build_ego_only():
+    torch.manual_seed(2)
+    return EgoOnly(["v", "a", "yaw_rate"])
 '''
 
 
@@ -257,11 +273,14 @@ def egonet(tmp_path_factory):
     spec.loader.exec_module(module)
     torch.save(module.build_vay().state_dict(), root / "vay.pt")
     torch.save(module.build_mixed().state_dict(), root / "mixed.pt")
+    torch.save(module.build_ego_only().state_dict(), root / "ego_only.pt")
     jobs = {
         "vay": [*VLA_EXPORT, "vay.pt", "--factory", "egonet_subset:build_vay", "-o", "vay", "--parity-inputs", "2"],
         "mixed": [*VLA_EXPORT, "mixed.pt", "--factory", "egonet_subset:build_mixed", "-o", "mixed",
                   "--parity-inputs", "2", "--precision", "int8", "--gate-ade-m", "0.05", "--calib-samples", "4",
                   "--heldout", "8"],
+        "ego_only": [*VLA_EXPORT, "ego_only.pt", "--factory", "egonet_subset:build_ego_only", "-o", "ego_only",
+                     "--parity-inputs", "1"],
     }
     procs = {k: subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, cmd in jobs.items()}
@@ -293,6 +312,15 @@ def test_three_field_model_runs_on_a_constant_ego(egonet):
     assert len(records) == 12 and len(ok) >= 3, [r["reason"] for r in records]
     for r in ok:  # 10 m/s for 0.4 s, read from the v column (first of [v, a, yaw_rate])
         assert _x_end(r) == pytest.approx(10.0 * HORIZON_S, rel=0.02)
+
+
+def test_a_model_with_no_camera_ticks_on_the_clock(egonet):
+    # It used to end in "internal error: generator raised StopIteration" (no primary camera to tick on).
+    records = _run(egonet["ego_only"], "--ego", "constant://?speed=8")
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(records) == 12 and ok, [r["reason"] for r in records]
+    for r in ok:
+        assert r["frame_id"] == {} and _x_end(r) == pytest.approx(8.0 * HORIZON_S, rel=0.02)
 
 
 def test_three_field_model_runs_on_ego_from_udp(egonet):

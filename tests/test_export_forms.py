@@ -243,6 +243,9 @@ def test_each_form_loads_and_fits_its_spec(tiny, tmp_path):
                                         "reference"]
     for m in loaded:
         check_spec_against_model(m, parse_manifest(m.spec))
+    # Every form knows the model's size (archives too: the bundle's weights are compared with it).
+    want = sum(p.numel() for p in tiny.build().parameters())
+    assert [m.spec["model"]["parameters"] for m in loaded[:4]] == [want] * 4
     # A renamed input is caught for each archive form too: their signatures carry real names.
     for m in loaded[:2]:
         spec = json.loads(json.dumps(m.spec))

@@ -18,7 +18,7 @@ from vla.export.accuracy import Gate, judge, measure, trajectory_spread
 from vla.export.bundle import model_hash
 from vla.export.calibration import data_hash
 from vla.export.precision import local_errors
-from vla.export.search import prefix_lengths, search_exclusions
+from vla.export.search import prefix_lengths
 from vla.runtime.errors import VlaError
 from vla.runtime.manifest import METADATA_KEY, parse_manifest
 
@@ -84,29 +84,6 @@ def test_prefix_schedule():
     assert prefix_lengths(1) == [1]
     assert prefix_lengths(5) == [1, 2, 4, 5]
     assert prefix_lengths(8) == [1, 2, 4, 8]
-
-
-@pytest.mark.parametrize("needed", [0, 1, 3, 6, 13])
-def test_search_finds_the_smallest_passing_prefix(needed):
-    ranked = [f"n{i}" for i in range(20)]
-    tried: list[int] = []
-
-    def evaluate(excluded):
-        tried.append(len(excluded))
-        ok = len(excluded) >= needed
-        return ([] if ok else ["too far"]), {"trajectory": {"rel_ade": 0.0 if ok else 1.0}}
-
-    result = search_exclusions(ranked, evaluate, max_exclude=16)
-    assert result.passed and result.excluded == ranked[:needed]
-    assert result.final.excluded == needed and result.final.passed
-    assert len(tried) <= 2 + 2 * 5  # doubling then bisection, never a linear scan
-    assert tried[0] == 0
-
-
-def test_search_gives_up_at_the_limit():
-    result = search_exclusions(list("abcdef"), lambda ex: (["no"], {"trajectory": {}}), max_exclude=3)
-    assert not result.passed and result.excluded == list("abc")
-    assert [t.excluded for t in result.trials] == [0, 1, 2, 3]
 
 
 # ---- local sensitivity ranks the node that loses most --------------------------------------------

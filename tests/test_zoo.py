@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 from zoo import env as zoo_env
 from zoo.env import ZooEnvUnavailable, ensure_env, offline_env
 from zoo.policies import COMMAND
@@ -78,9 +77,18 @@ def test_zoo_env_failure_is_pips_last_line_and_leaves_no_stamp(tmp_path, monkeyp
 
 # ---- the zoo -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def zoo_python() -> Path:
+def zoo_python(pytestconfig) -> Path:
+    """The zoo env's interpreter; its first build (minutes) is announced on the terminal, past capture."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        if reporter and capture:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"zoo: {line}")
+
     try:
-        return ensure_env(log=lambda line: print(f"\nzoo: {line}", file=sys.stderr))
+        return ensure_env(log=say)
     except ZooEnvUnavailable as exc:
         pytest.skip(f"zoo env unavailable: {exc}")
 
@@ -123,7 +131,7 @@ def zoo_bundles(zoo_python, tmp_path_factory):
 
 def _onnx_parameters(model_path: Path) -> int:
     model = onnx.load(str(model_path))
-    return sum(int(np.prod(numpy_helper.to_array(t).shape)) for t in model.graph.initializer
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
                if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
 
 
