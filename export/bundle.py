@@ -30,7 +30,6 @@ MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 ACCURACY_FILE = "accuracy.json"
 PROGRAM_FILE = "program.pt2"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def model_hash(model: onnx.ModelProto) -> str:

@@ -67,24 +67,30 @@ def dedupe_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[s
     backbone called three times) reaches the graph as one transposed copy per use, so a bundle would
     hold more parameters than the model. Merging by content is exact (bytes, so -0.0 and NaN payloads
     stay apart) and deterministic (the first in graph order is kept): the same graph gives the same
-    bytes. Graph inputs and outputs keep their names. Returns the model (changed in place) and how
+    bytes. Initializers that are graph inputs or outputs are left alone (an input's default may be
+    overridden at run time, so nothing else may read it). Returns the model (changed in place) and how
     many initializers and parameters were merged away.
     """
     graph = model.graph
     protected = {v.name for v in graph.input} | {v.name for v in graph.output}
-    first: dict[tuple[int, tuple[int, ...], bytes], tuple[str, bytes]] = {}
+    # By digest, not bytes: holding every tensor's bytes would double a large model's memory; a digest
+    # match is confirmed on the bytes of the two tensors alone.
+    first: dict[tuple[int, tuple[int, ...], bytes], onnx.TensorProto] = {}
     rename: dict[str, str] = {}
     keep: list[onnx.TensorProto] = []
     saved = 0
     for init in graph.initializer:
-        data = np.ascontiguousarray(numpy_helper.to_array(init)).tobytes()
+        if init.name in protected:  # an input's default can be overridden at run time: never shared
+            keep.append(init)
+            continue
+        data = _bytes(init)
         key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
         seen = first.get(key)
-        if seen is not None and seen[1] == data and init.name not in protected:
-            rename[init.name] = seen[0]
+        if seen is not None and _bytes(seen) == data:
+            rename[init.name] = seen.name
             saved += _weight_elements(init)
             continue
-        first.setdefault(key, (init.name, data))
+        first.setdefault(key, init)
         keep.append(init)
     if rename:
         _rename_inputs(graph, rename)
@@ -94,6 +100,11 @@ def dedupe_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[s
         del graph.value_info[:]
         graph.value_info.extend(kept_info)
     return model, {"initializers": len(rename), "parameters": saved}
+
+
+def _bytes(init: onnx.TensorProto) -> bytes:
+    """An initializer's values as raw bytes (whichever field of the proto holds them)."""
+    return np.ascontiguousarray(numpy_helper.to_array(init)).tobytes()
 
 
 def shared_note(merged: dict[str, int]) -> str:

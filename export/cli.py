@@ -42,7 +42,7 @@ examples:
   vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
   vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
   vla-export weights.pt --factory mypkg.models:build -o bundles/mine --precision int8 --calib recordings/
-  vla-export weights.pt --factory mypkg.models:build --spec-skeleton spec.yaml \
+  vla-export weights.pt --factory mypkg.models:build --spec-skeleton spec.yaml \\
              --example images=1x1x3x224x224:uint8 --example ego=1x16x3   # a draft spec to review
   vla-export bundles/reference -o bundles/reference-int8 --precision int8   # from the FP32 bundle
   vla-export vla.pt2 -o bundles/vla --spec spec.yaml --tokenizer tokenizer.json --command "turn left"
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(model.onnx + manifest.json + parity.json [+ accuracy.json]), cleaned, in the precision you choose, "
         "checked against PyTorch with ONNX Runtime.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="'reference', or a model file (see below)")
+    p.add_argument("model", metavar="MODEL",
+                   help="'reference', a model file, or an FP32 bundle folder to re-quantise (see below)")
     p.add_argument("-o", "--output", type=Path, metavar="BUNDLE", help="bundle folder to write (required, "
                    "except with --spec-skeleton)")
     p.add_argument("--spec", metavar="FILE",
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "not gated)")
     g.add_argument("--max-exclude", type=int, default=None, metavar="N",
                    help="most nodes the search may keep in FP32 (default: half of the candidates; "
-                   "0 turns the search off)")
+                   "0 keeps nothing in FP32: modules are still measured, so a refusal names those that hurt)")
     g.add_argument("--search-seconds", type=float, default=300.0, metavar="S",
                    help="time budget of the exclusion search (default 300): modules are measured one by one, "
                    "most likely culprits first, and the best result so far is kept when time runs out")

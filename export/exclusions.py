@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from .search import EffectSearch
+from .search import Effect, EffectSearch
 
 
 def decided(result: EffectSearch, fp32: onnx.ModelProto, paths: dict[str, str]) -> list[dict[str, str]]:
@@ -20,23 +20,22 @@ def decided(result: EffectSearch, fp32: onnx.ModelProto, paths: dict[str, str]) 
     return [{"node": n, "op": ops[n], "module": paths.get(n, "")} for n in result.excluded]
 
 
+def _row(group: str, e: Effect | None) -> dict[str, Any]:
+    """One module's record; its figures None when it was not measured."""
+    return {"module": group, "nodes": None if e is None else len(e.nodes),
+            "ade_m_with_module_fp32": None if e is None else round(e.ade_m, 6),
+            "effect_ade_m": None if e is None else round(e.effect_m, 6)}
+
+
 def measured(result: EffectSearch) -> list[dict[str, Any]]:
     """Each module kept in FP32 with its measured effect: ADE with everything converted minus ADE with
     only this module restored to FP32 (None when the time budget ran out before it was measured)."""
-    out = []
-    for g in result.groups:
-        e = result.effects.get(g)
-        out.append({"module": g, "nodes": len(e.nodes) if e else None,
-                    "ade_m_with_module_fp32": None if e is None else round(e.ade_m, 6),
-                    "effect_ade_m": None if e is None else round(e.effect_m, 6)})
-    return out
+    return [_row(g, result.effects.get(g)) for g in result.groups]
 
 
 def effects_table(result: EffectSearch) -> list[dict[str, Any]]:
     """Every measured module, most harmful first (accuracy.json)."""
-    ranked = sorted(result.effects.values(), key=lambda e: -e.effect_m)
-    return [{"module": e.group, "nodes": len(e.nodes), "ade_m_with_module_fp32": round(e.ade_m, 6),
-             "effect_ade_m": round(e.effect_m, 6)} for e in ranked]
+    return [_row(e.group, e) for e in sorted(result.effects.values(), key=lambda e: -e.effect_m)]
 
 
 def _effect(m: float) -> str:

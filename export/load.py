@@ -403,8 +403,8 @@ def build_from_factory(factory: str) -> nn.Module:
                            "current directory or the Python path)") from None
         where = _raised_in(exc)
         raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)}): {where}imports "
-                       f"{exc.name!r}, which is not installed here; install it (pip install "
-                       f"{(exc.name or '?').split('.')[0]}) or fix the import") from None
+                       f"{exc.name!r}, which is not installed here; install {install_hint(exc.name or '?')}, "
+                       "or fix the import") from None
     except Exception as exc:
         raise VlaError(f"--factory {factory}: importing {mod_name!r} failed ({_first_line(exc)})") from None
     func = getattr(mod, func_name, None)

@@ -105,6 +105,24 @@ def stamp(model: onnx.ModelProto, scopes: dict[str, str]) -> int:
     return len(paths)
 
 
+def keep_module_paths_only(model: onnx.ModelProto) -> None:
+    """Replace the exporter's per-node metadata with ``MODULE_KEY`` alone (for ``--no-slim``, where no
+    clean-up drops it): the exporter's ``stack_trace`` holds absolute paths of the user's source and of
+    Python's install, so the same model exported from another folder or machine would not give the same
+    bytes."""
+    scopes = read_scopes(model)
+    _strip(model.graph)
+    stamp(model, scopes)
+
+
+def _strip(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _strip(sub)
+
+
 def module_paths(model: onnx.ModelProto) -> dict[str, str]:
     """Node name -> module path for every node of ``model`` that carries one."""
     return {n.name: p for n in model.graph.node if (p := node_path(n)) is not None}
@@ -115,7 +133,9 @@ def group_by_module(nodes: list[str], paths: dict[str, str], max_groups: int) ->
 
     Each node goes under its module path cut to the first ``depth`` components, for the deepest
     ``depth`` that still gives at most ``max_groups`` groups (nodes without a path go under their own
-    node name). Groups keep the nodes' order; the dict is ordered by each group's first node.
+    node name, so when even top-level modules are too many, depth 1 is returned with more groups than
+    ``max_groups``: the search's time budget then bounds the measuring). Groups keep the nodes' order;
+    the dict is ordered by each group's first node.
     """
     def grouped(depth: int | None) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)

@@ -34,7 +34,7 @@ from .accuracy import Gate, describe, judge, measure, reference_note
 from .cleanup import dedupe_initializers, parameter_note, prune_opset_imports, shared_note, slim, tensorrt_problems
 from .convert import check_onnx, export_onnx, tensor_types
 from .load import LoadedModel, load_model
-from .module_names import group_by_module, module_paths, read_scopes, stamp
+from .module_names import group_by_module, keep_module_paths_only, module_paths, read_scopes, stamp
 from .parity import Tolerance, check_parity, run_torch
 from .precision import Fp16Converter, Int8Converter, candidates, local_errors
 from .progress import Progress
@@ -92,6 +92,7 @@ def export_fp32(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, s
                 f"size {b['bytes'] / 1e6:.1f} -> {a['bytes'] / 1e6:.1f} MB"
                 + shared_note(how["cleanup"]["deduplicated"]))
         else:  # no clean-up, but identical initializers are still stored once (lossless)
+            keep_module_paths_only(model)
             model, how["deduplicated"] = dedupe_initializers(model)
             if how["deduplicated"]["initializers"]:
                 say(f"--no-slim: no clean-up{shared_note(how['deduplicated'])}")
@@ -230,6 +231,7 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
     report["speed_ms"] = {k: round(v, 2) for k, v in speeds.items()}
     report["speed_ms"]["exclusion_cost"] = round(speeds["final"] - speeds["converted_all"], 2)
     report["speedup_vs_fp32"] = round(speeds["fp32"] / speeds["final"], 3)
+    report["slower_than_fp32"] = speeds["final"] > speeds["fp32"]  # as the speed note judges (not the rounded ratio)
     report["speed_note"] = exclusions.speed_note(args.precision, form, speeds["fp32"], speeds["final"])
     say(f"{args.precision}: {len(result.excluded)} node(s) in {len(result.groups)} module(s) kept in FP32; "
         f"{describe(result.final.figures, gate)}; "
@@ -352,15 +354,23 @@ def measured_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
     return {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
             "excluded_modules": accuracy.get("excluded_modules", []),
             "speed_ms": accuracy["speed_ms"], "speedup_vs_fp32": accuracy["speedup_vs_fp32"],
-            "slower_than_fp32": accuracy["speedup_vs_fp32"] < 1.0}
+            "slower_than_fp32": accuracy.get("slower_than_fp32", accuracy["speedup_vs_fp32"] < 1.0)}
+
+
+def precision_option_keys(args: argparse.Namespace) -> list[str]:
+    """The options that decide an FP16 or INT8 graph on top of the FP32 one (none for FP32); one list for
+    an export and a re-quantisation, so both record the same options."""
+    if args.precision == "fp32":
+        return []
+    keys = ["heldout", "gate_rel_ade", "gate_ade_m", "max_exclude", "command"]
+    if args.precision == "int8":
+        keys += ["int8_form"] + ([] if getattr(args, "int8_form", "") == "dynamic"
+                                 else ["calib", "calib_method", "calib_samples"])
+    return keys
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that decide the graph (not where it is written): recorded, and hashed by equality."""
-    keys = ["opset", "precision", "seed", "parity_inputs", "rtol", "ade_tol", "no_slim", "config"]
-    if args.precision != "fp32":
-        keys += ["heldout", "gate_rel_ade", "gate_ade_m", "max_exclude", "command"]
-    if args.precision == "int8":
-        keys += ["int8_form"] + ([] if getattr(args, "int8_form", "") == "dynamic"
-                                 else ["calib", "calib_method", "calib_samples"])
+    keys = ["opset", "precision", "seed", "parity_inputs", "rtol", "ade_tol", "no_slim", "config",
+            *precision_option_keys(args)]
     return {k: getattr(args, k, None) for k in keys}

@@ -103,8 +103,12 @@ def requantize(args: argparse.Namespace) -> int:
     parse_manifest(manifest)
     embedded = {k: v for k, v in manifest.items() if k != "measured"}
     bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
-    parity_path = folder / bundle.PARITY_FILE
-    parity = json.loads(parity_path.read_text()) if parity_path.is_file() else {}
+    try:  # the FP32 bundle's parity report travels with it; a missing or damaged one is not worth a refusal
+        parity = json.loads((folder / bundle.PARITY_FILE).read_text())
+    except (OSError, ValueError):
+        parity = {}
+    if not isinstance(parity, dict):
+        parity = {}
     parity["note"] = f"parity of the FP32 bundle this was made from ({source_hash}) against PyTorch"
     with tempfile.TemporaryDirectory(prefix="vla-requant-") as staging:
         carried = {}
@@ -120,8 +124,7 @@ def requantize(args: argparse.Namespace) -> int:
 
 
 def _precision_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ["precision", "seed", "heldout", "gate_rel_ade", "gate_ade_m", "max_exclude", "command"]
-    if args.precision == "int8":
-        keys += ["int8_form"] + ([] if getattr(args, "int8_form", "") == "dynamic"
-                                 else ["calib", "calib_method", "calib_samples"])
-    return {k: getattr(args, k, None) for k in keys}
+    """The re-quantisation's own options, recorded over the source bundle's (the same keys an export records)."""
+    from .pipeline import precision_option_keys
+
+    return {k: getattr(args, k, None) for k in ["precision", "seed", *precision_option_keys(args)]}

@@ -117,17 +117,21 @@ def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: E
     effects: dict[str, Effect] = {}
     if base.passed:
         return done([], base, effects)
+    late = False  # the budget cut the search short (reported, even when the result passes)
     for g in order:  # groups too big to keep are measured too: a refusal names what hurts
         if out_of_time(len(trials)):
+            late = True
             break
         t = trial([g])
         effects[g] = Effect(g, list(groups[g]), _ade(t), _ade(base) - _ade(t))
     allowed = [g for g in order if len(groups[g]) <= max_exclude]
     measured = sorted((g for g in effects if g in allowed), key=lambda g: -effects[g].effect_m)
     ranked = measured + [g for g in allowed if g not in effects]
-    best = [g for g in measured[:1] if seen[frozenset(groups[g])].passed]
-    if best:  # the most helpful single group already passes: no prefix is shorter
-        return done(best, seen[frozenset(groups[best[0]])], effects)
+    # One group that passes on its own: no set is smaller. The most helpful first, but any that passes
+    # (the gate judges more than ADE, so the top of the ranking may fail where another group passes).
+    best = next((g for g in measured if seen[frozenset(groups[g])].passed), None)
+    if best is not None:
+        return done([best], seen[frozenset(groups[best])], effects, late)
 
     sizes = [0]  # nodes in each prefix of ``ranked``
     for g in ranked:
@@ -145,16 +149,17 @@ def search_by_effect(groups: dict[str, list[str]], order: list[str], evaluate: E
             break
         lo = k
     if hi is None:
-        return _give_up(done, trials, set(allowed), effects, late=False)
+        return _give_up(done, trials, set(allowed), effects, late=late)
     while hi - lo > 1:
         if out_of_time(len(trials)):
+            late = True
             break
         mid = (lo + hi) // 2
         if trial(ranked[:mid]).passed:
             hi = mid
         else:
             lo = mid
-    return done(ranked[:hi], seen[frozenset(n for g in ranked[:hi] for n in groups[g])], effects)
+    return done(ranked[:hi], seen[frozenset(n for g in ranked[:hi] for n in groups[g])], effects, late)
 
 
 def _give_up(done: Callable[..., EffectSearch], trials: list[Trial], allowed: set[str],

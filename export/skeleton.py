@@ -376,12 +376,12 @@ def write_skeleton(args: argparse.Namespace) -> int:
     guesses = sum(len(e.notes) for e in ins + outs) + ("vocabulary" in spec)
     say(f"wrote {out}: {len(ins)} input(s), {len(outs)} output(s), {guesses} guess(es) marked REVIEW")
     problem = _loads(text, loaded, out)
+    how = " ".join(["vla-export", args.model, *(["--factory", args.factory] if args.factory else []),
+                    *(["--trust-pickle"] if args.trust_pickle else []), "--spec", str(out), "-o", "BUNDLE"])
     if problem:
-        say(f"the draft does not load as it is ({problem}): fill the fields marked REVIEW, then "
-            f"vla-export {args.model} --spec {out} -o BUNDLE")
+        say(f"the draft does not load as it is ({problem}): fill the fields marked REVIEW, then {how}")
     else:
-        say(f"the draft loads as it is; check the fields marked REVIEW, then vla-export {args.model} --spec {out} "
-            "-o BUNDLE")
+        say(f"the draft loads as it is; check the fields marked REVIEW, then {how}")
     return 0
 
 

@@ -171,9 +171,10 @@ def _breaches(r: np.void, verdict: int, max_curvature: float, max_accel: float,
     """The limits raised in ``verdict``, with the value and time the kernel reported for each."""
     bounds = {CURVATURE: max_curvature, ACCEL: max_accel, SPEED: max_speed}
     out = []
-    for bit, (flag, (limit, unit)) in enumerate(LIMITS.items(), start=1):
+    for flag, (limit, unit) in LIMITS.items():
         if not verdict & flag:
             continue
+        bit = flag.bit_length() - 1  # the result's value/time slot of this flag (decode.h: flag_value)
         value, t = float(r["value"][bit]), float(r["time"][bit])
         if flag == SPEED:
             text = f"speed {value:.2f} m/s > {max_speed:g} at t={_fmt_t(t)} s"
@@ -183,9 +184,8 @@ def _breaches(r: np.void, verdict: int, max_curvature: float, max_accel: float,
     return tuple(out)
 
 
-def _problem(r: np.void, verdict: int, horizon: float, max_curvature: float, max_accel: float,
-             max_speed: float) -> str | None:
-    """One line naming every raised flag, most serious first."""
+def _problem(r: np.void, verdict: int, horizon: float, breaches: tuple[LimitBreach, ...]) -> str | None:
+    """One line naming every raised flag, most serious first (``breaches``: ``_breaches``' for ``verdict``)."""
     parts: list[str] = []
     if r["bad_score"] >= 0:
         parts.append(f"non-finite score (mode {int(r['bad_score'])})")
@@ -193,7 +193,7 @@ def _problem(r: np.void, verdict: int, horizon: float, max_curvature: float, max
         parts.append(f"non-finite trajectory (mode {int(r['mode'])}, waypoint {int(r['bad_waypoint'])})")
     if verdict & NONFINITE and not parts:  # finite inputs, non-finite arithmetic (overflow)
         parts.append(f"non-finite output at t={_fmt_t(r['time'][0])} s")
-    parts += [b.text for b in _breaches(r, verdict, max_curvature, max_accel, max_speed)]
+    parts += [b.text for b in breaches]
     if verdict & TIMES:
         parts.append(f"requested time {float(r['value'][4]):g} s outside the trajectory [0, {horizon:g}] s "
                      "(clamped)")
@@ -208,14 +208,15 @@ def _decoded(words: np.ndarray, points: Any, horizon: float, max_curvature: floa
                                  verdict=0, problem=None)
     r = words.view(RESULT_DTYPE)[0]
     first = {1 << b: int(r["first"][b]) for b in range(_N_FLAGS) if r["first"][b] >= 0}
+    breaches = _breaches(r, verdict, max_curvature, max_accel, max_speed)
     return DecodedTrajectory(
         mode=int(r["mode"]),
         score=float(r["score"]),
         points=points,
         verdict=verdict,
-        problem=_problem(r, verdict, horizon, max_curvature, max_accel, max_speed),
+        problem=_problem(r, verdict, horizon, breaches),
         first=first,
-        breaches=_breaches(r, verdict, max_curvature, max_accel, max_speed),
+        breaches=breaches,
     )
 
 

@@ -149,7 +149,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("published despite a limit (--limits warn): " + format_kinds(s["limit_warnings"], last))
     if s.get("limits") == "off":
         lines.append("limits off: no plausibility limits were checked (non-finite outputs still fell back)")
-    limited = sum(n for kind, n in s["fallback_reasons"].items() if kind.startswith("implausible trajectory"))
+    limited = sum(n for kind, n in s["fallback_reasons"].items() if kind.startswith("implausible trajectory beyond "))
     if limited and s.get("limits", "enforce") == "enforce":
         lines.append(f"limits: {limited} ticks fell back on a plausibility limit; to see the model's own trajectories "
                      "(bring-up of an untrained or unfamiliar model), --limits warn publishes them with a warning")
@@ -173,6 +173,7 @@ def list_cameras() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .commands import CommandEncoder
     from .ego_input import FrameEgoInput, open_ego_input
     from .engine import open_engine
     from .errors import VlaError
@@ -211,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
                        log=lambda line: print(f"vla-run: {line}", file=sys.stderr, flush=True))
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise VlaError(f"--metrics-port must be 0-65535 (got {args.metrics_port})")
+    # A command the model cannot take is refused before any camera opens (an RTSP open takes seconds).
+    CommandEncoder(backend.manifest).encode(args.command)
     ego = None if args.ego == "camera" else open_ego_input(args.ego)
     cameras: dict = {}
     sinks: list = []

@@ -143,9 +143,9 @@ class CommandEncoder:
         vocab = self.manifest.vocabulary
         if self.text_inputs and self.manifest.tokenizer is None:
             return fit_words(text, vocab, self.length)
-        words = _words(text)
-        if not words:
+        if not text.strip():  # not ``_words``: a tokenizer reads text that has no ASCII word ("直行")
             raise VlaError(f"route command {text!r} is empty")
+        words = _words(text)
         cmd = _match(words, vocab) if vocab else None
         if self.command_inputs and cmd is None:
             raise VlaError(f"route command {text!r} names none of the model's commands ({_names(vocab)})")

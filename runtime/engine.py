@@ -108,7 +108,10 @@ def _open_torch(engine: str, threads: int | None, device: str) -> Backend:
     try:
         from .backends.torch_backend import TorchBackend, find_program
     except ImportError as exc:
-        raise VlaError(f"--backend torch: PyTorch cannot be imported ({' '.join(str(exc).split())[:160]})") from None
+        from .cli_support import install_hint
+
+        raise VlaError(f"--backend torch: PyTorch cannot be imported ({' '.join(str(exc).split())[:160]}); needs "
+                       f"{install_hint('torch')}") from None
 
     model_path, manifest_path = resolve(engine)
     manifest = read_manifest(model_path, manifest_path)

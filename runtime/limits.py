@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from vla.kernels.decode import DecodedTrajectory, LimitBreach
+from vla.kernels.decode import NONFINITE, DecodedTrajectory, LimitBreach
 
 from .errors import VlaError
 
@@ -66,8 +66,9 @@ def judge_decoded(decoded: DecodedTrajectory, mode: str) -> Judgement:
     """Apply ``mode`` to the decode kernel's verdict (the kernel was given ``decoder_limits``)."""
     if decoded.ok:
         return USABLE
-    if not decoded.only_limits:  # a non-finite value: never driveable, whatever the mode
-        return Judgement(False, f"non-finite output: {decoded.problem}")
+    if not decoded.only_limits:  # a non-finite value (or a clamped time): never driveable, whatever the mode
+        kind = "non-finite output" if decoded.verdict & NONFINITE else "implausible trajectory"
+        return Judgement(False, f"{kind}: {decoded.problem}")
     reason = describe_breaches(decoded.breaches)
     if mode == "enforce":
         return Judgement(False, reason)

@@ -13,9 +13,10 @@ One tick, at ``--rate`` (``schedule.frame_tick`` / ``schedule.next_tick``):
    waited for within the same bound, then named in the fallback reason;
 2. read the vehicle state (``ego_input``); stale ego data is a fallback, named;
 3. preprocess each frame into its slot of the engine's camera input; update the ego history; draw
-   the noise; start the engine on its worker thread (``engine_worker``) and wait for it no later
-   than the deadline, capture time + ``budget_ms``; ``vla.kernels.decode_trajectory`` picks the
-   best of K, derives speed, acceleration and curvature, and checks them against the limits.
+   the noise; write a route command set since the last run (``set_command``); start the engine
+   on its worker thread (``engine_worker``) and wait for it no later than the deadline, capture
+   time + ``budget_ms``; ``vla.kernels.decode_trajectory`` picks the best of K, derives speed,
+   acceleration and curvature, and checks them against the limits.
    On a GPU backend (``device_path.DeviceTick``) this thread only copies the frames into pinned
    staging; the engine thread runs preprocess, engine and decode on the device, as one CUDA graph
    once captured, and the decode's verdict is read back here;
@@ -376,6 +377,9 @@ class Runner:
         problem = verdict.problem
         ego_age = None
         engine = "none"  # how the engine stood for this tick (tally.ENGINE_STATES)
+        # A late run that finished while the frames were gathered: take it in now, or this tick's
+        # submit would drop its outputs (state never committed, not counted in late_runs_committed).
+        self._collect_late_run()
         if problem is None and self._worker is not None and self._worker.busy:
             busy_ms = (time.monotonic() - self._worker.started) * 1000.0
             problem = f"engine overrun: the previous run is still going after {busy_ms:.0f} ms"

@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from .errors import VlaError
 from .health import reason_kind
 from .loop import STAGES  # the stages a record's latency_ms carries
-from .tally import STATUSES, record_problem
+from .tally import STATUSES, record_missed, record_problem
 
 #: Milliseconds: dense where a 10-30 Hz loop lives (a 100 ms budget), sparse towards 500 ms.
 LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
@@ -110,7 +110,7 @@ class Metrics:
         status = record["status"]
         child = self._status_child.get(status) or self._child(self._status_child, self._ticks, "status", status)
         child.inc()
-        if record.get("deadline_missed", status == "late"):  # records from before the field: late ones
+        if record_missed(record):
             child = self._miss_child.get(status) or self._child(self._miss_child, self._misses, "status", status)
             child.inc()
         if status != "ok" and (problem := record_problem(record)):

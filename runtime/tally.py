@@ -35,6 +35,12 @@ def deadline_missed(engine: str, publish: float, deadline: float) -> bool:
     return engine in ("pending", "busy") or (engine == "done" and publish > deadline)
 
 
+def record_missed(record: Mapping[str, Any]) -> bool:
+    """Whether a published record missed its deadline: its ``deadline_missed``; a record from before
+    that field counts as a miss when it went out ``late`` (all the old summary counted)."""
+    return bool(record.get("deadline_missed", record.get("status") == "late"))
+
+
 def record_problem(record: Mapping[str, Any]) -> str | None:
     """The tick's own reason for not publishing the model's trajectory: ``problem`` when the record
     has it (while faulted ``reason`` is the fault's), else ``reason`` of a late or fallback record."""
@@ -58,7 +64,7 @@ class Tally:
         status = record["status"]
         self.ticks += 1
         self.status[status] += 1
-        if record.get("deadline_missed", status == "late"):
+        if record_missed(record):
             self.deadline_misses[status] += 1
         if problem := record_problem(record):
             kind = reason_kind(problem)

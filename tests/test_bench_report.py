@@ -208,7 +208,8 @@ def test_write_png_writes_a_real_png(tmp_path, budget):
 
 def test_write_png_without_matplotlib_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
-    with pytest.raises(VlaError, match=r"^--png needs matplotlib: pip install matplotlib$"):
+    with pytest.raises(VlaError, match=r"^--png needs matplotlib, from the bench extra: pip install "
+                       r"'vla-runtime\[bench\]'"):
         report.write_png(make_result(), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 

@@ -70,6 +70,23 @@ def test_module_paths_survive_the_clean_up(tmp_path):
     assert module_paths(again) == paths
 
 
+def test_no_slim_bundle_keeps_module_paths_but_not_the_exporters_source_paths(tmp_path):
+    """Without the clean-up the exporter's node metadata would reach model.onnx, stack traces with absolute
+    paths included (another folder, another model hash); only the module path is kept."""
+    from test_export_precision import OneSensitiveLayer
+
+    net = OneSensitiveLayer().eval()
+    archive = tmp_path / "sensitive.pt2"
+    args = (torch.zeros(1, 1, 3, 32, 64, dtype=torch.uint8), torch.zeros(1, 16, 6))
+    torch.export.save(torch.export.export(net, args), str(archive),
+                      extra_files={"vla_spec.json": json.dumps(net.io_spec())})
+    proc = run_cli(VLA_EXPORT, archive, "-o", tmp_path / "b", "--no-slim")
+    assert proc.returncode == 0, proc.stderr
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    assert {p.key for n in graph.node for p in n.metadata_props} == {"vla.module"}
+    assert "sensitive" in module_paths(onnx.load(str(tmp_path / "b" / "model.onnx"))).values()
+
+
 def test_groups_coarsen_to_fit_the_trial_budget():
     nodes = ["a", "b", "c", "d", "e"]
     paths = {"a": "backbone.layer1.0.conv1", "b": "backbone.layer1.0.conv2", "c": "backbone.layer2.0.conv1",
@@ -118,6 +135,23 @@ def test_search_finds_the_fewest_harmful_modules_in_effect_order():
     capped = search_by_effect(GROUPS, list(GROUPS), _model_of_harm(harm, 0.01, []), 4, lambda n: False)
     assert not capped.passed and capped.groups == ["m1", "m3"] and len(capped.excluded) == 4
     assert [e.group for e in capped.harmful(3)] == ["m1", "m3", "m4"]
+
+
+def test_search_keeps_one_module_that_passes_even_when_it_is_not_the_top_of_the_ranking():
+    """The gate judges more than ADE: the module that lowers ADE most may still fail (an output mismatch)
+    while another passes alone; one module is then the answer, not a longer prefix."""
+    harm = dict.fromkeys(GROUPS, 0.0) | {"m1": 0.3, "m2": 0.1}
+    log: list[list[str]] = []
+    ade_only = _model_of_harm(harm, 0.35, log)
+
+    def evaluate(excluded):
+        failures, figures = ade_only(excluded)
+        if {n.split(".")[0] for n in excluded} == {"m1"}:  # restoring m1 alone breaks another output
+            failures = [*failures, "logits: 3 elements differ"]
+        return failures, figures
+
+    result = search_by_effect(GROUPS, list(GROUPS), evaluate, 16, lambda n: False)
+    assert result.passed and result.groups == ["m2"] and len(log) == 1 + len(GROUPS)
 
 
 @pytest.mark.parametrize("budget", [1, 3, 6, 11])

@@ -363,6 +363,26 @@ def test_dedupe_merges_by_content_and_keeps_the_results():
     assert again.SerializeToString() == merged.SerializeToString()  # deterministic: same graph, same bytes
 
 
+def test_dedupe_never_points_a_weight_at_an_overridable_input_default():
+    """An initializer that is also a graph input is a default the caller may override: a copy of it
+    elsewhere must stay a constant of its own, not read the (overridden) input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vla.export.cleanup import dedupe_initializers
+
+    w = np.ones((2, 3), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "D"], ["a"]), helper.make_node("MatMul", ["x", "W"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("D", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "D"), numpy_helper.from_array(w.copy(), "W")])
+    merged, report = dedupe_initializers(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    assert [i.name for i in merged.graph.initializer] == ["D", "W"] and report["initializers"] == 0
+    assert [n.input[1] for n in merged.graph.node[:2]] == ["D", "W"]
+
+
 def test_parameter_note_only_when_the_graph_holds_more():
     from vla.export.cleanup import graph_figures, parameter_note
 

@@ -20,6 +20,7 @@ import importlib.util
 from importlib import metadata
 from pathlib import Path
 
+from ..cli_support import install_hint
 from ..errors import VlaError
 
 BACKENDS = ("auto", "trt", "ort", "torch")
@@ -108,7 +109,7 @@ def choose_backend(requested: str, device: str, engine_path: str | Path,
 
     if requested == "torch":
         if not torch:
-            raise VlaError("--backend torch: PyTorch is not installed (pip install torch)")
+            raise VlaError(f"--backend torch: PyTorch is not installed; needs {install_hint('torch')}")
         if device == "cuda" and not cuda:
             raise VlaError(f"--backend torch --device cuda: PyTorch {torch} sees no CUDA device "
                            "(a CPU-only build, or no GPU/driver); use --device cpu")

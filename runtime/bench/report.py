@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import VlaError
 from ..stats import summarize
+from ..tally import format_counts, format_kinds
 from .result import FIGURES, SCHEMA, STAGES, Result
 
 NOTE = ("median and percentiles as trtexec computes them (percentile p = sorted[max(N-1-int((1-p/100)*N),0)], "
@@ -168,7 +169,7 @@ def _deadline_line(result: Result) -> str | None:
     # misses all became fallbacks does not read as "late 0" (vla.runtime.tally).
     by_status = deadline.get("by_status")
     if misses and isinstance(by_status, Mapping) and by_status:
-        line += " (published " + ", ".join(f"{k} {v}" for k, v in by_status.items()) + ")"
+        line += f" (published {format_counts(by_status)})"
     return line
 
 
@@ -178,12 +179,12 @@ def _count_lines(result: Result) -> list[str]:
     lines = []
     status = result.get("status")
     if isinstance(status, Mapping) and status:
-        lines.append("status: " + ", ".join(f"{k} {int(v or 0)}" for k, v in status.items()))
+        lines.append("status: " + format_counts({k: int(v or 0) for k, v in status.items()}))
     for key, title in (("fallback_reasons", "fallback reasons"),
                        ("limit_warnings", "published despite a limit (--limits warn)")):
         kinds = result.get(key)
         if isinstance(kinds, Mapping) and kinds:
-            lines.append(f"{title}: " + ", ".join(f"{k} x{int(v or 0)}" for k, v in kinds.items()))
+            lines.append(f"{title}: " + format_kinds({k: int(v or 0) for k, v in kinds.items()}))
     return lines
 
 
@@ -331,7 +332,9 @@ def write_png(result: Result, path: str | Path) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise VlaError("--png needs matplotlib: pip install matplotlib") from None
+        from ..cli_support import install_hint
+
+        raise VlaError(f"--png needs {install_hint('matplotlib')}") from None
 
     samples = {k: v for k, v in (result.get("samples") or {}).items() if v}
     order = [s for s in STAGES if s in samples] + [s for s in samples if s not in STAGES]

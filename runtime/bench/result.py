@@ -8,14 +8,19 @@ Keys (all times in milliseconds)::
     backend       the backend's own description, e.g. "onnxruntime 1.32.0 CPUExecutionProvider, 1 ..."
     settings      {"iterations", "duration_s", "warmup_s", "budget_ms", "shapes", "cuda_graph",
                    "spin_wait", "threads", "rate_hz", "cameras"}   (what applies; others None)
-                  loop mode adds "camera", "warmup_ticks" and "data_path" (the loop's own line)
+                  loop mode adds "camera", "warmup_ticks", "data_path" (the loop's own line) and "limits"
     environment   environment.collect(): machine, versions, clocks (and Jetson power state)
     warnings      ["clocks are not fixed: ...", ...]
     stages        {stage: stats.summarize(values)} for stage in STAGES that were measured;
                   summarize gives count, min, max, mean, median, std, cv, p50, p90, p95, p99, p99.9
     samples       {stage: [per-iteration values, in run order]} (the PNG's timeline, re-analysis)
     throughput_qps  iterations / wall time from the first timed iteration's start to the last's end
-    deadline      {"budget_ms", "misses", "rate"}  (e2e > budget), or None without a budget
+    deadline      {"budget_ms", "misses", "rate"}  (e2e > budget), or None without a budget; loop mode:
+                  misses are ticks whose engine result was not in hand by the deadline, whatever
+                  was published (vla.runtime.tally), and "by_status" says what was published instead
+    status        loop mode: {status: ticks} for ok, late, fallback, fault (0 included)
+    fallback_reasons  loop mode: {reason kind: ticks} of the ticks not ok, most frequent first
+    limit_warnings    loop mode: {reason kind: ticks} published despite a limit (--limits warn)
     wall_s        seconds spent timing (warm-up excluded)
     interrupted   True when Ctrl-C ended the run early (the figures cover what was measured)
     started_at    ISO 8601 UTC time the timed part started

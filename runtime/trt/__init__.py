@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ..cli_support import install_hint
 from ..errors import VlaError
 
 #: The oldest TensorRT whose Python API this code is written to (JetPack 6). 10.0-10.2 have the
@@ -76,7 +77,7 @@ def import_cudart() -> ModuleType:
             from cuda import cudart  # type: ignore[no-redef]  # cuda-python before the cuda.bindings layout
         except Exception:
             raise VlaError(f"the CUDA Python bindings are not installed (import cuda.bindings failed: "
-                           f"{_first_line(first)}); pip install cuda-bindings") from None
+                           f"{_first_line(first)}); needs {install_hint('cuda')}") from None
     return cudart
 
 
