@@ -598,6 +598,7 @@ class Runner:
         ``deadline_misses_by_status`` what was published instead; ``fallback_reasons`` counts each
         tick that was not ok by the kind of its own reason (a faulted tick's too), most frequent
         first; ``limit_warnings`` the ticks published despite a limit (``limits="warn"``), by kind;
+        ``last_reasons`` the newest full reason text of each kind (the numbers a kind leaves out);
         ``late_runs_committed`` the runs committed to state whose result missed its deadline.
         """
         return {
