@@ -153,7 +153,10 @@ def export(args: argparse.Namespace) -> int:
 
         return write_skeleton(args)
     # The export extra, checked before any slow work: one line naming what to install.
-    require("torch", "onnx", "onnxscript", *(() if args.no_slim else ("onnxslim",)))
+    from .requantize import is_bundle
+
+    slimmed = not (args.no_slim or is_bundle(args.model))  # a bundle was cleaned up when it was exported
+    require("torch", "onnx", "onnxscript", *(("onnxslim",) if slimmed else ()))
     from .pipeline import run_export
 
     _check(args)

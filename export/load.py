@@ -179,7 +179,10 @@ def load_model(model: str, spec_path: str | bool | None = None, config: list[str
                        "archive, a state_dict file with --factory, or the word 'reference')")
     if path.suffix == ".safetensors" and path.is_file():
         return _load_state_dict(_read_safetensors(path), path, factory, spec_path)
-    if path.is_dir() or not zipfile.is_zipfile(path):
+    if path.is_dir():
+        raise VlaError(f"MODEL {model}: a folder, but not a bundle (it needs model.onnx and manifest.json); give a "
+                       "model file, or an FP32 bundle folder to re-quantise (not with --spec-skeleton)")
+    if not zipfile.is_zipfile(path):
         raise VlaError(f"MODEL {model}: not a TorchScript (.pt), torch.export (.pt2) archive or torch.save file "
                        "(all are zip files; this one is not, or it is corrupt)")
     kind = _zip_kind(path)

@@ -30,6 +30,9 @@ NOT_CARRIED = {bundle.MODEL_FILE, bundle.MANIFEST_FILE, bundle.PARITY_FILE, bund
 #: Options that only make sense with a PyTorch MODEL.
 MODEL_ONLY = (("spec", "--spec"), ("factory", "--factory"), ("config", "--config"), ("trust_pickle", "--trust-pickle"),
               ("tokenizer", "--tokenizer"))
+#: Options of the FP32 export and its parity check, which a bundle has already been through.
+FP32_ONLY = (("opset", "--opset"), ("no_slim", "--no-slim"), ("rtol", "--rtol"), ("ade_tol", "--ade-tol"),
+             ("parity_inputs", "--parity-inputs"))
 
 
 def is_bundle(model: str) -> bool:
@@ -72,6 +75,13 @@ def requantize(args: argparse.Namespace) -> int:
     for attr, flag in MODEL_ONLY:
         if getattr(args, attr, None):
             raise VlaError(f"{flag} does not apply to a bundle MODEL ({folder} carries its own manifest)")
+    from .cli import build_parser
+
+    defaults = build_parser()
+    for attr, flag in FP32_ONLY:  # decided when the FP32 bundle was exported: not silently ignored
+        if hasattr(args, attr) and getattr(args, attr) != defaults.get_default(attr):
+            raise VlaError(f"{flag} does not apply to a bundle MODEL: it shaped the FP32 export of {folder} "
+                           "(export again from the PyTorch model to change it)")
     fp32, raw = read_source(folder, args.precision)
     spec = with_files(parse_manifest(raw), folder)  # its tokenizer, for the scenes' route commands
     from .text import check_commands

@@ -75,7 +75,8 @@ def example_feeds(manifest: Manifest, seed: int = 0, command: str | None = None)
     since random ids of a 30k-token tokenizer are no sentence at all.
     """
     rng = np.random.default_rng(seed)
-    feeds = {t.name: example_feed(t, manifest, rng) for t in manifest.inputs}
+    # np.asarray: a 0-d input (a scalar nav command) is an array too, so it can be written in place.
+    feeds = {t.name: np.asarray(example_feed(t, manifest, rng)) for t in manifest.inputs}
     encoder = CommandEncoder(manifest)
     encoder.refuse_if_unused(command)
     if encoder.takes_command and (command is not None or manifest.tokenizer is not None):

@@ -106,6 +106,7 @@ def test_archive_without_spec_is_refused(tmp_path):
         (lambda d: d / "missing.pt", "no such file"),
         (lambda d: (d / "junk.pt").write_bytes(b"not a zip at all" * 10) and d / "junk.pt", "not a TorchScript"),
         (lambda d: (d / "junk.pt2").write_bytes(np.zeros(64, np.uint8).tobytes()) and d / "junk.pt2", "archive"),
+        (lambda d: (d / "folder").mkdir() or d / "folder", "a folder, but not a bundle"),
     ],
 )
 def test_bad_model_arguments(tmp_path, make, needle):

@@ -295,6 +295,8 @@ def test_requantise_to_fp16_and_refusals(sensitive_fp32, tmp_path):
     assert_one_line_error(run_cli(VLA_EXPORT, sensitive_fp32, "-o", tmp_path / "x"), "FP32 already")
     assert_one_line_error(run_cli(VLA_EXPORT, sensitive_fp32, "-o", tmp_path / "x", "--precision", "int8",
                                   "--config", "dim=8"), "--config does not apply to a bundle")
+    assert_one_line_error(run_cli(VLA_EXPORT, sensitive_fp32, "-o", tmp_path / "x", "--precision", "int8",
+                                  "--opset", "18"), "--opset does not apply to a bundle MODEL")
     tampered = tmp_path / "tampered"
     shutil.copytree(sensitive_fp32, tampered)
     m = onnx.load(str(tampered / "model.onnx"))

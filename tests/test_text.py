@@ -390,3 +390,20 @@ def test_text_inputs_need_a_vocabulary_or_a_tokenizer():
     # Nav ids alone need no word tokens, and read any length of text: only the command it names matters.
     enc = CommandEncoder(parse_manifest(nav_only)).encode("please turn left at the next intersection")
     assert (enc.nav_id, enc.nav_name, enc.note) == (2, "left", None)
+
+
+def test_a_scalar_nav_command_input_takes_the_command():
+    """A 0-d ``command`` input (the schema allows shape []) is written in place like any other."""
+    from vla.runtime.feeds import example_feeds
+    from vla.runtime.manifest import parse_manifest
+
+    traj = {"dt": 0.1, "horizon_s": 0.4, "frame": "ego", "fields": ["x", "y", "yaw"]}
+    manifest = parse_manifest({
+        "schema_version": 1, "model": {"name": "scalar-cmd"},
+        "inputs": [{"name": "cmd", "dtype": "int64", "role": "command", "shape": []}],
+        "outputs": [{"name": "trajectory", "dtype": "float32", "role": "trajectory", "shape": [1, 1, 4, 3],
+                     "trajectory": traj}],
+        "vocabulary": {"commands": [{"id": 0, "name": "follow", "phrases": ["follow the road"]},
+                                    {"id": 2, "name": "left", "phrases": ["turn left"]}]}})
+    assert int(example_feeds(manifest, 0, "turn left at the lights")["cmd"]) == 2
+    assert int(example_feeds(manifest, 0, "follow the road")["cmd"]) == 0
