@@ -48,6 +48,13 @@ def embed_manifest(model: onnx.ModelProto, manifest_json: str) -> None:
     model.metadata_props.add(key=METADATA_KEY, value=manifest_json)
 
 
+def embed_decided(model: onnx.ModelProto, manifest: dict) -> None:
+    """Embed what was *decided* (the manifest without ``measured``), canonically serialised, so the
+    same model and options give a byte-identical ``model.onnx``."""
+    embedded = {k: v for k, v in manifest.items() if k != "measured"}
+    embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("vla-runtime", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"):

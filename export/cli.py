@@ -144,6 +144,10 @@ def _check(args: argparse.Namespace) -> None:
         raise VlaError("--calib does not apply to --int8-form dynamic (it takes activation ranges at run time)")
     if args.precision == "int8":
         args.int8_form = args.int8_form or "tensorrt"
+    from .requantize import is_bundle, refuse_model_options
+
+    if is_bundle(args.model):
+        refuse_model_options(args, build_parser().get_default)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ machine, and lives only in ``manifest.json`` and ``accuracy.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -201,7 +200,6 @@ def convert_precision(args: argparse.Namespace, reference: Callable[[dict[str, n
         order = sorted(groups, key=lambda g: -max(errors.get(n, 0.0) for n in groups[g]))
         result = search_by_effect(groups, order, evaluate, limit,
                                   lambda _: time.perf_counter() - start >= budget, on_trial=progress)
-        bar.close()
         key = frozenset(result.excluded)
         final = built[key] if key in built else prune_opset_imports(converter.build(result.excluded))
     finally:
@@ -335,8 +333,7 @@ def run_export(args: argparse.Namespace) -> int:
         if accuracy is not None:
             manifest["measured"]["accuracy"] = measured_accuracy(accuracy)
         parse_manifest(manifest)  # what we write must load
-        embedded = {k: v for k, v in manifest.items() if k != "measured"}
-        bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
+        bundle.embed_decided(model, manifest)
         extra = {bundle.ACCURACY_FILE: accuracy} if accuracy is not None else {}
         binaries = {bundle.PROGRAM_FILE: program} if program is not None else {}
         binaries.update(bundle.stage_tokenizer(spec, Path(staging)))
@@ -352,9 +349,9 @@ def measured_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
     """The accuracy report's summary for ``manifest["measured"]``: the gate's figures, the modules kept
     in FP32 with their measured effect, and the speed against FP32 on ONNX Runtime CPU."""
     return {"passed": accuracy["passed"], **accuracy["figures"]["trajectory"],
-            "excluded_modules": accuracy.get("excluded_modules", []),
+            "excluded_modules": accuracy["excluded_modules"],
             "speed_ms": accuracy["speed_ms"], "speedup_vs_fp32": accuracy["speedup_vs_fp32"],
-            "slower_than_fp32": accuracy.get("slower_than_fp32", accuracy["speedup_vs_fp32"] < 1.0)}
+            "slower_than_fp32": accuracy["slower_than_fp32"]}
 
 
 def precision_option_keys(args: argparse.Namespace) -> list[str]:

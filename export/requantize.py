@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ def is_bundle(model: str) -> bool:
     """MODEL names a bundle folder (``model.onnx`` + ``manifest.json``), not a PyTorch model."""
     path = Path(model)
     return path.is_dir() and (path / bundle.MODEL_FILE).is_file() and (path / bundle.MANIFEST_FILE).is_file()
+
+
+def refuse_model_options(args: argparse.Namespace, default_of: Callable[[str], Any]) -> None:
+    """One line for an option a bundle MODEL cannot take: a PyTorch model's (the bundle has its own
+    manifest), or the FP32 export's (``default_of(attr)``: the option's default; any other value would
+    otherwise be silently ignored)."""
+    folder = args.model
+    for attr, flag in MODEL_ONLY:
+        if getattr(args, attr, None):
+            raise VlaError(f"{flag} does not apply to a bundle MODEL ({folder} carries its own manifest)")
+    for attr, flag in FP32_ONLY:
+        if getattr(args, attr) != default_of(attr):
+            raise VlaError(f"{flag} does not apply to a bundle MODEL: it shaped the FP32 export of {folder} "
+                           "(export again from the PyTorch model to change it)")
 
 
 def read_source(folder: Path, precision: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -72,16 +87,6 @@ def requantize(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     folder = Path(args.model)
-    for attr, flag in MODEL_ONLY:
-        if getattr(args, attr, None):
-            raise VlaError(f"{flag} does not apply to a bundle MODEL ({folder} carries its own manifest)")
-    from .cli import build_parser
-
-    defaults = build_parser()
-    for attr, flag in FP32_ONLY:  # decided when the FP32 bundle was exported: not silently ignored
-        if hasattr(args, attr) and getattr(args, attr) != defaults.get_default(attr):
-            raise VlaError(f"{flag} does not apply to a bundle MODEL: it shaped the FP32 export of {folder} "
-                           "(export again from the PyTorch model to change it)")
     fp32, raw = read_source(folder, args.precision)
     spec = with_files(parse_manifest(raw), folder)  # its tokenizer, for the scenes' route commands
     from .text import check_commands
@@ -111,8 +116,7 @@ def requantize(args: argparse.Namespace) -> int:
     manifest["measured"] = {"seconds": seconds, "parity": source_measured.get("parity"),
                             "source_bundle": str(folder), "accuracy": measured_accuracy(accuracy)}
     parse_manifest(manifest)
-    embedded = {k: v for k, v in manifest.items() if k != "measured"}
-    bundle.embed_manifest(model, json.dumps(embedded, separators=(",", ":"), sort_keys=True))
+    bundle.embed_decided(model, manifest)
     try:  # the FP32 bundle's parity report travels with it; a missing or damaged one is not worth a refusal
         parity = json.loads((folder / bundle.PARITY_FILE).read_text())
     except (OSError, ValueError):
