@@ -14,7 +14,7 @@ import time
 import numpy as np
 from machine import describe
 
-from vla.runtime.sources import open_cameras
+from vla.runtime.inputs.sources import open_cameras
 
 
 def cpu_seconds(pid: int) -> float:

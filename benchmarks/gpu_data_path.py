@@ -1,6 +1,6 @@
 """The GPU data path's own cost per tick (issue 7 target: <= 0.3 ms with 3 cameras at 1080p).
 
-Runs the loop's GPU path (``runtime/device_path.py``, ``DeviceTick``) on the torch backend on CUDA,
+Runs the loop's GPU path (``runtime/loop/device_path.py``, ``DeviceTick``) on the torch backend on CUDA,
 with three 1920x1080 YUYV frames per tick, in three interleaved ways per iteration, so they share
 the machine's state:
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from vla.runtime.cli_support import run_main
 from vla.runtime.errors import VlaError
-from vla.runtime.stats import summarize
+from vla.runtime.loop.stats import summarize
 
 STAGES = ("frames_up", "preprocess", "engine", "decode")
 
@@ -53,11 +53,11 @@ def main() -> int:
         raise VlaError("needs PyTorch with CUDA (pip install torch)") from None
 
     import vla.kernels as K
-    from vla.runtime.device_path import DeviceDecoder, DeviceTick
     from vla.runtime.engine import open_engine
-    from vla.runtime.preprocess import RigPreprocessor
-    from vla.runtime.sources.base import Frame
-    from vla.runtime.sources.scene import frame_shape
+    from vla.runtime.inputs.preprocess import RigPreprocessor
+    from vla.runtime.inputs.sources.base import Frame
+    from vla.runtime.inputs.sources.scene import frame_shape
+    from vla.runtime.loop.device_path import DeviceDecoder, DeviceTick
 
     if not torch.cuda.is_available() or not K.cuda_available():
         why = "PyTorch sees no CUDA device" if not torch.cuda.is_available() else K.cuda_status()

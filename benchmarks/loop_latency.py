@@ -18,7 +18,7 @@ import time
 
 from machine import CAMERA_720P, describe
 
-from vla.runtime.stats import summarize
+from vla.runtime.loop.stats import summarize
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from machine import CAMERA_720P, describe
 
-from vla.runtime.stats import summarize
+from vla.runtime.loop.stats import summarize
 
 
 def rss_mb(pid: int) -> float | None:

@@ -29,7 +29,7 @@ from precision import measure_precisions, table
 from vla.runtime.bench.loop_bench import run_loop_bench
 from vla.runtime.cli_support import run_main
 from vla.runtime.errors import VlaError
-from vla.runtime.realtime import apply_realtime
+from vla.runtime.loop.realtime import apply_realtime
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -43,7 +43,7 @@ def ort_vs_torch(bundle: Path, runs: int, compile_too: bool) -> dict:
     from vla.export.reference import build_reference
     from vla.runtime.backends.ort import default_threads, open_session
     from vla.runtime.bench.interleaved import interleaved_medians_ms
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
     from vla.runtime.manifest import parse_manifest
 
     threads = default_threads()

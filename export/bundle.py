@@ -74,16 +74,21 @@ def stage_tokenizer(spec: Manifest, folder: Path) -> dict[str, Path]:
     return {block["file"]: staged}
 
 
-def write_bundle(out: Path, model: onnx.ModelProto, manifest: dict[str, Any], parity: dict[str, Any],
-                 extra: dict[str, Any] | None = None, files: dict[str, Path] | None = None) -> None:
+def write_bundle(out: Path, model: onnx.ModelProto | None, manifest: dict[str, Any], parity: dict[str, Any],
+                 extra: dict[str, Any] | None = None, files: dict[str, Path] | None = None,
+                 graphs: dict[str, onnx.ModelProto] | None = None) -> None:
     """Write the files atomically into ``out`` (replacing an earlier bundle there); ``extra``: more JSON files;
-    ``files``: binary files already written elsewhere (``program.pt2``), moved in under the given names."""
+    ``files``: binary files already written elsewhere (``program.pt2``), moved in under the given names;
+    ``graphs``: more ONNX models by file name (a bundle of stages: one per stage, and ``model`` None)."""
     if out.exists() and not (out / MANIFEST_FILE).exists() and any(out.iterdir()):
         raise VlaError(f"-o {out}: folder exists and is not a bundle; choose another path or empty it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        onnx.save_model(model, str(tmp / MODEL_FILE))
+        if model is not None:
+            onnx.save_model(model, str(tmp / MODEL_FILE))
+        for name, graph in (graphs or {}).items():
+            onnx.save_model(graph, str(tmp / name))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
         for name, content in (extra or {}).items():

@@ -13,7 +13,10 @@ from .accuracy import Gate
 
 EPILOG = """\
 MODEL is one of:
-  reference        the built-in reference VLA (seeded weights); size it with --config KEY=VALUE
+  reference        the built-in reference VLA, model 2 (seeded weights), exported as three stages: vision
+                   and context (async) and the flow-matching action expert (repeated flow_steps times per
+                   decision); size it with --config KEY=VALUE (ReferenceConfig2 fields)
+  reference-v1     reference model 1: one graph with recurrent memory (--config: ReferenceConfig fields)
   model.pt         a TorchScript archive (torch.jit.save), with vla_spec.json in _extra_files
   model.pt2        a torch.export archive (torch.export.save), with vla_spec.json in extra_files
   weights.pt       a state_dict (torch.save(model.state_dict())), with --factory MODULE:FUNCTION
@@ -35,16 +38,31 @@ precision (decided in the graph, so ONNX Runtime and TensorRT 11 run the same nu
   If the gate fails, PyTorch modules are kept in FP32, those whose restoration lowers the
   trajectory error most first (each measured), until it passes (--search-seconds, --max-exclude).
 
+stages (a model split into graphs that run at their own rates): the spec (--spec, or the model's io_spec() /
+stages_spec()) declares them under `stages`, in run order, e.g.
+    stages:
+      vision: encoder                                   # a submodule path
+      context: {module: vlm, rate: async, max_age_ms: 300}
+      action: {module: expert, repeat: 10, sample: {input: sample, output: next_sample, init: noise}, time: t}
+  per stage: module, inputs (default: forward()'s parameters), outputs (default: the submodule's output_names),
+  rate (tick, async or every:N), max_age_ms, repeat K with sample {input, output, init} and time/index names,
+  precision. Each stage is exported and checked against PyTorch on its own, and the composed decision (run by
+  the runtime's staged backend) against the model's forward(); the bundle holds one <stage>.onnx per stage.
+  --precision applies to every stage, --stage-precision NAME=P[,NAME=P] overrides it per stage; one accuracy
+  gate judges the composed trajectory.
+
 examples:
   vla-export reference -o bundles/reference
+  vla-export reference-v1 -o bundles/reference-v1
+  vla-export reference -o bundles/ref-mixed --stage-precision vision=fp16,context=fp16 --gate-ade-m 0.05
   vla-export reference -o bundles/reference --build        # on the target: its TensorRT plan too
   vla-export reference -o bundles/reference-int8 --precision int8 --calib synthetic
-  vla-export reference -o bundles/k5 --config modes=5 --config euler_steps=10
+  vla-export reference -o bundles/k5 --config modes=5 --config flow_steps=5
   vla-export my_model.pt2 -o bundles/mine --spec my_spec.yaml --precision fp16
   vla-export weights.pt --factory mypkg.models:build -o bundles/mine --precision int8 --calib recordings/
   vla-export weights.pt --factory mypkg.models:build --spec-skeleton spec.yaml \\
              --example images=1x1x3x224x224:uint8 --example ego=1x16x3   # a draft spec to review
-  vla-export bundles/reference -o bundles/reference-int8 --precision int8   # from the FP32 bundle
+  vla-export bundles/reference-v1 -o bundles/ref-v1-int8 --precision int8   # from an FP32 one-graph bundle
   vla-export vla.pt2 -o bundles/vla --spec spec.yaml --tokenizer tokenizer.json --command "turn left"
 """
 
@@ -117,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "form TensorRT parses), ort (UINT8-activation Q/DQ that ONNX Runtime's x86 kernels run "
                    "fastest, best for convolutions), dynamic (run-time activation ranges, MatMul/Gemm "
                    "only, no calibration: transformer blocks on ONNX Runtime CPU)")
+    g.add_argument("--stage-precision", action="append", default=[], metavar="NAME=P[,NAME=P]",
+                   help="for a model declared in stages: the precision (fp32, fp16 or int8) of stage NAME, "
+                   "overriding --precision (and the declaration's own) for it, e.g. context=int8,action=fp16")
     p.add_argument("--force", action="store_true", help="write the bundle even if parity or the gate fails")
     p.add_argument("--build", action="store_true",
                    help="then build the bundle's TensorRT plan into BUNDLE/engines/, as vla-build BUNDLE does (on "
@@ -124,21 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def parse_stage_precision(values: list[str]) -> dict[str, str]:
+    """``--stage-precision`` (repeatable, comma-separated NAME=P) -> stage name -> precision."""
+    out: dict[str, str] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, sep, precision = item.partition("=")
+        if not sep or not name.strip() or precision.strip() not in PRECISIONS:
+            raise VlaError(f"--stage-precision {item!r}: expected NAME=fp32|fp16|int8, e.g. context=int8,action=fp16")
+        out[name.strip()] = precision.strip()
+    return out
+
+
 def _check(args: argparse.Namespace) -> None:
     """Numbers argparse cannot judge: a one-line error before any slow work starts."""
     for name in ("parity_inputs", "calib_samples", "heldout"):
         if getattr(args, name) < 1:
             raise VlaError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.heldout < 2 and args.precision != "fp32":
+    per_stage = set(parse_stage_precision(getattr(args, "stage_precision", []) or []).values())
+    if args.heldout < 2 and (args.precision != "fp32" or per_stage - {"fp32"}):
         raise VlaError("--heldout must be at least 2 (the spread of the reference trajectories needs two)")
     Gate.from_options(args.gate_rel_ade, args.gate_ade_m)  # limits that are not positive numbers
     if args.max_exclude is not None and args.max_exclude < 0:
         raise VlaError("--max-exclude must be 0 or more")
     if not args.search_seconds > 0:
         raise VlaError("--search-seconds must be more than 0")
-    if args.precision != "int8" and args.calib != "synthetic":
+    int8 = args.precision == "int8" or "int8" in per_stage
+    if not int8 and args.calib != "synthetic":
         raise VlaError("--calib only applies to --precision int8")
-    if args.int8_form is not None and args.precision != "int8":
+    if args.int8_form is not None and not int8:
         raise VlaError("--int8-form only applies to --precision int8")
     if args.int8_form == "dynamic" and args.calib != "synthetic":
         raise VlaError("--calib does not apply to --int8-form dynamic (it takes activation ranges at run time)")

@@ -2,7 +2,7 @@
 
 Forms (``LoadedModel.form``):
 
-- ``reference``: the built-in reference model;
+- ``reference``: a built-in reference model (``reference``: model 2, in stages; ``reference-v1``: model 1);
 - ``torchscript``: a ``torch.jit.save`` archive;
 - ``exported_program``: a ``torch.export.save`` archive (``.pt2``);
 - ``state_dict``: a ``torch.save(model.state_dict())`` file (or ``.safetensors``) plus ``--factory
@@ -38,6 +38,8 @@ from vla.runtime.cli_support import install_hint
 from vla.runtime.errors import VlaError
 
 SPEC_FILE = "vla_spec.json"
+#: MODEL words naming a built-in reference model, and which one.
+REFERENCES = {"reference": 2, "reference-v1": 1}
 FORMS = ("reference", "torchscript", "exported_program", "state_dict", "pickled_module")
 _SPEC_HELP = ("pass --spec FILE (JSON or YAML), give the model a `vla_spec` dict attribute, "
               "or an `io_spec()` method returning that dict")
@@ -133,7 +135,23 @@ def _module_spec(module: nn.Module, model: str, spec_path: str | bool | None) ->
     spec = _read_spec_file(spec_path) if spec_path else _spec_from_module(module, model)
     if spec is None:
         raise VlaError(f"MODEL {model}: no I/O spec; {_SPEC_HELP}")
-    return _with_parameter_count(spec, module)
+    return _with_parameter_count(_with_stages(spec, module, model), module)
+
+
+def _with_stages(spec: dict[str, Any], module: nn.Module, model: str) -> dict[str, Any]:
+    """The spec with the model's own ``stages_spec()`` declaration (how vla-export splits it into stages)
+    when the spec does not declare ``stages`` itself: the split belongs to the model's code, not its I/O."""
+    method = getattr(module, "stages_spec", None)
+    if "stages" in spec or not callable(method):
+        return spec
+    try:
+        stages = method()
+    except Exception as exc:
+        raise VlaError(f"MODEL {model}: its stages_spec() raised {_first_line(exc)}") from None
+    if not isinstance(stages, Mapping):
+        raise VlaError(f"MODEL {model}: its stages_spec() is a {type(stages).__name__}, not a mapping of "
+                       "stage name -> declaration")
+    return {**spec, "stages": dict(stages)}
 
 
 def _with_parameter_count(spec: dict[str, Any], module: nn.Module) -> dict[str, Any]:
@@ -166,10 +184,10 @@ def load_model(model: str, spec_path: str | bool | None = None, config: list[str
 
     ``spec_path=False`` loads the model without any spec (``LoadedModel.spec`` is ``{}``): for
     ``--spec-skeleton``, which writes one."""
-    if model == "reference":
+    if model in REFERENCES:
         if factory:
-            raise VlaError("--factory only applies to a state_dict MODEL, not to 'reference'")
-        return _load_reference(config or [], spec_path)
+            raise VlaError(f"--factory only applies to a state_dict MODEL, not to '{model}'")
+        return _load_reference(config or [], spec_path, REFERENCES[model])
     if config:
         raise VlaError("--config only applies to the reference model")
 
@@ -196,14 +214,26 @@ def load_model(model: str, spec_path: str | bool | None = None, config: list[str
     return _load_torch_save(path, factory, spec_path, trust_pickle)
 
 
-def _load_reference(config: list[str], spec_path: str | None) -> LoadedModel:
-    from .reference import ReferenceConfig, ReferenceVLA
+def _load_reference(config: list[str], spec_path: str | None, version: int = 2) -> LoadedModel:
+    """``reference`` (model 2: vision, context and action expert, exported as three stages) or
+    ``reference-v1`` (model 1: one graph with recurrent memory)."""
+    overrides = _parse_overrides(config)
+    if version == 1:
+        from .reference import ReferenceConfig, ReferenceVLA
+
+        try:
+            net = ReferenceVLA(ReferenceConfig(**overrides))
+        except (TypeError, ValueError) as exc:
+            raise VlaError(f"reference model: bad --config ({exc})") from None
+        return LoadedModel(net, net, _module_spec(net, "reference-v1", spec_path), "reference",
+                           "vla.export.reference")
+    from .reference_v2 import ReferenceConfig2, ReferenceVLA2
 
     try:
-        net = ReferenceVLA(ReferenceConfig(**_parse_overrides(config)))
+        net2 = ReferenceVLA2(ReferenceConfig2(**overrides))
     except (TypeError, ValueError) as exc:
-        raise VlaError(f"reference model: bad --config ({exc})") from None
-    return LoadedModel(net, net, _module_spec(net, "reference", spec_path), "reference", "vla.export.reference")
+        raise VlaError(f"reference model 2: bad --config ({exc}); see ReferenceConfig2 for the fields") from None
+    return LoadedModel(net2, net2, _module_spec(net2, "reference", spec_path), "reference", "vla.export.reference_v2")
 
 
 def _zip_kind(path: Path) -> str:

@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from vla.runtime.errors import ManifestError, VlaError
-from vla.runtime.feeds import example_feeds
+from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import Manifest, check_against_graph, parse_manifest
 
 from . import bundle, exclusions
@@ -294,6 +294,10 @@ def run_export(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     loaded = load_model(args.model, args.spec, args.config, factory=args.factory, trust_pickle=args.trust_pickle)
+    # Stages hook: a spec declaring `stages` is exported one graph per stage by export/staged.py.
+    from .staged import refuse_stage_options, run_staged_export, take_declaration
+
+    declared = take_declaration(loaded)
     tokenizer = getattr(args, "tokenizer", None)
     try:
         spec = parse_manifest(attach_tokenizer(loaded.spec, tokenizer))
@@ -307,6 +311,9 @@ def run_export(args: argparse.Namespace) -> int:
 
         check_source(args.calib, spec, args.calib_samples)
     say(f"{loaded.source} ({loaded.form}), {spec.raw['model'].get('parameters', '?')} parameters")
+    if declared is not None:  # stages hook (see above)
+        return run_staged_export(args, loaded, spec, declared, t0, seconds)
+    refuse_stage_options(args)
 
     model, how, parity, traced = export_fp32(args, loaded, spec, seconds)
     precision: dict[str, Any] = {"mode": "fp32"}

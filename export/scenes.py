@@ -20,13 +20,13 @@ from typing import Protocol
 
 import numpy as np
 
-from vla.runtime.commands import CommandEncoder
-from vla.runtime.ego import EgoFeed
-from vla.runtime.feeds import example_feed
+from vla.runtime.inputs.commands import CommandEncoder
+from vla.runtime.inputs.ego import EgoFeed
+from vla.runtime.inputs.feeds import example_feed
+from vla.runtime.inputs.preprocess import CameraPreprocessing, RigPreprocessor
+from vla.runtime.inputs.sources.base import Frame
+from vla.runtime.inputs.sources.scene import Rig, Road, SceneRenderer
 from vla.runtime.manifest import Manifest, TensorSpec
-from vla.runtime.preprocess import CameraPreprocessing, RigPreprocessor
-from vla.runtime.sources.base import Frame
-from vla.runtime.sources.scene import Rig, Road, SceneRenderer
 
 #: Runs the FP32 model: feeds in, outputs by name (used to roll the recurrent state forward).
 StepFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -44,7 +44,7 @@ class FrameSource(Protocol):
 
 
 class SyntheticDrive:
-    """The procedural road (``vla.runtime.sources.scene``) rendered at the model's resolution."""
+    """The procedural road (``vla.runtime.inputs.sources.scene``) rendered at the model's resolution."""
 
     def __init__(self, names: list[str], width: int, height: int, seed: int) -> None:
         self.road = Road(seed)
@@ -66,7 +66,7 @@ def _camera_spec(manifest: Manifest) -> TensorSpec | None:
 
 def _camera_writer(spec: TensorSpec, out: np.ndarray) -> Callable[[dict[str, np.ndarray]], None]:
     """RGB HWC pictures -> the camera input, exactly as the runtime feeds a frame
-    (``runtime/preprocess.py``): centre crop, resize, channel order, layout, and the manifest's
+    (``runtime/inputs/preprocess.py``): centre crop, resize, channel order, layout, and the manifest's
     normalisation when the graph does not do it, so calibration and the gate see what the engine sees."""
     cams = [CameraPreprocessing(name, spec.detail, out[0, i]) for i, name in enumerate(spec.detail["names"])]
     rig = RigPreprocessor(cams, threads=1)
@@ -93,7 +93,8 @@ def drive_feeds(manifest: Manifest, step: StepFn, *, seed: int, ticks: int, warm
     Inputs are filled by role: cameras from ``frames`` (default: the synthetic road of ``seed``),
     every ego input from the drive's motion (its declared fields, in their order), command and text
     from one route command (``command``, else one the model takes as it is), noise seeded, state from
-    the model's own outputs; anything else gets ``vla.runtime.feeds.example_feed``. Yields fresh arrays each tick.
+    the model's own outputs; anything else gets ``vla.runtime.inputs.feeds.example_feed``. Yields fresh
+    arrays each tick.
     """
     rng = np.random.default_rng(seed)
     cam = _camera_spec(manifest)

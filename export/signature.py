@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vla.runtime.errors import VlaError
-from vla.runtime.feeds import example_feeds
+from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import Manifest, TensorSpec
 
 from .load import LoadedModel

@@ -17,8 +17,8 @@ from typing import Any
 
 import onnx
 
-from vla.runtime.commands import CommandEncoder
 from vla.runtime.errors import VlaError
+from vla.runtime.inputs.commands import CommandEncoder
 from vla.runtime.manifest import Manifest
 
 #: Ops between the ids input and the embedding's Gather that keep the ids' values.
@@ -35,7 +35,7 @@ def attach_tokenizer(raw_spec: dict[str, Any], path: str | None) -> dict[str, An
             raise VlaError("the spec has a 'tokenizer' block: vla-export writes that block itself; remove it and "
                            "give the file with --tokenizer tokenizer.json")
         return raw_spec
-    from vla.runtime.text import describe_file
+    from vla.runtime.inputs.text import describe_file
 
     if not any(t.get("role") == "text" for t in raw_spec.get("inputs", [])):
         raise VlaError(f"--tokenizer {path}: the model has no text input (role 'text') to read with it")

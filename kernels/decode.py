@@ -13,6 +13,10 @@ Host (NumPy) inputs return a finished :class:`DecodedTrajectory`; the GIL is rel
 C++ twin runs. Device inputs (``__cuda_array_interface__``: CuPy, PyTorch, Numba, ...) enqueue the
 kernel on ``stream`` and return a :class:`DeviceDecode` at once, without synchronising; see its
 docstring for how to read the result.
+
+Models whose action head outputs controls rather than poses (per step: acceleration, curvature, as
+NVIDIA's Alpamayo does) go through :func:`integrate_controls` first; its [K, T, 4] poses
+(x, y, yaw, speed) are a ``trajectory`` for :func:`decode_trajectory`, on the host or the device.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ LIMITS = {CURVATURE: ("max_curvature", "1/m"), ACCEL: ("max_accel", "m/s²"), SP
 LIMIT_FLAGS = CURVATURE | ACCEL | SPEED
 
 COLUMNS = ("x", "y", "yaw", "speed", "accel", "curvature")
+#: :func:`integrate_controls`' input channels (m/s², 1/m, positive = left) and output columns.
+CONTROL_FIELDS = ("accel", "curvature")
+POSE_COLUMNS = ("x", "y", "yaw", "speed")
+assert len(POSE_COLUMNS) == int(_core.INTEGRATE_POSE_COLUMNS), "POSE_COLUMNS out of step with decode.h"
 MIN_SPEED = float(_core.DECODE_MIN_SPEED)  # m/s: below it curvature is 0 and not checked
 RESULT_WORDS = int(_core.DECODE_RESULT_WORDS)
 
@@ -292,6 +300,46 @@ def decode_trajectory(trajectory: Any, score: Any, dt: float, times: Any = None,
     if device:
         return DeviceDecode(out, result, horizon, *limits)
     return _decoded(np.asarray(result), out, horizon, *limits)
+
+
+def integrate_controls(controls: Any, v0: float, dt: float, out: Any = None, stream: Any = None) -> Any:
+    """Integrate per-step controls into poses, from the ego at the origin moving at ``v0``.
+
+    Why a kernel: the decode after it needs poses, and on the device path the controls never leave
+    the GPU; on the host it is one native call without the GIL. The scheme (``decode.h``): per step,
+    speed ``max(0, v + a*dt)`` (braking stops, it never reverses), then the midpoint speed and
+    heading move the pose; each mode is integrated on its own. NaN and inf are carried into every
+    later row of their mode, so :func:`decode_trajectory` reports ``NONFINITE`` instead of a
+    plausible-looking stop.
+
+    Args:
+        controls: float32 [K, T, 2] C-contiguous, per step (accel m/s², curvature 1/m) held for ``dt``
+            (:data:`CONTROL_FIELDS`); also [1, K, T, 2] (its one batch item).
+        v0: the ego's current speed (m/s), finite and >= 0.
+        dt: seconds per step, > 0.
+        out: float32 [K, T, 4] C-contiguous to write into; allocated for host inputs when None,
+            required for device inputs (nothing here allocates device memory).
+        stream: CUDA stream for device inputs (as :func:`decode_trajectory`); ignored on the host.
+
+    Returns:
+        ``out`` (or the new host array): row ``[k, i]`` is (x, y, yaw, speed) at t = (i + 1) * dt
+        (:data:`POSE_COLUMNS`). For device inputs it is complete once ``stream`` reaches the call.
+
+    Raises:
+        ValueError: naming the bad argument (dtype, shape, layout, range, host/device mix).
+        RuntimeError: device inputs without a usable CUDA device.
+    """
+    controls, out = as_kernel_array(controls, "controls"), as_kernel_array(out, "out")
+    if _is_device(controls):
+        if out is None:
+            raise ValueError("out: device controls need a device array [K, T, 4] float32 to write into "
+                             "(integrate_controls allocates no device memory)")
+    elif out is None:
+        shape = tuple(getattr(controls, "shape", ()))
+        # A shape the native side will reject gets a placeholder: the error names controls, not out.
+        out = np.empty((*shape[-3:-1], len(POSE_COLUMNS)) if len(shape) >= 3 else (0, 0, 4), dtype=np.float32)
+    _core.integrate_controls(controls, out, _number(v0, "v0"), _number(dt, "dt"), stream)
+    return out
 
 
 def _number(value: object, name: str) -> float:

@@ -13,11 +13,11 @@ from .errors import CameraError, ManifestError, VlaError
 
 # Loaded on first use: the loop pulls in OpenCV and ONNX Runtime, which a manifest check does not need.
 _LAZY = {
-    "Runner": "loop",
-    "RunConfig": "loop",
+    "Runner": "loop.runner",
+    "RunConfig": "loop.runner",
     "open_engine": "engine",
-    "open_cameras": "sources",
-    "open_ego_input": "ego_input",
+    "open_cameras": "inputs.sources",
+    "open_ego_input": "inputs.ego_input",
 }
 
 __all__ = ["CameraError", "ManifestError", "VlaError", *_LAZY]

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from .cli_support import run_main
-from .tally import format_counts, format_kinds
+from .loop.tally import format_counts, format_kinds
+from .stages import parse_rate
 
 EPILOG = """\
 cameras (--camera [NAME=]URI, repeatable; NAME is one of the model's camera names):
@@ -121,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-wait-ms", type=float, default=50.0, metavar="MS",
                    help="how long past its time a tick waits for the primary's frame, and for lagging cameras "
                    "(default 50)")
+    p.add_argument("--stage-rate", metavar="tick|async|every:N",
+                   help="a bundle of stages: when its slow stages (vision, context) run: async (whenever their "
+                   "worker is free), every:N (every Nth tick) or tick (every stage every tick, one rate); "
+                   "default: as the manifest declares")
+    p.add_argument("--context-max-age", type=float, metavar="MS",
+                   help="a bundle of stages: the oldest slow-stage context a tick may use, capture to capture; "
+                   "older falls back (default: the manifest's max_age_ms)")
     return p
 
 
@@ -158,6 +166,15 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"{'stage (ms)':<12}{'p50':>9}{'p99':>9}{'max':>9}{'mean':>9}")
     for stage, st in s["latency_ms"].items():
         lines.append(f"{stage:<12}{st['median']:9.2f}{st['p99']:9.2f}{st['max']:9.2f}{st['mean']:9.2f}")
+    for stage, st in (s.get("stage_latency_ms") or {}).items():  # a bundle of stages: each graph's own time
+        lines.append(f"{'  ' + stage:<12}{st['median']:9.2f}{st['p99']:9.2f}{st['max']:9.2f}{st['mean']:9.2f}")
+    sched, age = s.get("schedule"), s.get("context_age_ms")
+    if sched and not sched["single_rate"]:
+        rate = sched["rate"] if isinstance(sched["rate"], str) else f"every {sched['rate']} ticks"
+        lines.append(f"dual rate: {'+'.join(sched['slow'])} {rate} ({sched['slow_runs']} runs, {sched['slow_errors']} "
+                     f"failed), {'+'.join(sched['fast'])} every tick; context age "
+                     + (f"p50 {age['median']:.0f} ms, p99 {age['p99']:.0f} ms" if age else "-")
+                     + f" (max {sched['max_age_ms']:g} ms)")
     if s.get("late_runs_committed"):
         lines.append(f"late engine runs committed to state: {s['late_runs_committed']}")
     if s["ended"]:
@@ -166,21 +183,21 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def list_cameras() -> int:
-    from .sources.probe import backend_report, format_camera_list, list_v4l2_devices
+    from .inputs.sources.probe import backend_report, format_camera_list, list_v4l2_devices
 
     print(format_camera_list(list_v4l2_devices(), backend_report()))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from .commands import CommandEncoder
-    from .ego_input import FrameEgoInput, open_ego_input
     from .engine import open_engine
     from .errors import VlaError
-    from .loop import RunConfig, Runner
-    from .outputs import open_sink
-    from .realtime import apply_realtime
-    from .sources import open_cameras
+    from .inputs.commands import CommandEncoder
+    from .inputs.ego_input import FrameEgoInput, open_ego_input
+    from .inputs.sources import open_cameras
+    from .loop.realtime import apply_realtime
+    from .loop.runner import RunConfig, Runner
+    from .outputs.sinks import open_sink
 
     if args.list_cameras:
         return list_cameras()
@@ -209,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
                        fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after,
                        ego_stale_ms=args.ego_stale_ms, sync_tolerance_ms=args.sync_tolerance_ms,
                        frame_wait_ms=args.frame_wait_ms, cuda_graph=not args.no_cuda_graph,
+                       stage_rate=None if args.stage_rate is None else parse_rate(args.stage_rate),
+                       context_max_age_ms=args.context_max_age,
                        log=lambda line: print(f"vla-run: {line}", file=sys.stderr, flush=True))
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise VlaError(f"--metrics-port must be 0-65535 (got {args.metrics_port})")
@@ -224,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         for target in args.output or ["-"]:
             sinks.append(open_sink(target))
         if args.metrics_port is not None:
-            from .metrics import Metrics
+            from .outputs.metrics import Metrics
 
             metrics = Metrics(args.metrics_port)
             metrics.set_info(model=backend.manifest.name, backend=backend.describe())

@@ -13,7 +13,7 @@ def default_threads() -> int:
     operator waits for its slowest thread, so an engine spread over every core inherits the jitter
     of everything else on the machine. On two cores that trade goes the other way. The loop thread
     only waits while the engine runs, the loop's preprocessing runs only while the engine is idle
-    (it takes every core: ``runtime/preprocess.py``), and a camera rendering the model's size
+    (it takes every core: ``runtime/inputs/preprocess.py``), and a camera rendering the model's size
     costs a fifth of a core; an engine held to one core is then simply slower. On the 2-core dev
     box (reference model, ``synthetic://`` at the model's size, 10 Hz, 100 ms budget) two threads
     gave 691 of 700 ticks ok against one thread's 660 of 700 in the same session, and no worse

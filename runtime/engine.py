@@ -3,68 +3,13 @@ on the backend ``--backend``/``--device`` ask for (``backends/select.py`` decide
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from .backends.base import Backend
-from .backends.select import PLAN_WITHOUT_TRT
-from .errors import ManifestError, VlaError
-from .manifest import METADATA_KEY, Manifest, check_against_graph, parse_manifest_text, with_files
+from .bundle import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve, staged_manifest
+from .bundle import must_exist as _must_exist
+from .errors import VlaError
+from .manifest import Manifest, check_against_graph
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
-
-
-def resolve(engine: str) -> tuple[Path, Path | None]:
-    """(model path, manifest.json path or None when the manifest must come from the model)."""
-    path = Path(engine)
-    if path.is_dir():
-        model, manifest = path / MODEL_FILE, path / MANIFEST_FILE
-        if not model.exists():
-            raise VlaError(f"--engine {engine}: folder has no {MODEL_FILE}; is it a bundle from vla-export?")
-        return model, manifest if manifest.exists() else None
-    _must_exist(engine)
-    if path.suffix == ".plan":
-        raise VlaError(PLAN_WITHOUT_TRT.format(engine=engine))
-    return path, None
-
-
-def _must_exist(engine: str) -> None:
-    if not Path(engine).exists():
-        raise VlaError(f"--engine {engine}: no such file or bundle folder")
-
-
-def read_manifest(model_path: Path, manifest_path: Path | None, session: Any = None) -> Manifest:
-    """The bundle's manifest.json, else the manifest embedded in the .onnx (``session``'s metadata when one is
-    open); the files it names (a tokenizer) are looked for beside the model."""
-    if manifest_path is not None:
-        return with_files(parse_manifest_text(manifest_path.read_bytes(), str(manifest_path)), model_path.parent)
-    if session is not None:
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    else:
-        text = embedded_manifest_text(model_path)
-    if text is None:
-        raise ManifestError(f"{model_path}: no vla manifest in its metadata; export it with vla-export, "
-                            f"or run a bundle folder that has {MANIFEST_FILE}")
-    return with_files(parse_manifest_text(text, f"{model_path} (embedded manifest)"), model_path.parent)
-
-
-def embedded_manifest_text(model_path: Path) -> str | None:
-    """The manifest in the model's metadata: read with ``onnx`` where it is installed (no session and
-    no external weight files, so a graph with plugin ops TensorRT alone runs is fine), else through
-    an ONNX Runtime session."""
-    try:
-        import onnx
-    except ImportError:
-        from .backends.ort import open_session
-
-        return open_session(str(model_path), 1).get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise VlaError(f"{model_path}: not a readable ONNX model ({' '.join(str(exc).split())[:160]})") from None
-    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
-
+__all__ = ["MANIFEST_FILE", "MODEL_FILE", "open_engine", "read_manifest", "resolve"]
 
 def open_engine(engine: str, threads: int | None = None, spin: bool = False, backend: str = "auto",
                 device: str = "cpu", available: dict[str, str | None] | None = None,
@@ -83,7 +28,10 @@ def open_engine(engine: str, threads: int | None = None, spin: bool = False, bac
     if available is None:
         available = probe_available(check_cuda=device == "cuda", tensorrt=backend in ("auto", "trt"))
     chosen, why = choose_backend(backend, device, engine, available)
-    if chosen == TENSORRT:
+    staged = staged_manifest(engine)
+    if staged is not None:
+        opened = _open_staged(engine, staged, chosen, threads, spin, device, rebuild, cuda_graph)
+    elif chosen == TENSORRT:
         opened = _open_trt(engine, rebuild, cuda_graph)
     elif chosen == ONNXRUNTIME:
         opened = _open_ort(engine, threads, spin)
@@ -128,3 +76,46 @@ def _open_ort(engine: str, threads: int | None, spin: bool) -> Backend:
     check_against_graph(manifest, graph_types(session.get_inputs()), graph_types(session.get_outputs()),
                         str(manifest_path or model_path))
     return OrtBackend(session, manifest, threads or default_threads(), spin)
+
+
+def _open_staged(engine: str, manifest: Manifest, chosen: str, threads: int | None, spin: bool, device: str,
+                 rebuild: bool, cuda_graph: bool) -> Backend:
+    """Each stage's graph on the chosen backend, checked against its part of the manifest, as one backend
+    (``backends/staged.py``): ``stage.onnx`` on ONNX Runtime, ``stage.pt2`` on torch, a plan per stage
+    on TensorRT."""
+    from pathlib import Path
+
+    from .backends.select import ONNXRUNTIME, TENSORRT
+    from .backends.staged import StagedBackend
+
+    folder = Path(engine)
+    opened: dict[str, Backend] = {}
+    try:
+        for stage in manifest.stages:
+            part = manifest.stage_manifest(stage)
+            graph = folder / stage.file
+            if chosen == TENSORRT:
+                from .backends.trt import open_trt_stage
+
+                opened[stage.name] = open_trt_stage(folder, stage, part, rebuild=rebuild, cuda_graph=cuda_graph)
+            elif chosen == ONNXRUNTIME:
+                from .backends.ort import OrtBackend, default_threads, graph_types, open_session
+
+                session = open_session(str(graph), threads, spin)
+                check_against_graph(part, graph_types(session.get_inputs()), graph_types(session.get_outputs()),
+                                    f"{graph} (stage '{stage.name}')")
+                opened[stage.name] = OrtBackend(session, part, threads or default_threads(), spin)
+            else:
+                from .backends.torch_backend import TorchBackend
+
+                program = graph.with_suffix(".pt2")
+                if not program.is_file():
+                    raise VlaError(f"--engine {engine}: stage '{stage.name}' has no {program.name} (the torch.export "
+                                   "program --backend torch runs); use --backend ort, or re-export the bundle")
+                opened[stage.name] = TorchBackend(program, part, device=device, threads=threads)
+    except BaseException:
+        for backend in opened.values():
+            backend.close()
+        raise
+    return StagedBackend(manifest, opened)
+

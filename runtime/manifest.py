@@ -17,8 +17,9 @@ from typing import Any
 
 import jsonschema
 
-from .ego import ego_fields_problem
 from .errors import ManifestError
+from .inputs.ego import ego_fields_problem
+from .stages import Stage, dataflow_problem, parse_stages, single_stage
 
 SCHEMA_VERSION = 1
 #: Key under which the manifest is embedded in an ONNX model's metadata_props.
@@ -47,6 +48,47 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     #: Where the file of the ``tokenizer`` block is on this machine (``with_files``); None: not located.
     tokenizer_file: Path | None = field(default=None, compare=False)
+    #: Tensors one stage hands to a later one (``stages``); empty for a one-graph bundle.
+    intermediates: tuple[TensorSpec, ...] = ()
+
+    @property
+    def staged(self) -> bool:
+        """Several graphs (a ``stages`` list); False: one ``model.onnx``."""
+        return "stages" in self.raw
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages in run order; a one-graph bundle is one stage reading every input."""
+        if self.staged:
+            return parse_stages(self.raw["stages"])
+        return (single_stage([t.name for t in self.inputs], [t.name for t in self.outputs]),)
+
+    @property
+    def controls(self) -> bool:
+        """The trajectory output holds controls (acceleration, curvature) the decode integrates."""
+        return list(self.outputs_with("trajectory")[0].detail["fields"]) == ["accel", "curvature"]
+
+    def stage_manifest(self, stage: Stage) -> Manifest:
+        """The contract of one stage's graph: its inputs and outputs with the roles the model gives them
+        (intermediates and the repeat's own tensors as ``aux``), checked against that graph like a bundle's."""
+        known = {t.name: t for t in (*self.inputs, *self.outputs, *self.intermediates)}
+        local: dict[str, TensorSpec] = {}
+        if stage.repeat is not None:
+            r, init = stage.repeat, known[stage.repeat.init]
+            batch = init.shape[:1]
+            local[r.sample_input] = TensorSpec(r.sample_input, init.dtype, init.shape, "aux")
+            local[r.sample_output] = TensorSpec(r.sample_output, init.dtype, init.shape, "aux")
+            if r.time:
+                local[r.time] = TensorSpec(r.time, "float32", batch, "aux")
+            if r.index:
+                local[r.index] = TensorSpec(r.index, "int64", batch, "aux")
+
+        def spec(name: str) -> TensorSpec:
+            return local.get(name) or known[name]
+
+        raw = {"model": {"name": f"{self.name}/{stage.name}"}, "stage": stage.name}
+        return Manifest(raw=raw, inputs=tuple(spec(n) for n in stage.inputs),
+                        outputs=tuple(spec(n) for n in stage.outputs))
 
     @property
     def name(self) -> str:
@@ -134,6 +176,8 @@ def parse_manifest(raw: dict[str, Any]) -> Manifest:
         raw=raw,
         inputs=tuple(_spec(t) for t in raw["inputs"]),
         outputs=tuple(_spec(t) for t in raw["outputs"]),
+        intermediates=tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), "aux")
+                            for t in raw.get("intermediates", [])),
     )
     _cross_check(manifest)
     return manifest
@@ -220,6 +264,9 @@ def _cross_check(m: Manifest) -> None:
     if len(trajs) != 1:
         raise ManifestError(f"manifest: exactly one output must have role 'trajectory' (found {len(trajs)})")
     traj = trajs[0]
+    if m.controls and not any("v" in t.detail["fields"] for t in m.inputs_with("ego")):
+        raise ManifestError(f"manifest: trajectory '{traj.name}' holds controls (accel, curvature), which are "
+                            "integrated from the ego's current speed: the model needs an ego input with field 'v'")
     if len(traj.shape) != 4 or traj.shape[-1] != len(traj.detail["fields"]):
         raise ManifestError(
             f"manifest: trajectory '{traj.name}' must be [batch, modes, points, {len(traj.detail['fields'])}] "
@@ -236,6 +283,7 @@ def _cross_check(m: Manifest) -> None:
                 f"manifest: score '{s.name}' shape {list(s.shape)} must be [batch, modes] = {list(traj.shape[:2])}"
             )
 
+    _check_stages(m)
     _check_language(m)
     if m.inputs_with("command") or m.inputs_with("text"):
         text_ids = [t for t in m.inputs_with("text") if t.detail["kind"] == "ids"]
@@ -244,6 +292,25 @@ def _cross_check(m: Manifest) -> None:
             raise ManifestError("manifest: at most one text 'ids' input and one text 'mask' input")
         if text_ids and masks and text_ids[0].shape != masks[0].shape:
             raise ManifestError("manifest: text ids and text mask shapes differ")
+
+
+def _check_stages(m: Manifest) -> None:
+    if "intermediates" in m.raw and not m.staged:
+        raise ManifestError("manifest: 'intermediates' without 'stages'")
+    if not m.staged:
+        return
+    names = [t.name for t in m.intermediates]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"manifest: intermediate names repeat: {names}")
+    states = {t.name: t.detail["from_output"] for t in m.inputs_with("state")}
+    problem = dataflow_problem(m.stages, [t.name for t in m.inputs], [t.name for t in m.outputs], names, states)
+    if problem:
+        raise ManifestError(f"manifest: {problem}")
+    for stage in m.stages:
+        if stage.repeat is not None:
+            init = next(t for t in (*m.inputs, *m.intermediates, *m.outputs) if t.name == stage.repeat.init)
+            if not init.shape:
+                raise ManifestError(f"manifest: stage '{stage.name}' repeat init '{init.name}' needs a batch axis")
 
 
 def _check_language(m: Manifest) -> None:

@@ -19,7 +19,7 @@ import pytest
 from vla.runtime.bench import report
 from vla.runtime.bench.result import FIGURES, SCHEMA
 from vla.runtime.errors import VlaError
-from vla.runtime.stats import summarize
+from vla.runtime.loop.stats import summarize
 
 
 def make_result(scale: float = 1.0, budget: float | None = 997, interrupted: bool = False,

@@ -1,4 +1,4 @@
-"""The GPU data path (runtime/device_path.py, backends/device_io.py): raw frames up, trajectory down.
+"""The GPU data path (runtime/loop/device_path.py, backends/device_io.py): raw frames up, trajectory down.
 
 Everywhere: the pure parts (DeviceArray's view arithmetic, the CUDA-graph decisions) and DeviceTick
 with the loop on it, through a host stand-in for the device (HostDeviceIO: no GPU exists on most
@@ -13,7 +13,11 @@ import pytest
 
 import vla.kernels as K
 from vla.runtime.backends.device_io import CapturedGraph, CaptureError, DeviceArray, DeviceIO
-from vla.runtime.device_path import (
+from vla.runtime.errors import CameraError
+from vla.runtime.inputs.preprocess import RigPreprocessor
+from vla.runtime.inputs.sources.base import Frame
+from vla.runtime.inputs.sources.scene import frame_shape
+from vla.runtime.loop.device_path import (
     MAX_GRAPHS,
     WARM_RUNS,
     DeviceDecoder,
@@ -22,10 +26,6 @@ from vla.runtime.device_path import (
     graph_action,
     graphs_to_drop,
 )
-from vla.runtime.errors import CameraError
-from vla.runtime.preprocess import RigPreprocessor
-from vla.runtime.sources.base import Frame
-from vla.runtime.sources.scene import frame_shape
 
 
 # ---- DeviceArray: the view arithmetic, checked against NumPy's own ----------------------------------
@@ -297,8 +297,8 @@ class StandInGpuBackend:
 
 @pytest.mark.parametrize("cuda_graph", [True, False])
 def test_the_loop_runs_its_gpu_path_through_device_tick(reference_bundle, cuda_graph):
-    from vla.runtime.loop import RunConfig, Runner
-    from vla.runtime.sources import open_cameras
+    from vla.runtime.inputs.sources import open_cameras
+    from vla.runtime.loop.runner import RunConfig, Runner
 
     _, dev = _open_pair(reference_bundle)
     io = HostDeviceIO(dev)
@@ -361,8 +361,8 @@ def test_gpu_path_writes_the_engine_input_and_decodes_as_the_host_path(reference
 @needs_gpu_path
 def test_loop_runs_on_the_gpu_path(reference_bundle):
     from vla.runtime.engine import open_engine
-    from vla.runtime.loop import RunConfig, Runner
-    from vla.runtime.sources import open_cameras
+    from vla.runtime.inputs.sources import open_cameras
+    from vla.runtime.loop.runner import RunConfig, Runner
 
     backend = open_engine(str(reference_bundle), backend="torch", device="cuda")
     cameras = open_cameras(["synthetic://?size=1920x1080&fps=30"], backend.manifest.camera_names)

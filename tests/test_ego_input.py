@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from vla.runtime.ego_input import (
+from vla.runtime.errors import VlaError
+from vla.runtime.inputs.ego_input import (
     PROFILE_CRUISE,
     PROFILE_CURVATURE,
     PROFILE_PERIOD_S,
@@ -23,8 +24,7 @@ from vla.runtime.ego_input import (
     parse_ego_message,
     profile_state,
 )
-from vla.runtime.errors import VlaError
-from vla.runtime.sources.base import EgoState
+from vla.runtime.inputs.sources.base import EgoState
 
 
 @pytest.fixture

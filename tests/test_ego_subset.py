@@ -24,9 +24,9 @@ import pytest
 from conftest import VLA_EXPORT, VLA_RUN, run_cli
 from vla.export.accuracy import MIN_SPREAD_M, Gate, describe, judge, spread_note
 from vla.export.scenes import drive_feeds
-from vla.runtime.ego import FIELDS, EgoFeed, EgoHistory
 from vla.runtime.errors import ManifestError, VlaError
-from vla.runtime.feeds import example_feeds
+from vla.runtime.inputs.ego import FIELDS, EgoFeed, EgoHistory
+from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import parse_manifest
 
 VLA_BENCH = [VLA_RUN[0], "-m", "vla.runtime.bench.cli"]

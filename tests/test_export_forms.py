@@ -23,7 +23,7 @@ from vla.export.convert import export_onnx
 from vla.export.load import LoadedModel, build_from_factory, load_model
 from vla.export.signature import check_spec_against_model
 from vla.runtime.errors import VlaError
-from vla.runtime.feeds import example_feeds
+from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import parse_manifest
 
 TINY = '''

@@ -523,7 +523,7 @@ def test_sampler_breakers_name_the_pattern_that_exports(tmp_path, net, needles):
     from vla.export.load import LoadedModel
     from vla.export.signature import check_spec_against_model
     from vla.runtime.errors import VlaError
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
     from vla.runtime.manifest import parse_manifest
 
     manifest = parse_manifest(SAMPLER_SPEC)

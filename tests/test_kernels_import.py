@@ -46,7 +46,8 @@ def test_build_contains_cuda_when_nvcc_was_found():
 
 def test_vehicle_runtime_does_not_need_pytorch():
     """`pip install .` (no export extra) must be able to run bundles: the runtime never imports torch."""
-    code = ("import sys, vla.runtime.cli, vla.runtime.loop, vla.runtime.engine, vla.runtime.sources.synthetic; "
+    code = ("import sys, vla.runtime.cli, vla.runtime.loop.runner, vla.runtime.engine, "
+            "vla.runtime.inputs.sources.synthetic; "
             "from vla.runtime import Runner; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

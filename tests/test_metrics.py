@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vla.runtime.errors import VlaError
-from vla.runtime.metrics import LATENCY_BUCKETS_MS, MAX_REASONS, Metrics
+from vla.runtime.outputs.metrics import LATENCY_BUCKETS_MS, MAX_REASONS, Metrics
 
 
 def record(status: str, e2e: float, reason: str | None = None, **stages: float) -> dict:
@@ -173,8 +173,8 @@ def test_dropped_totals_and_ego_age_follow_the_loop(metrics):
 
 def test_deadline_misses_reasons_and_warnings_count_as_the_summary_does(metrics):
     """The records' deadline_missed, problem and warning, counted as vla-run's summary counts them
-    (``vla.runtime.tally``): a miss whatever was published, a faulted tick's own reason, warnings."""
-    from vla.runtime.tally import Tally
+    (``vla.runtime.loop.tally``): a miss whatever was published, a faulted tick's own reason, warnings."""
+    from vla.runtime.loop.tally import Tally
 
     late = "late: engine still running 412 ms in at the deadline (budget 100 ms)"
     over = "implausible trajectory beyond --max-curvature: curvature 0.52 1/m > 0.3 at t=1.2 s"

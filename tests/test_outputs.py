@@ -9,7 +9,7 @@ import pytest
 
 from conftest import VLA_RUN, assert_one_line_error, run_cli
 from vla.runtime.errors import VlaError
-from vla.runtime.outputs import JsonLinesSink, UdpSink, open_sink
+from vla.runtime.outputs.sinks import JsonLinesSink, UdpSink, open_sink
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from vla.runtime.commands import encode_command
-from vla.runtime.ego import EgoHistory
 from vla.runtime.errors import VlaError
-from vla.runtime.fallback import fallback_trajectory, shift_trajectory
-from vla.runtime.schedule import next_tick
-from vla.runtime.stats import median, percentile, summarize
+from vla.runtime.inputs.commands import encode_command
+from vla.runtime.inputs.ego import EgoHistory
+from vla.runtime.loop.fallback import fallback_trajectory, shift_trajectory
+from vla.runtime.loop.schedule import next_tick
+from vla.runtime.loop.stats import median, percentile, summarize
 
 
 def test_trtexec_percentiles():
@@ -140,7 +140,7 @@ def test_fallback_shifts_to_now():
 
 
 def test_fallback_slows_to_a_comfortable_stop_along_the_old_path():
-    from vla.runtime.fallback import stop_along
+    from vla.runtime.loop.fallback import stop_along
 
     dt, v, w = 0.1, 12.0, 0.05
     t = dt * np.arange(1, 65)
@@ -174,7 +174,7 @@ def test_to_frame():
 
 
 def test_health_faults_after_consecutive_fallbacks_and_recovers_with_hysteresis():
-    from vla.runtime.health import Health, HealthConfig, next_health
+    from vla.runtime.loop.health import Health, HealthConfig, next_health
 
     cfg = HealthConfig(fault_after=3, fault_stall_ms=1000, recover_after=2)
     h, t, events = Health(), 0.0, []
@@ -190,7 +190,7 @@ def test_health_faults_after_consecutive_fallbacks_and_recovers_with_hysteresis(
 
 
 def test_health_faults_at_once_on_a_stalled_camera():
-    from vla.runtime.health import Health, HealthConfig, next_health
+    from vla.runtime.loop.health import Health, HealthConfig, next_health
 
     cfg = HealthConfig(fault_after=5, fault_stall_ms=1000, recover_after=1)
     h, ev = next_health(Health(), cfg, fallback="no new frame", stalled=("left", 1200.0), now=1.0)
@@ -204,7 +204,7 @@ def test_health_faults_at_once_on_a_stalled_camera():
 def test_cpu_lists_and_realtime_settings_degrade_with_a_warning():
     import os
 
-    from vla.runtime.realtime import apply_realtime, parse_cpus
+    from vla.runtime.loop.realtime import apply_realtime, parse_cpus
 
     assert parse_cpus("0-2,5") == {0, 1, 2, 5}
     with pytest.raises(VlaError, match="expected CPU ids"):
@@ -225,7 +225,7 @@ def test_cpu_lists_and_realtime_settings_degrade_with_a_warning():
 def test_idle_collector_keeps_gc_off_the_hot_path():
     import gc
 
-    from vla.runtime.realtime import IdleCollector
+    from vla.runtime.loop.realtime import IdleCollector
 
     was = gc.isenabled()
     c = IdleCollector(min_idle_s=0.005, full_every=2)
@@ -242,7 +242,7 @@ def test_idle_collector_keeps_gc_off_the_hot_path():
 
 
 def test_window_keeps_the_last_values_in_fixed_memory():
-    from vla.runtime.stats import Window
+    from vla.runtime.loop.stats import Window
 
     w = Window(4)
     assert w.values() == [] and len(w) == 0
@@ -255,7 +255,7 @@ def test_window_keeps_the_last_values_in_fixed_memory():
 
 
 def test_judge_group_names_the_camera_behind():
-    from vla.runtime.camera_group import judge_group
+    from vla.runtime.loop.camera_group import judge_group
 
     last = {"front": 9, "left": 9, "right": 9}
     fresh = {"front": (10, 1.000), "left": (10, 1.010), "right": (10, 0.995)}
@@ -276,7 +276,7 @@ def test_judge_group_names_the_camera_behind():
 
 
 def test_frame_ticks_every_third_frame_of_a_30fps_camera():
-    from vla.runtime.schedule import frame_tick
+    from vla.runtime.loop.schedule import frame_tick
 
     anchor, period, slack = 5.0, 0.1, 0.01
     fired, index = [], -1
@@ -302,7 +302,7 @@ def test_frame_ticks_every_third_frame_of_a_30fps_camera():
 
 
 def test_reason_kind_keeps_counters_bounded():
-    from vla.runtime.health import reason_kind
+    from vla.runtime.loop.health import reason_kind
 
     assert reason_kind("engine error: RuntimeError: boom") == "engine error"
     assert reason_kind("camera 'right' lags 'left' by 144 ms (tolerance 50 ms)") == "camera 'right' lags 'left' by N ms"
@@ -314,7 +314,7 @@ def test_reason_kind_keeps_counters_bounded():
 
 
 def test_budget_fit_from_warm_up_runs():
-    from vla.runtime.budget import judge_budget
+    from vla.runtime.loop.budget import judge_budget
 
     assert judge_budget([], 100.0, 10.0) is None
     ok = judge_budget([60.0, 62.0, 61.0, 70.0], budget_ms=100.0, rate_hz=10.0)

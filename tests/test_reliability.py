@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 
 from conftest import VLA_RUN, assert_one_line_error, paced, run_cli
-from vla.runtime.ego_input import open_ego_input
 from vla.runtime.engine import open_engine
 from vla.runtime.errors import VlaError
-from vla.runtime.loop import RunConfig, Runner
-from vla.runtime.sources import open_cameras
-from vla.runtime.sources.base import CameraSource, Frame
+from vla.runtime.inputs.ego_input import open_ego_input
+from vla.runtime.inputs.sources import open_cameras
+from vla.runtime.inputs.sources.base import CameraSource, Frame
+from vla.runtime.loop.runner import RunConfig, Runner
 
 SMALL_CAM = "synthetic://?size=320x180&fps=30"
 BUDGET_MS = 200.0
@@ -216,7 +216,7 @@ def test_state_carried_by_late_frames_is_as_fresh_as_the_frames(tiny_bundle):
 
     A stand-in source: the synthetic rig cannot be told to deliver its frames late.
     """
-    from vla.runtime.sources.base import EgoState
+    from vla.runtime.inputs.sources.base import EgoState
 
     class Delayed(CameraSource):
         provides_ego = True
@@ -411,7 +411,7 @@ def _scaled(run, factor: float):
 
 def test_deadline_missed_is_decided_by_the_engine_not_by_what_was_published():
     """Pure: a tick misses when its engine result was not in hand by the deadline."""
-    from vla.runtime.tally import deadline_missed
+    from vla.runtime.loop.tally import deadline_missed
 
     assert not deadline_missed("done", publish=1.0, deadline=1.0)  # in hand at the deadline: on time
     assert deadline_missed("done", publish=1.001, deadline=1.0)  # decoded (usable or not) after it
@@ -424,7 +424,7 @@ def test_deadline_missed_is_decided_by_the_engine_not_by_what_was_published():
 
 def test_tally_counts_misses_whatever_was_published():
     """Pure: the counts of vla-run's summary and vla-bench --loop, from records."""
-    from vla.runtime.tally import Tally, format_kinds
+    from vla.runtime.loop.tally import Tally, format_kinds
 
     def rec(status, missed, problem=None, reason=None, warning=None):
         return {"status": status, "deadline_missed": missed, "problem": problem,
@@ -466,7 +466,7 @@ def _circle(radius: float = 2.0, speed: float = 5.0, steps: int = 20, dt: float 
 def test_limit_modes_judge_the_decode_kernels_verdict():
     """Pure, on the real decode kernel: a 2 m circle (curvature 0.5 1/m) breaks --max-curvature 0.3."""
     from vla.kernels.decode import CURVATURE, decode_trajectory
-    from vla.runtime.limits import check_mode, decoder_limits, judge_decoded
+    from vla.runtime.loop.limits import check_mode, decoder_limits, judge_decoded
 
     limits = decoder_limits("enforce", 0.3, 8.0, 60.0)
     decoded = decode_trajectory(_circle(), None, 0.1, **limits)

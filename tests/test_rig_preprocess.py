@@ -1,4 +1,4 @@
-"""The loop's preprocessing of a camera rig (runtime/preprocess.py): one native call per tick,
+"""The loop's preprocessing of a camera rig (runtime/inputs/preprocess.py): one native call per tick,
 set up once per camera and frame size, and a bad frame named by its camera."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import vla.kernels as K
 from vla.kernels.preprocess import centre_crop
 from vla.runtime.errors import CameraError
-from vla.runtime.preprocess import CameraPreprocessing, RigPreprocessor
-from vla.runtime.sources.base import Frame
-from vla.runtime.sources.scene import frame_shape
+from vla.runtime.inputs.preprocess import CameraPreprocessing, RigPreprocessor
+from vla.runtime.inputs.sources.base import Frame
+from vla.runtime.inputs.sources.scene import frame_shape
 
 CAMERA = {"color": "RGB", "layout": "NCHW", "normalization": {"mean": [120.0, 115.0, 110.0],
                                                             "std": [58.0, 57.0, 57.5], "in_graph": False}}

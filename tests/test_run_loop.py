@@ -20,8 +20,8 @@ import pytest
 
 from conftest import VLA_RUN, paced, run_cli
 from vla.runtime.engine import open_engine
-from vla.runtime.loop import RunConfig, Runner
-from vla.runtime.sources import open_cameras
+from vla.runtime.inputs.sources import open_cameras
+from vla.runtime.loop.runner import RunConfig, Runner
 
 SMALL_CAM = "synthetic://?size=640x360&fps=30"
 BUDGET_MS = 200.0

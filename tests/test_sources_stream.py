@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from vla.runtime.errors import CameraError
-from vla.runtime.sources import images, open_cameras, stream, video
-from vla.runtime.sources.base import PIXEL_FORMATS, CameraSource, Frame
+from vla.runtime.inputs.sources import images, open_cameras, stream, video
+from vla.runtime.inputs.sources.base import PIXEL_FORMATS, CameraSource, Frame
 
 # Encoders a loopback publisher can use: mpeg4 is FFmpeg's own, libx264 needs the external library.
 ENCODER = next((c for c in ("mpeg4", "libx264") if c in av.codecs_available), None)

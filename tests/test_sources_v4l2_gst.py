@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from vla.runtime.errors import CameraError
-from vla.runtime.sources import gstreamer as gst
-from vla.runtime.sources import open_cameras, probe, v4l2
-from vla.runtime.sources.base import PIXEL_FORMATS
-from vla.runtime.sources.scene import frame_shape
-from vla.runtime.sources.v4l2 import DriverStamp, Mode, V4l2Request
+from vla.runtime.inputs.sources import gstreamer as gst
+from vla.runtime.inputs.sources import open_cameras, probe, v4l2
+from vla.runtime.inputs.sources.base import PIXEL_FORMATS
+from vla.runtime.inputs.sources.scene import frame_shape
+from vla.runtime.inputs.sources.v4l2 import DriverStamp, Mode, V4l2Request
 
 
 def _gst_importable() -> bool:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from vla.runtime.errors import CameraError
-from vla.runtime.sources import scene, synthetic
-from vla.runtime.sources.base import PIXEL_FORMATS, CameraSource, Frame
+from vla.runtime.inputs.sources import scene, synthetic
+from vla.runtime.inputs.sources.base import PIXEL_FORMATS, CameraSource, Frame
 
 TO_RGB = {
     "yuyv": cv2.COLOR_YUV2RGB_YUYV,
@@ -312,7 +312,7 @@ def test_no_shared_memory_leak_warnings_at_exit(tmp_path):
     script.write_text(
         textwrap.dedent(
             """
-            from vla.runtime.sources.synthetic import open_synthetic
+            from vla.runtime.inputs.sources.synthetic import open_synthetic
 
             if __name__ == "__main__":
                 a = open_synthetic("synthetic://?size=160x120", ["front"])
@@ -336,7 +336,7 @@ def test_opens_from_an_unguarded_script_and_from_stdin(tmp_path):
     import sys
 
     code = (
-        "from vla.runtime.sources import open_cameras\n"
+        "from vla.runtime.inputs.sources import open_cameras\n"
         "cams = open_cameras(['synthetic://?size=64x32'], ['front'])\n"
         "print('frame', cams['front'].newest().seq)\n"
         "cams['front'].close()\n"
@@ -390,7 +390,7 @@ def test_without_a_size_the_rig_renders_what_the_model_takes():
     assert (p.width, p.height) == (640, 360)
     assert synthetic.renderable_size(255, 9) == (256, 16)
     # open_cameras passes the model's sizes (Manifest.camera_sizes) through to the rig process.
-    from vla.runtime.sources import open_cameras
+    from vla.runtime.inputs.sources import open_cameras
 
     sizes = {"front": (96, 48), "rear": (96, 48)}
     cams = open_cameras(["synthetic://"], ["front", "rear"], sizes)

@@ -347,7 +347,7 @@ def test_scenes_feed_only_commands_the_model_takes(work):
 
 def test_default_command_is_one_the_model_takes():
     from vla.export.text import check_commands
-    from vla.runtime.commands import CommandEncoder
+    from vla.runtime.inputs.commands import CommandEncoder
     from vla.runtime.manifest import parse_manifest
 
     assert CommandEncoder(parse_manifest(NAV_SPEC)).default() == "follow"  # "follow the road" has 3 words
@@ -385,7 +385,7 @@ def test_text_inputs_need_a_vocabulary_or_a_tokenizer():
         parse_manifest(TEXT_SPEC)  # no --tokenizer, no word vocabulary
     nav_only = {**NAV_SPEC, "inputs": NAV_SPEC["inputs"][:2],
                 "vocabulary": {"commands": NAV_SPEC["vocabulary"]["commands"]}}
-    from vla.runtime.commands import CommandEncoder
+    from vla.runtime.inputs.commands import CommandEncoder
 
     # Nav ids alone need no word tokens, and read any length of text: only the command it names matters.
     enc = CommandEncoder(parse_manifest(nav_only)).encode("please turn left at the next intersection")
@@ -394,7 +394,7 @@ def test_text_inputs_need_a_vocabulary_or_a_tokenizer():
 
 def test_a_scalar_nav_command_input_takes_the_command():
     """A 0-d ``command`` input (the schema allows shape []) is written in place like any other."""
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
     from vla.runtime.manifest import parse_manifest
 
     traj = {"dt": 0.1, "horizon_s": 0.4, "frame": "ego", "fields": ["x", "y", "yaw"]}

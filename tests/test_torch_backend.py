@@ -21,7 +21,7 @@ from vla.runtime.backends.select import choose_backend, probe_available
 from vla.runtime.backends.torch_backend import PROGRAM_FILE, TorchBackend, find_program
 from vla.runtime.engine import open_engine
 from vla.runtime.errors import VlaError
-from vla.runtime.feeds import example_feeds
+from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import METADATA_KEY, parse_manifest
 
 SMALL_CAM = "synthetic://?size=640x360&fps=30"
@@ -141,7 +141,7 @@ def _state_sequence(backend, ticks: int, commit) -> list[dict[str, np.ndarray]]:
 
 
 def _loop_commit(backend, out) -> None:
-    """runtime/loop.py's own rule, verbatim: np.copyto(self.backend.feed(dst), out[src])."""
+    """runtime/loop/runner.py's own rule, verbatim: np.copyto(self.backend.feed(dst), out[src])."""
     for t in backend.manifest.inputs_with("state"):
         np.copyto(backend.feed(t.name), out[t.detail["from_output"]])
 

@@ -724,7 +724,7 @@ def test_vla_build_writes_plan_and_sidecar_then_reuses(built_plan, reference_bun
 def test_plan_matches_onnx_runtime(built_plan, reference_bundle, trt_target, on_target):
     from vla.runtime.backends.trt import open_trt_backend
     from vla.runtime.engine import open_engine
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
 
     trt_backend = open_trt_backend(built_plan, log=lambda _line: None)
     ort_backend = open_engine(str(reference_bundle), threads=1, backend="ort")
@@ -749,7 +749,7 @@ def test_device_state_and_cuda_graphs_match_host_commit(built_plan, trt_target, 
     host copy with plain launches; a graph replayed at the wrong parity would read the other slot.
     A capture that fails (forced on the stand-in) turns graphs off and the ticks stay the same."""
     from vla.runtime.backends.trt import open_trt_backend
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
 
     if capture_fails and on_target is None:
         pytest.skip("a failing capture is forced on the stand-in only")
@@ -835,8 +835,8 @@ def test_loop_on_the_trt_host_data_path(built_plan, on_target):
     """The loop on TensorRT with preprocessing and decoding on the host: state committed on the device
     (commit_state), the engine replayed as a graph per parity."""
     from vla.runtime.backends.trt import open_trt_backend
-    from vla.runtime.loop import RunConfig, Runner
-    from vla.runtime.sources import open_cameras
+    from vla.runtime.inputs.sources import open_cameras
+    from vla.runtime.loop.runner import RunConfig, Runner
 
     if on_target is None:
         import vla.kernels as K
@@ -930,7 +930,7 @@ def test_trt_device_io_uploads_runs_downloads_and_captures(built_plan, reference
     replays with the pinned buffer's new contents."""
     from vla.runtime.backends.trt import TrtDeviceIO, open_trt_backend
     from vla.runtime.engine import open_engine
-    from vla.runtime.feeds import example_feeds
+    from vla.runtime.inputs.feeds import example_feeds
 
     if on_target is None:
         pytest.skip("on TensorRT the data path runs with its kernels (test_loop_on_the_trt_gpu_path)")
@@ -986,8 +986,8 @@ def test_loop_on_the_trt_gpu_path(built_plan, trt_target, cuda_graph):
     the device; with CUDA graphs, one per state parity, captured after the first runs and replayed."""
     import vla.kernels as K
     from vla.runtime.backends.trt import open_trt_backend
-    from vla.runtime.loop import RunConfig, Runner
-    from vla.runtime.sources import open_cameras
+    from vla.runtime.inputs.sources import open_cameras
+    from vla.runtime.loop.runner import RunConfig, Runner
 
     if trt_target.name == "stand-in":
         pytest.skip("the stand-in's device memory is host memory: the data path's CUDA kernels need a GPU")

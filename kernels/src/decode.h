@@ -23,6 +23,25 @@
 //   checks       non-finite score, any non-finite value in any channel of the chosen mode or in an
 //                output row -> NONFINITE; per output row: |curvature| > max while speed >= kMinSpeed
 //                -> CURVATURE, |accel| > max -> ACCEL, speed > max -> SPEED.
+//
+// integrate_controls: some action experts (Alpamayo-style) output per-step controls instead of
+// poses: controls[k, i] = (a, c), longitudinal acceleration (m/s²) and curvature (1/m, positive =
+// left) held over step i of dt seconds. Each mode k is integrated on its own, from x = y = yaw = 0
+// and v = v0 (the ego's current speed, >= 0), into out[k, i] = (x, y, yaw, v) at t = (i + 1) * dt,
+// which is the [K, T, F = 4] trajectory decode_trajectory takes:
+//   v_next  = max(0, v + a dt)          the vehicle brakes to a standstill, it does not reverse
+//   v_mid   = (v + v_next) / 2          mean speed over the step (exact unless it stops mid-step)
+//   dyaw    = c v_mid dt                heading change over the distance travelled
+//   yaw_mid = yaw + dyaw / 2            midpoint heading (second order in dyaw)
+//   x += v_mid dt cos(yaw_mid)
+//   y += v_mid dt sin(yaw_mid)
+//   yaw += dyaw; v = v_next
+// A constant curvature c at constant speed gives points on a circle through the origin whose
+// radius is 1/c times (h/2)/sin(h/2), h = dyaw per step: 0.01 % more than 1/c at h = 0.05 rad.
+// Non-finite inputs propagate to every later row of their mode instead of being hidden, so the
+// decode after this reports NONFINITE: a NaN passes the clamp (fmaxf(0, NaN) would give 0), and so
+// does an infinite speed (-inf from a = -inf must not become a standstill). A NaN curvature leaves
+// the speed column finite (speed does not depend on it) but poisons x, y and yaw.
 #pragma once
 
 #include <cmath>
@@ -315,6 +334,49 @@ VLA_HD void finish_result(const DecodeParams& p, DecodeResult* r) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// integrate_controls (see the header comment for the scheme).
+
+constexpr int kControlChannels = 2;  // accel, curvature
+constexpr int kPoseColumns = 4;      // x, y, yaw, speed
+
+struct IntegrateParams {
+  const float* controls;  // [K, T, 2] C-contiguous (a batch item already selected)
+  float* out;             // [K, T, 4] C-contiguous
+  int K, T;
+  float v0, dt;
+};
+
+struct Pose {
+  float x, y, yaw, v;
+};
+
+// One step of dt under acceleration a and curvature c.
+VLA_HD Pose integrate_step(const Pose& s, float a, float c, float dt) {
+  const float v_raw = s.v + a * dt;
+  // Clamp finite negatives only: NaN compares false, and -inf stays -inf (see the header comment).
+  const float v_next = (v_raw < 0.0f && finitef(v_raw)) ? 0.0f : v_raw;
+  const float v_mid = 0.5f * (s.v + v_next);
+  const float dyaw = c * v_mid * dt;
+  const float yaw_mid = s.yaw + 0.5f * dyaw;
+  const float step = v_mid * dt;
+  return Pose{s.x + step * cosf(yaw_mid), s.y + step * sinf(yaw_mid), s.yaw + dyaw, v_next};
+}
+
+// Mode k, sequentially over its T steps (each step needs the one before).
+VLA_HD void integrate_mode(const IntegrateParams& p, int k) {
+  const float* ctl = p.controls + static_cast<int64_t>(k) * p.T * kControlChannels;
+  float* row = p.out + static_cast<int64_t>(k) * p.T * kPoseColumns;
+  Pose s{0.0f, 0.0f, 0.0f, p.v0};
+  for (int i = 0; i < p.T; ++i, ctl += kControlChannels, row += kPoseColumns) {
+    s = integrate_step(s, ctl[0], ctl[1], p.dt);
+    row[0] = s.x;
+    row[1] = s.y;
+    row[2] = s.yaw;
+    row[3] = s.v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points (no CUDA types: the stream is the raw cudaStream_t as an integer).
 
 // CPU twin; `threads` <= 0 means "decide" (small jobs stay on the caller's thread).
@@ -324,5 +386,11 @@ void decode_cpu(const DecodeParams& p, DecodeResult* result, int threads = 0);
 // is a device pointer; it is complete once the stream reaches this point. No synchronisation.
 int decode_cuda_launch(const DecodeParams& p, DecodeResult* result, uintptr_t stream);
 const char* decode_cuda_error_text(int code);
+
+// integrate_controls: the CPU twin (`threads` as decode_cpu), and the CUDA launch (one thread per
+// mode; returns the cudaError_t of the launch, 0 = queued; `out` is complete once the stream
+// reaches this point; no synchronisation). Error text: decode_cuda_error_text.
+void integrate_cpu(const IntegrateParams& p, int threads = 0);
+int integrate_cuda_launch(const IntegrateParams& p, uintptr_t stream);
 
 }  // namespace vla

@@ -1,7 +1,7 @@
-// Python binding of decode_trajectory: validates every argument (a ValueError naming it), then runs
-// the CPU twin with the GIL released (host arrays) or enqueues the CUDA kernel on the given stream
-// (device arrays). The Python wrapper (kernels/decode.py) allocates host outputs and turns the
-// result words into a DecodedTrajectory.
+// Python bindings of decode_trajectory and integrate_controls: validate every argument (a ValueError
+// naming it), then run the CPU twin with the GIL released (host arrays) or enqueue the CUDA kernel
+// on the given stream (device arrays). The Python wrapper (kernels/decode.py) allocates host outputs
+// and turns decode's result words into a DecodedTrajectory.
 #include <pybind11/pybind11.h>
 
 #include <cmath>
@@ -41,9 +41,10 @@ void require_layout(const ArrayArg& a, const char* name, char kind) {
   if (reinterpret_cast<uintptr_t>(a.data) % 4 != 0) throw arg_error(name, "data is not 4-byte aligned");
 }
 
-void require_same_side(const ArrayArg& a, const char* name, bool device) {
+// `device`: the side of the call's main input, `main` (trajectory for decode, controls for integrate).
+void require_same_side(const ArrayArg& a, const char* name, bool device, const char* main = "trajectory") {
   if (a.device != device) {
-    throw arg_error(name, std::string("is a ") + (a.device ? "device" : "host") + " array but trajectory is a " +
+    throw arg_error(name, std::string("is a ") + (a.device ? "device" : "host") + " array but " + main + " is a " +
                               (device ? "device" : "host") + " array (do not mix host and device arrays)");
   }
 }
@@ -193,6 +194,78 @@ void decode_trajectory_py(py::handle trajectory, py::handle score, py::handle ti
 #endif
 }
 
+// controls [K, T, 2] (or [1, K, T, 2]) -> out [K, T, 4]: validated, then the CPU twin with the GIL
+// released (host) or the kernel enqueued on `stream` (device).
+void integrate_controls_py(py::handle controls, py::handle out, double v0, double dt, py::handle stream) {
+  const ArrayArg ctl = parse_array(controls, "controls", false);
+  require_layout(ctl, "controls", 'f');
+  const bool device = ctl.device;
+  if (ctl.ndim() != 3 && ctl.ndim() != 4) {
+    throw arg_error("controls", "expected [K, T, 2] or [1, K, T, 2], got shape " + ctl.shape_str());
+  }
+  const int lead = ctl.ndim() - 3;
+  if (lead && ctl.shape[0] != 1) {
+    throw arg_error("controls", "expected one batch item [1, K, T, 2], got shape " + ctl.shape_str() +
+                                    " (select the item first)");
+  }
+  const int64_t K = ctl.shape[lead], T = ctl.shape[lead + 1], C = ctl.shape[lead + 2];
+  if (C != kControlChannels) {
+    throw arg_error("controls", "expected 2 channels (accel, curvature) in the last dimension, got shape " +
+                                    ctl.shape_str());
+  }
+  if (K < 1) throw arg_error("controls", "needs at least one mode (K >= 1), got shape " + ctl.shape_str());
+  if (T < 1) throw arg_error("controls", "needs at least one step (T >= 1), got shape " + ctl.shape_str());
+
+  // The float casts must stay finite too: 1e300 is a finite double but an infinite float.
+  if (!(dt > 0.0) || !std::isfinite(static_cast<float>(dt))) {
+    std::ostringstream s;
+    s << "must be a finite number > 0 (seconds per control step), got " << dt;
+    throw arg_error("dt", s.str());
+  }
+  if (!(v0 >= 0.0) || !std::isfinite(static_cast<float>(v0))) {
+    std::ostringstream s;
+    s << "must be a finite number >= 0 (the ego's current speed, m/s), got " << v0;
+    throw arg_error("v0", s.str());
+  }
+
+  IntegrateParams p{};
+  p.controls = static_cast<const float*>(ctl.data);
+  p.K = static_cast<int>(K);
+  p.T = static_cast<int>(T);
+  p.v0 = static_cast<float>(v0);
+  p.dt = static_cast<float>(dt);
+
+  // out [K, T, 4] float32, writable (parsed read-only, then checked: see decode_trajectory_py).
+  const ArrayArg o = parse_array(out, "out", false);
+  require_same_side(o, "out", device, "controls");
+  require_layout(o, "out", 'f');
+  if (o.readonly) throw arg_error("out", "must be writable");
+  if (o.ndim() != 3 || o.shape[0] != K || o.shape[1] != T || o.shape[2] != kPoseColumns) {
+    throw arg_error("out", "expected shape (" + std::to_string(K) + ", " + std::to_string(T) +
+                               ", 4) float32 (x, y, yaw, speed), got " + o.shape_str());
+  }
+  if (overlaps(o, ctl)) throw arg_error("out", "overlaps controls");
+  p.out = static_cast<float*>(o.data);
+
+  if (!device) {
+    py::gil_scoped_release release;
+    integrate_cpu(p);
+    return;
+  }
+  const uintptr_t s = parse_stream(stream);
+  const std::string& reason = cached_cuda_unavailable_reason();
+  if (!reason.empty()) throw std::runtime_error("integrate_controls: CUDA unavailable: " + reason);
+#ifdef VLA_HAVE_CUDA
+  const int err = integrate_cuda_launch(p, s);
+  if (err != 0) {
+    throw std::runtime_error(std::string("integrate_controls: CUDA launch failed: ") + decode_cuda_error_text(err) +
+                             " (" + std::to_string(err) + ")");
+  }
+#else
+  (void)s;  // unreachable: cuda_unavailable_reason() is never empty without CUDA
+#endif
+}
+
 }  // namespace
 
 void bind_decode(py::module_& m) {
@@ -204,6 +277,12 @@ void bind_decode(py::module_& m) {
         "Best mode, resampled with speed/accel/curvature and a plausibility verdict, written into `out` "
         "[M, 6] float32 and `result` int32[20]. Host arrays: CPU, GIL released, done on return. Device "
         "arrays: enqueued on `stream`, complete when the stream reaches it. Use vla.kernels.decode.");
+  m.attr("INTEGRATE_POSE_COLUMNS") = kPoseColumns;
+  m.def("integrate_controls", &integrate_controls_py, py::arg("controls"), py::arg("out"), py::arg("v0"),
+        py::arg("dt"), py::arg("stream") = py::none(),
+        "Integrate per-step (accel, curvature) controls [K, T, 2] float32 from speed v0 into poses (x, y, yaw, "
+        "speed) written into `out` [K, T, 4] float32. Host arrays: CPU, GIL released, done on return. Device "
+        "arrays: enqueued on `stream`. Use vla.kernels.decode.integrate_controls.");
 }
 
 }  // namespace vla

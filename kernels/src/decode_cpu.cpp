@@ -1,6 +1,7 @@
 // CPU twin of the decode_trajectory kernel: the same per-point arithmetic (decode.h), looped over
 // the output points. A typical call (M = 64 points) is a few microseconds of work, less than
 // starting a thread, so it runs on the caller's thread; parallel_rows only splits very long grids.
+// Also the twin of integrate_controls (decode.h's integrate_mode, one mode per row).
 #include <atomic>
 #include <climits>
 
@@ -15,6 +16,9 @@ namespace {
 // checks); with useful_threads' 20,000-operation threshold a second thread starts only from
 // ~400 points, where it can pay for itself.
 constexpr long kWorkPerPoint = 100;
+// Per integration step (a sine, a cosine and a dozen flops): a typical call (a few modes of 64
+// steps) stays on the caller's thread.
+constexpr long kWorkPerStep = 40;
 
 void atomic_min(std::atomic<int>& target, int v) {
   int cur = target.load(std::memory_order_relaxed);
@@ -63,6 +67,14 @@ void decode_cpu(const DecodeParams& p, DecodeResult* result, int threads) {
   }
   finish_result(p, &r);
   *result = r;
+}
+
+void integrate_cpu(const IntegrateParams& p, int threads) {
+  // Each mode is a sequential chain of T steps; modes are independent, so they are the rows.
+  const int n_threads = useful_threads(threads, p.K, kWorkPerStep * p.T);
+  parallel_rows(p.K, n_threads, [&](int k0, int k1) {
+    for (int k = k0; k < k1; ++k) integrate_mode(p, k);
+  });
 }
 
 }  // namespace vla

@@ -6,7 +6,8 @@
 // host synchronisation. Publish grids are tens to a few hundred points; beyond kDecodeMaxThreads
 // the threads loop over the remaining points.
 //
-// The arithmetic is decode.h's, shared with the CPU twin.
+// The arithmetic is decode.h's, shared with the CPU twin. integrate_controls (one thread per mode)
+// lives here too: its output is this kernel's input.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -72,7 +73,22 @@ __global__ void decode_kernel(DecodeParams p, DecodeResult* result) {
   }
 }
 
+// integrate_controls: one thread per mode, each running its T steps in sequence (K is a handful of
+// modes and T = 64, so there is nothing to gain from splitting the chain).
+__global__ void integrate_kernel(IntegrateParams p) {
+  const int k = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (k < p.K) integrate_mode(p, k);
+}
+
 }  // namespace
+
+int integrate_cuda_launch(const IntegrateParams& p, uintptr_t stream) {
+  int threads = (p.K + 31) / 32 * 32;
+  if (threads > kDecodeMaxThreads) threads = kDecodeMaxThreads;
+  const int blocks = (p.K + threads - 1) / threads;
+  integrate_kernel<<<blocks, threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
 
 int decode_cuda_launch(const DecodeParams& p, DecodeResult* result, uintptr_t stream) {
   int threads = (p.M + 31) / 32 * 32;

@@ -32,7 +32,7 @@ class Backend(ABC):
         """One line for logs: engine, version, device, threads."""
 
     def device_io(self) -> DeviceIO | None:
-        """The engine's device buffers and stream for the GPU data path (``runtime/device_path.py``);
+        """The engine's device buffers and stream for the GPU data path (``runtime/loop/device_path.py``);
         None for host backends, which the loop feeds through ``feed``."""
         return None
 

@@ -1,6 +1,6 @@
 """What the GPU data path needs from a device backend (torch on CUDA, TensorRT): ``DeviceIO``.
 
-The loop's GPU path (``runtime/device_path.py``) keeps everything but raw camera bytes and the
+The loop's GPU path (``runtime/loop/device_path.py``) keeps everything but raw camera bytes and the
 chosen trajectory on the device. For that it needs, from the backend that owns the stream and the
 engine's buffers:
 

@@ -23,7 +23,7 @@ inputs or read outputs on the GPU: they are ordinary torch tensors, so ``torch.u
 then stops uploading its staging buffer until ``feed(name)`` is called again. Work on these
 tensors must be ordered before ``run()``: enqueue it on ``backend.stream`` or synchronise.
 
-**CUDA graphs**: the GPU data path (``TorchDeviceIO``, ``runtime/device_path.py``) captures a
+**CUDA graphs**: the GPU data path (``TorchDeviceIO``, ``runtime/loop/device_path.py``) captures a
 whole tick, ``enqueue_run`` included, with ``torch.cuda.graph`` on ``stream`` and replays it;
 ``run_key`` says which copies such a graph baked in. ``run()`` itself launches eagerly.
 
@@ -48,7 +48,7 @@ import torch
 
 from ..cpu import default_threads
 from ..errors import VlaError
-from ..feeds import example_feeds
+from ..inputs.feeds import example_feeds
 from ..manifest import Manifest, check_against_graph
 from .base import Backend
 from .device_io import CapturedGraph, CaptureError, DeviceIO
@@ -322,7 +322,7 @@ class TorchBackend(Backend):
 
 
 class TorchDeviceIO(DeviceIO):
-    """The GPU data path's view of a CUDA torch backend (``runtime/device_path.py``)."""
+    """The GPU data path's view of a CUDA torch backend (``runtime/loop/device_path.py``)."""
 
     def __init__(self, backend: TorchBackend) -> None:
         self._backend = backend

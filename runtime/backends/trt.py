@@ -23,7 +23,7 @@ changes the addresses TensorRT was given. A capture that fails turns these graph
 backend and plain launches go on (TensorRT cannot capture some plans, e.g. with data-dependent
 shapes). The GPU data path (``TrtDeviceIO``) instead captures the whole tick, uploads, preprocess,
 ``enqueue_run`` (a plain ``execute_async_v3`` inside), decode and downloads, in one graph per key
-(``runtime/device_path.py``); ``run_key`` names what such a graph bakes in (the parity among it).
+(``runtime/loop/device_path.py``); ``run_key`` names what such a graph bakes in (the parity among it).
 All these graphs share one execution context; they are replayed one at a time on one stream, so
 they never use the context's scratch memory at once.
 
@@ -512,7 +512,7 @@ class TrtBackend(Backend):
 
 
 class TrtDeviceIO(DeviceIO):
-    """The GPU data path's view of a TensorRT backend (``runtime/device_path.py``): ``cudaMalloc``
+    """The GPU data path's view of a TensorRT backend (``runtime/loop/device_path.py``): ``cudaMalloc``
     buffers as :class:`DeviceArray`, copies with ``cudaMemcpyAsync`` on the backend's stream."""
 
     def __init__(self, backend: TrtBackend) -> None:

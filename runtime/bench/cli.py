@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..cli_support import run_main
 from ..errors import VlaError
+from ..stages import parse_rate
 
 EPILOG = """\
 figures: min, mean, median, p90, p95, p99, p99.9, max, standard deviation and coefficient of
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay CUDA graphs: TensorRT's engine (engine mode), the tick's device work (--loop "
                    "--device cuda), as vla-run does by default")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--stage", metavar="NAME", help="a bundle of stages: time this stage alone (a repeat stage with "
+                   "all its steps); without it every stage is timed inside each run, as stage:NAME rows")
     p.add_argument("--command", metavar="TEXT", help="route command, encoded as vla-run --command does (default: "
                    "the bundle's default command)")
     p.add_argument("--cpu", metavar="LIST", help="pin to these CPUs, as vla-run --cpu (e.g. 2-5)")
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera", default="synthetic://", help="camera URI (default synthetic://)")
     g.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
     g.add_argument("--ticks", type=int, default=300, help="timed ticks (default 300)")
+    g.add_argument("--stage-rate", metavar="tick|async|every:N",
+                   help="a bundle of stages: when its slow stages run, as vla-run --stage-rate")
     g.add_argument("--limits", choices=("enforce", "warn", "off"), default="enforce",
                    help="the plausibility limits, as vla-run --limits: enforce (default), warn, off")
     g = p.add_argument_group("output")
@@ -108,7 +113,7 @@ def bench(args: argparse.Namespace) -> int:
     from .loop_bench import run_loop_bench
 
     _check(args)
-    from ..realtime import apply_realtime
+    from ..loop.realtime import apply_realtime
 
     realtime = apply_realtime(args.cpu, args.rt_priority, prog="vla-bench")
     env = environment.collect()
@@ -122,12 +127,13 @@ def bench(args: argparse.Namespace) -> int:
             result = run_loop_bench(args.engine, args.camera, ticks=args.ticks, rate_hz=args.rate,
                                     budget_ms=args.budget_ms or 100.0, threads=args.threads, backend=args.backend,
                                     device=args.device, cuda_graph=args.cuda_graph, limits=args.limits,
-                                    command=args.command)
+                                    command=args.command,
+                                    stage_rate=None if args.stage_rate is None else parse_rate(args.stage_rate))
         else:
             cfg = BenchConfig(iterations=args.iterations, duration_s=args.duration, warmup_s=args.warmup,
                               budget_ms=args.budget_ms, shapes=parse_shapes(args.shapes), threads=args.threads,
                               spin_wait=args.spin_wait, cuda_graph=args.cuda_graph, seed=args.seed,
-                              device=args.device, command=args.command)
+                              device=args.device, command=args.command, stage=args.stage)
             target = open_target(args.engine, args.backend, cfg)
             print(f"vla-bench: warming up for {cfg.warmup_s:g} s, then timing at least {cfg.iterations} runs and "
                   f"{cfg.duration_s:g} s (Ctrl-C stops early and reports what was measured)",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VlaError
-from ..stats import summarize
+from ..loop.stats import summarize
 from .result import SCHEMA, Result
 
 _NP_TYPES = {
@@ -51,6 +51,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "cpu"
     command: str | None = None  # route command of a bundle's command/text inputs (None: the bundle's default)
+    stage: str | None = None  # a bundle of stages: time this stage alone (--stage NAME)
 
 
 def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
@@ -174,12 +175,12 @@ class BundleTarget(Target):
                  backend: str = "auto") -> None:
         from vla.kernels import TrajectoryDecoder
 
-        from ..commands import write_command
         from ..engine import open_engine
-        from ..feeds import example_feed
-        from ..preprocess import RigPreprocessor
-        from ..sources.base import Frame
-        from ..sources.scene import frame_shape
+        from ..inputs.commands import write_command
+        from ..inputs.feeds import example_feed
+        from ..inputs.preprocess import RigPreprocessor
+        from ..inputs.sources.base import Frame
+        from ..inputs.sources.scene import frame_shape
 
         self.engine = path
         self.backend_obj = open_engine(path, cfg.threads, cfg.spin_wait, backend=backend, device=cfg.device,
@@ -206,9 +207,19 @@ class BundleTarget(Target):
         traj = m.outputs_with("trajectory")[0]
         scores = m.outputs_with("score")
         self._traj, self._score = traj.name, scores[0].name if scores else None
-        self._decoder = TrajectoryDecoder(float(traj.detail["dt"]), traj.shape[-2])  # the loop's decoder
+        self._dt = float(traj.detail["dt"])
+        self._decoder = TrajectoryDecoder(self._dt, traj.shape[-2])  # the loop's decoder
+        # A trajectory of controls is integrated from the ego's newest speed first, as the loop does.
+        ego = next((s for s in m.inputs_with("ego") if "v" in s.detail["fields"]), None)
+        self._v0 = float(self.backend_obj.feed(ego.name)[0, -1, ego.detail["fields"].index("v")]) if ego else 0.0
+        self._controls = m.controls
         self._outputs: dict[str, np.ndarray] = {}
         self.cameras = len(self._frames)
+        self.model_stages = m.staged
+
+    def only_stage(self, name: str) -> StageTarget:
+        """This bundle, timing one of its stages alone (``--stage NAME``)."""
+        return StageTarget(self, name)
 
     def _preprocess(self) -> None:
         self._pre(self._frames)
@@ -217,14 +228,21 @@ class BundleTarget(Target):
         self._outputs = self.backend_obj.run()
 
     def _decode_out(self) -> None:
+        from vla.kernels.decode import integrate_controls
+
         out = self._outputs
-        self._decoder(out[self._traj], out[self._score] if self._score else None)
+        traj = out[self._traj]
+        if self._controls:
+            traj = np.ascontiguousarray(integrate_controls(traj[0], self._v0, self._dt)[None, :, :, :3])
+        self._decoder(traj, out[self._score] if self._score else None)
 
     def stages(self) -> list[tuple[str, Any]]:
         return [("preprocess", self._preprocess), ("compute", self._compute), ("decode", self._decode_out)]
 
     def device_timings(self) -> dict[str, float]:
         timings = self.backend_obj.last_timings_ms()
+        if self.model_stages:  # a bundle of stages: each graph's share of compute, trtexec-style statistics each
+            return {f"stage:{k}": float(v) for k, v in timings.items()}
         if "h2d" not in timings:  # a CPU run: its compute is host wall time, already timed as such
             return {}
         return {k: float(timings[k]) for k in ("h2d", "compute", "d2h", "enqueue") if k in timings}
@@ -233,7 +251,49 @@ class BundleTarget(Target):
         self.backend_obj.close()
 
 
+class StageTarget(Target):
+    """One stage of a bundle of stages on its own (a repeat stage with all its K steps), on inputs from a
+    whole run of the bundle first (so the stages before it have produced what it reads)."""
+
+    def __init__(self, bundle: BundleTarget, name: str) -> None:
+        from ..backends.staged import StagedBackend, StageStore
+
+        staged = bundle.backend_obj
+        names = [s.name for s in getattr(staged, "stages", ())]
+        if not isinstance(staged, StagedBackend) or name not in names:
+            have = f"its stages are {', '.join(names)}" if names else "it is one graph (no stages)"
+            bundle.close()
+            raise VlaError(f"--stage {name}: {bundle.engine} has no stage '{name}'; {have}")
+        self._bundle, self.engine = bundle, bundle.engine
+        self.backend = staged.describe_stage[name]
+        self.cameras = bundle.cameras
+        bundle._preprocess()
+        staged.run()  # every stage once: the intermediates this one reads exist now
+        self._store = StageStore()
+        self._store.values.update(staged._decision.values)
+        self._stage = next(s for s in staged.stages if s.name == name)
+        staged.prepare([self._stage], self._store)
+        self._staged = staged
+
+    def stages(self) -> list[tuple[str, Any]]:
+        return [(f"stage:{self._stage.name}", lambda: self._staged.execute([self._stage], self._store))]
+
+    def close(self) -> None:
+        self._bundle.close()
+
+
 def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
+    """The target for ``--engine`` and ``--backend`` (``cfg.stage``: one stage of a bundle of stages)."""
+    target = _open_target(engine, backend, cfg)
+    if cfg.stage is None:
+        return target
+    if not isinstance(target, BundleTarget):
+        target.close()
+        raise VlaError(f"--stage {cfg.stage}: {engine} is not a bundle of stages")
+    return target.only_stage(cfg.stage)
+
+
+def _open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
     """The target for ``--engine`` and ``--backend``; one-line errors for what cannot run here."""
     path = Path(engine)
     if not path.exists():
@@ -276,7 +336,7 @@ def open_target(engine: str, backend: str, cfg: BenchConfig) -> Target:
 
 
 def _has_manifest(path: Path) -> bool:
-    from ..engine import embedded_manifest_text
+    from ..bundle import embedded_manifest_text
 
     try:
         return embedded_manifest_text(path) is not None

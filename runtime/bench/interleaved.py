@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from ..stats import median
+from ..loop.stats import median
 
 
 def interleaved_medians_ms(runners: Mapping[str, Callable[[], object]], runs: int,

@@ -6,7 +6,7 @@ in hand: the cameras' own latency plus the wait for the group), ``preprocess``, 
 engine), ``decode``, ``e2e`` (frame capture → publish, the latency the car sees) and ``overhead`` =
 e2e − acquire − compute: everything the runtime adds around the engine once it has the frames, the
 figure its own cost is judged by.
-The counts are the loop's own (``vla.runtime.tally``), from the timed ticks' records: ticks by
+The counts are the loop's own (``vla.runtime.loop.tally``), from the timed ticks' records: ticks by
 status; deadline misses (every tick whose engine result was not in hand by its deadline, whatever
 was published: late, a fallback while the engine was still busy, a fault) with the status published
 instead; the reasons of the ticks that were not ok, by kind; ticks published despite a limit.
@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import VlaError
-from ..stats import summarize
-from ..tally import Tally
+from ..loop.stats import summarize
+from ..loop.tally import Tally
 from .result import SCHEMA, Result
 
 #: record latency key -> bench stage
@@ -38,22 +38,27 @@ def tick_samples(records: list[dict[str, Any]]) -> dict[str, list[float]]:
                 samples[stage].append(float(lat[key]))
         if "engine" in lat and "e2e" in lat:
             samples["overhead"].append(float(lat["e2e"]) - float(lat.get("acquire", 0.0)) - float(lat["engine"]))
+        for stage, ms in (rec.get("stage_ms") or {}).items():  # a bundle of stages: each graph's own time
+            samples.setdefault(f"stage:{stage}", []).append(float(ms))
+        if rec.get("context_age_ms") is not None:
+            samples.setdefault("context_age", []).append(float(rec["context_age_ms"]))
     return {k: v for k, v in samples.items() if v}
 
 
 def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budget_ms: float,
                    threads: int | None = None, warmup_ticks: int = 10, backend: str = "auto", device: str = "cpu",
-                   cuda_graph: bool = False, limits: str = "enforce", command: str | None = None) -> Result:
+                   cuda_graph: bool = False, limits: str = "enforce", command: str | None = None,
+                   stage_rate: str | int | None = None) -> Result:
     """``ticks`` timed ticks of the loop after ``warmup_ticks``, on the backend vla-run would open
     for ``backend``/``device`` (its GPU data path on a GPU), with vla-run's ``--limits``; Ctrl-C
     ends it early."""
     import time
 
-    from ..commands import CommandEncoder
     from ..engine import open_engine
-    from ..limits import check_mode
-    from ..loop import RunConfig, Runner
-    from ..sources import open_cameras
+    from ..inputs.commands import CommandEncoder
+    from ..inputs.sources import open_cameras
+    from ..loop.limits import check_mode
+    from ..loop.runner import RunConfig, Runner
 
     check_mode(limits)  # before the engine and the cameras open
 
@@ -72,7 +77,8 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
         print(f"vla-bench: warning: {encoded.note}", file=sys.stderr, flush=True)
     cameras = open_cameras([camera], opened.manifest.camera_names, opened.manifest.camera_sizes)
     runner = Runner(opened, cameras, RunConfig(rate_hz=rate_hz, budget_ms=budget_ms, max_ticks=warmup_ticks + ticks,
-                                               cuda_graph=cuda_graph, limits=limits, command=command))
+                                               cuda_graph=cuda_graph, limits=limits, command=command,
+                                               stage_rate=stage_rate))
     records: list[dict[str, Any]] = []
     interrupted = False
     started_at = first = last = None
@@ -101,7 +107,7 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
         "settings": {"iterations": ticks, "duration_s": None, "warmup_s": None, "budget_ms": budget_ms,
                      "shapes": None, "cuda_graph": cuda_graph, "spin_wait": False, "threads": threads,
                      "rate_hz": rate_hz, "cameras": len(cameras), "camera": camera, "warmup_ticks": warmup_ticks,
-                     "data_path": runner.data_path, "limits": limits},
+                     "data_path": runner.data_path, "limits": limits, "schedule": runner.schedule},
         "stages": {name: summarize(vals) for name, vals in samples.items()},
         "samples": samples,
         "throughput_qps": (len(records) - 1) / wall if wall > 0 else float("nan"),

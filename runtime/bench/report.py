@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VlaError
-from ..stats import summarize
-from ..tally import format_counts, format_kinds
+from ..loop.stats import summarize
+from ..loop.tally import format_counts, format_kinds
 from .result import FIGURES, SCHEMA, STAGES, Result
 
 NOTE = ("median and percentiles as trtexec computes them (percentile p = sorted[max(N-1-int((1-p/100)*N),0)], "
@@ -166,7 +166,7 @@ def _deadline_line(result: Result) -> str | None:
     budget = _finite(deadline["budget_ms"])
     line = f"deadline misses: {misses} of {total} ({100 * rate:.2f}%) over {budget:g} ms budget"
     # Loop mode: a miss is published late, as a fallback or as a fault; say which, so a run whose
-    # misses all became fallbacks does not read as "late 0" (vla.runtime.tally).
+    # misses all became fallbacks does not read as "late 0" (vla.runtime.loop.tally).
     by_status = deadline.get("by_status")
     if misses and isinstance(by_status, Mapping) and by_status:
         line += f" (published {format_counts(by_status)})"

@@ -17,7 +17,7 @@ Keys (all times in milliseconds)::
     throughput_qps  iterations / wall time from the first timed iteration's start to the last's end
     deadline      {"budget_ms", "misses", "rate"}  (e2e > budget), or None without a budget; loop mode:
                   misses are ticks whose engine result was not in hand by the deadline, whatever
-                  was published (vla.runtime.tally), and "by_status" says what was published instead
+                  was published (vla.runtime.loop.tally), and "by_status" says what was published instead
     status        loop mode: {status: ticks} for ok, late, fallback, fault (0 included)
     fallback_reasons  loop mode: {reason kind: ticks} of the ticks not ok, most frequent first
     limit_warnings    loop mode: {reason kind: ticks} published despite a limit (--limits warn)

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..engine import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve
+from ..bundle import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph
 from . import CudaDevice, dtype_name, import_tensorrt, platform_tag

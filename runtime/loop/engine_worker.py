@@ -1,0 +1,76 @@
+"""The engine on its own thread, so the loop can keep its deadline while the engine is still running.
+
+Python cannot interrupt an engine call. Running it on a worker lets the loop thread wait only until
+the tick's deadline (capture time + budget) and publish a fallback on time if the engine is late;
+the engine's result is collected when it arrives. ONNX Runtime (and TensorRT, CUDA) release the
+GIL while they compute, so the waiting loop costs nothing; the hand-over costs tens of microseconds.
+
+One request at a time: the inputs are the backend's preallocated buffers, so nothing may write
+them while a run is in flight (``busy``), and a hung engine shows up as ``busy`` on later ticks.
+What a run is, is the caller's: ``backend.run`` on the host path, ``DeviceTick.run`` (the tick's
+whole device work) on the GPU path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+class EngineWorker:
+    def __init__(self, name: str = "vla-engine") -> None:
+        self._run: Callable[[], dict[str, np.ndarray]] | None = None
+        self._request = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
+        self._closing = False
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.started = self.finished = 0.0  # monotonic times of the current/last run
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """A run is in flight (submitted and not finished)."""
+        return not self._done.is_set()
+
+    def submit(self, run: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Start ``run`` (on the current inputs); the caller must not write inputs until it is done."""
+        if self.busy:
+            raise RuntimeError("engine run submitted while the previous one is still running")
+        self._run = run
+        self.outputs, self.error = None, None
+        self._done.clear()
+        self.started = time.monotonic()
+        self._request.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait at most ``timeout`` seconds (None: for good) for the run; True when it has finished."""
+        return self._done.wait(None if timeout is None else max(0.0, timeout))
+
+    def _serve(self) -> None:
+        while True:
+            self._request.wait()
+            self._request.clear()
+            if self._closing:
+                return
+            try:
+                self.outputs = self._run()  # type: ignore[misc]
+            except BaseException as exc:  # reported to the loop as this run's error, never lost
+                self.error = exc
+            self.finished = time.monotonic()
+            self._done.set()
+
+    def close(self, timeout: float) -> bool:
+        """Stop the thread; False if a run is still in flight after ``timeout`` s (a hung engine:
+        the backend must then not be closed under it, the process exit reclaims it)."""
+        finished = self.wait(timeout)
+        self._closing = True
+        self._request.set()
+        if finished:
+            self._thread.join(timeout=1.0)
+        return finished
