@@ -53,6 +53,7 @@ from .module_names import keep_module_paths_only, read_scopes, stamp
 from .parity import Tolerance, compare, run_torch, trajectory_errors
 from .pipeline import CALIB_SEED, HELDOUT_SEED, SENSITIVITY_SETS, _options, _run, _session, say
 from .precision import Fp16Converter, Int8Converter
+from .scenes import scene_sets
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEYS = ("module", "inputs", "outputs", "rate", "max_age_ms", "repeat", "sample", "time", "index", "precision")
@@ -310,8 +311,9 @@ def _call(d: Declared, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def stage_entry(d: Declared, precision: str, graph: onnx.ModelProto | None = None) -> dict[str, Any]:
     """The manifest's entry for one stage (``hash`` once its graph is final)."""
     s = d.stage
+    rate = s.rate if isinstance(s.rate, str) else {"every": s.rate}
     entry: dict[str, Any] = {"name": s.name, "file": s.file, "module": d.module_path, "inputs": list(s.inputs),
-                             "outputs": list(s.outputs), "rate": s.rate if isinstance(s.rate, str) else {"every": s.rate}}
+                             "outputs": list(s.outputs), "rate": rate}
     if s.max_age_ms is not None:
         entry["max_age_ms"] = s.max_age_ms
     if s.repeat is not None:

@@ -65,7 +65,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "reference"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out)
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -81,7 +81,7 @@ def bundle_copy(reference_bundle, tmp_path) -> Path:
 def tiny_bundle(tmp_path_factory) -> Path:
     """The reference model in its tiny configuration (``TINY_REFERENCE``), exported as a user would."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_REFERENCE for a in ("--config", kv)))
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, *(a for kv in TINY_REFERENCE for a in ("--config", kv)))
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -51,11 +51,11 @@ def test_reference_bundle(reference_bundle, reference_manifest):
 
 def test_parity_failure_writes_no_bundle(tmp_path):
     out = tmp_path / "b"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--rtol", "1e-12", "--ade-tol", "1e-12",
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, "--rtol", "1e-12", "--ade-tol", "1e-12",
                    *[f"--config={k}={json.dumps(v)}" for k, v in SMALL.items()])
     assert_one_line_error(proc, "FAILED", "no bundle written")
     assert not out.exists()
-    forced = run_cli(VLA_EXPORT, "reference", "-o", out, "--rtol", "1e-12", "--force",
+    forced = run_cli(VLA_EXPORT, "reference-v1", "-o", out, "--rtol", "1e-12", "--force",
                      *[f"--config={k}={json.dumps(v)}" for k, v in SMALL.items()])
     assert forced.returncode == 0, forced.stderr
     assert json.loads((out / "parity.json").read_text())["passed"] is False
@@ -122,6 +122,7 @@ def test_corrupt_zip_archive(tmp_path):
     assert_one_line_error(run_cli(VLA_EXPORT, path, "-o", tmp_path / "b"), "cannot read the TorchScript archive")
 
 
-def test_bad_reference_config(tmp_path):
-    assert_one_line_error(run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--config", "no_such=1"),
+@pytest.mark.parametrize("model", ["reference", "reference-v1"])
+def test_bad_reference_config(tmp_path, model):
+    assert_one_line_error(run_cli(VLA_EXPORT, model, "-o", tmp_path / "b", "--config", "no_such=1"),
                           "bad --config")

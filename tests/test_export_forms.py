@@ -238,7 +238,7 @@ def test_each_form_loads_and_fits_its_spec(tiny, tmp_path):
     loaded = [load_model(files["torchscript"]), load_model(files["exported_program"]),
               load_model(files["state_dict"], factory="tinynet:build"),
               load_model(files["pickled_module"], trust_pickle=True),
-              load_model("reference", config=["vit_depth=1", "fusion_depth=1", "cameras=[\"front\"]"])]
+              load_model("reference-v1", config=["vit_depth=1", "fusion_depth=1", "cameras=[\"front\"]"])]
     assert [m.form for m in loaded] == ["torchscript", "exported_program", "state_dict", "pickled_module",
                                         "reference"]
     for m in loaded:

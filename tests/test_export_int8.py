@@ -344,4 +344,4 @@ def test_progress_is_one_updating_line_on_a_terminal_and_plain_lines_otherwise()
     (["--precision", "int8", "--search-seconds", "0"], "--search-seconds must be more than 0"),
 ])
 def test_int8_options_that_cannot_work_are_refused_in_one_line(tmp_path, extra, needle):
-    assert_one_line_error(run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", *extra), needle)
+    assert_one_line_error(run_cli(VLA_EXPORT, "reference-v1", "-o", tmp_path / "b", *extra), needle)

@@ -193,7 +193,7 @@ def test_local_errors_rank_the_sensitive_layer_first(sensitive_archive, tmp_path
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reference_model_passes_its_gate(tmp_path, precision):
     out = tmp_path / precision
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", precision, *QUICK)
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, "--precision", precision, *QUICK)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     accuracy = json.loads((out / "accuracy.json").read_text())
@@ -229,7 +229,7 @@ def test_poisoned_calibration_is_caught_by_the_gate(tmp_path):
     poison.mkdir()
     for i in range(8):  # one grey picture, eight times: ranges that cover no real scene
         cv2.imwrite(str(poison / f"{i:03d}.png"), np.full((128, 256, 3), 128, np.uint8))
-    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--precision", "int8", "--calib", poison,
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", tmp_path / "b", "--precision", "int8", "--calib", poison,
                    "--max-exclude", "0", *SMALL_ARGS, *QUICK)  # one camera: 8.7 % of the spread, limit 2 %
     assert_one_line_error(proc, "int8 accuracy gate failed", "of the spread")
     assert not (tmp_path / "b").exists()
@@ -239,14 +239,14 @@ def test_poisoned_calibration_is_caught_by_the_gate(tmp_path):
 @pytest.fixture(scope="module")
 def small_int8(tmp_path_factory):
     out = tmp_path_factory.mktemp("small") / "minmax"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", "int8", *SMALL_ARGS, *QUICK)
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, "--precision", "int8", *SMALL_ARGS, *QUICK)
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def test_same_model_and_options_give_a_byte_identical_model(small_int8, tmp_path):
     again = tmp_path / "again"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", again, "--precision", "int8", *SMALL_ARGS, *QUICK)
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", again, "--precision", "int8", *SMALL_ARGS, *QUICK)
     assert proc.returncode == 0, proc.stderr
     outs = [small_int8, again]
     a, b = ((o / "model.onnx").read_bytes() for o in outs)
@@ -268,7 +268,7 @@ def _activation_scales(bundle) -> dict[str, float]:
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_calibration_methods_clip_outliers_that_minmax_keeps(small_int8, tmp_path, method):
     out = tmp_path / method
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, "--precision", "int8", "--calib-method", method,
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, "--precision", "int8", "--calib-method", method,
                    *SMALL_ARGS, *QUICK)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "manifest.json").read_text())["export"]["precision"]["calibration"]["method"] == method
@@ -309,14 +309,14 @@ def _junk_npz(d):
 def test_bad_calibration_folder(tmp_path, make, needle):
     calib = tmp_path / "calib"
     calib.mkdir()
-    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--precision", "int8", "--calib", make(calib),
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", tmp_path / "b", "--precision", "int8", "--calib", make(calib),
                    *SMALL_ARGS, *QUICK)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "b").exists()
 
 
 def test_calib_without_int8_is_refused(tmp_path):
-    assert_one_line_error(run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--calib", tmp_path),
+    assert_one_line_error(run_cli(VLA_EXPORT, "reference-v1", "-o", tmp_path / "b", "--calib", tmp_path),
                           "--calib only applies to --precision int8")
 
 

@@ -55,7 +55,7 @@ def _hidden(tmp_path: Path, modules: str, cli: str, *args: str, **kw) -> subproc
 # ---- install hints ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("modules", ["onnx", "torch", "onnxscript", "onnxslim"])
 def test_export_without_the_export_extra_says_what_to_install(tmp_path, modules):
-    proc = _hidden(tmp_path, modules, "vla.export.cli", "reference", "-o", str(tmp_path / "b"))
+    proc = _hidden(tmp_path, modules, "vla.export.cli", "reference-v1", "-o", str(tmp_path / "b"))
     line = assert_one_line_error(proc, f"needs {modules}, from the export extra",
                                  "pip install 'vla-runtime[export]'")
     assert "internal error" not in proc.stderr and line.startswith("vla-export: error: ")
@@ -65,7 +65,7 @@ def test_export_without_the_export_extra_says_what_to_install(tmp_path, modules)
 
 def test_no_slim_does_not_need_onnxslim(tmp_path):
     """The preflight asks only for what the options will use: --no-slim runs without onnxslim."""
-    proc = _hidden(tmp_path, "onnxslim", "vla.export.cli", "reference", "-o", str(tmp_path / "b"), "--no-slim",
+    proc = _hidden(tmp_path, "onnxslim", "vla.export.cli", "reference-v1", "-o", str(tmp_path / "b"), "--no-slim",
                    "--config", "nonsense=1")
     assert_one_line_error(proc, "bad --config")  # got past the preflight to the model
 
@@ -547,7 +547,7 @@ def test_a_skeleton_of_the_reference_model_loads_as_it_is(tmp_path):
     shapes = {"images": "1x3x3x32x64:uint8", "memory": "1x4x8x32", "memory_valid": "1x4:bool", "ego": "1x16x6",
               "nav_cmd": "1:int64", "text_ids": "1x16:int64", "text_mask": "1x16:bool", "noise": "1x3x64x3"}
     out = tmp_path / "draft" / "spec.yaml"
-    proc = run_cli(VLA_EXPORT, "reference", *(a for kv in TINY_REFERENCE for a in ("--config", kv)),
+    proc = run_cli(VLA_EXPORT, "reference-v1", *(a for kv in TINY_REFERENCE for a in ("--config", kv)),
                    "--spec-skeleton", out, *(a for n, v in shapes.items() for a in ("--example", f"{n}={v}")))
     assert proc.returncode == 0, proc.stderr
     assert "the draft loads as it is" in proc.stderr and "marked REVIEW" in proc.stderr

@@ -88,7 +88,7 @@ def test_rates_and_schedule_decisions():
     assert slow_due(ASYNC, 5, busy=False) and not slow_due(ASYNC, 5, busy=True)
     assert context_problem(None, 300, "context") == "no context yet from stage 'context'"
     assert context_problem(299.0, 300, "context") is None
-    assert "context too old: 301 ms > max age 300 ms (stage 'context')" == context_problem(301.0, 300, "context")
+    assert context_problem(301.0, 300, "context") == "context too old: 301 ms > max age 300 ms (stage 'context')"
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_controls_trajectory_needs_ego_speed():
     traj = raw["outputs"][0]
     traj["shape"][-1] = 2
     traj["trajectory"]["fields"] = ["accel", "curvature"]
-    raw["inputs"][1]["ego"]["fields"] = ["x", "y", "yaw", "a", "yaw_rate", "x"][:5] + ["yaw_rate"]
+    raw["inputs"][1]["ego"]["fields"] = [*["x", "y", "yaw", "a", "yaw_rate", "x"][:5], "yaw_rate"]
     with pytest.raises(ManifestError):  # repeated field, or no 'v': refused either way
         parse_manifest(raw)
 
@@ -145,7 +145,7 @@ def test_staged_backend_runs_the_repeat_loop_k_times(bundle):
 def test_a_bundle_missing_a_stage_file_is_one_line(tmp_path):
     folder = write_bundle(tmp_path / "b")
     (folder / "action.onnx").unlink()
-    with pytest.raises(VlaError, match="bundle of stages without action.onnx"):
+    with pytest.raises(VlaError, match=r"bundle of stages without action\.onnx"):
         open_engine(str(folder), backend="ort")
 
 
@@ -200,7 +200,7 @@ def test_dual_rate_async_keeps_context_one_tick_old(bundle):
 
 
 def test_context_older_than_its_max_age_falls_back_naming_it(bundle):
-    records, summary = _run(bundle, 6, stage_rate=3, context_max_age_ms=150.0)
+    records, _summary = _run(bundle, 6, stage_rate=3, context_max_age_ms=150.0)
     stale = [r for r in records if r["status"] != "ok"]
     assert stale, "ticks two and three periods after a slow run must fall back"
     assert all("context too old" in r["reason"] and "max age 150 ms" in r["reason"] for r in stale)
@@ -216,3 +216,80 @@ def test_vla_run_dual_rate_from_the_command_line(bundle):
     assert [x["status"] for x in lines] == ["ok"] * 6
     assert "dual rate: vision every 2 ticks" in proc.stderr and "context age p50" in proc.stderr
     assert "  action" in proc.stderr  # the per-stage latency rows
+
+
+# ---- vla-bench and Prometheus per stage -------------------------------------------------------------------------
+def test_bench_times_every_stage_and_one_stage_alone(bundle):
+    from vla.runtime.bench.engine_bench import BenchConfig, open_target, run_bench
+
+    cfg = BenchConfig(iterations=5, duration_s=0.05, warmup_s=0.0)
+    target = open_target(str(bundle), "ort", cfg)
+    try:
+        result = run_bench(target, cfg)
+    finally:
+        target.close()
+    assert {"compute", "stage:vision", "stage:action", "e2e"} <= set(result["stages"])
+    assert result["stages"]["stage:action"]["count"] == result["stages"]["e2e"]["count"]
+    one = BenchConfig(iterations=5, duration_s=0.05, warmup_s=0.0, stage="action")
+    target = open_target(str(bundle), "ort", one)
+    try:
+        alone = run_bench(target, one)
+    finally:
+        target.close()
+    assert set(alone["stages"]) == {"stage:action", "e2e"}
+    with pytest.raises(VlaError, match="has no stage 'context'; its stages are vision, action"):
+        open_target(str(bundle), "ort", BenchConfig(stage="context"))
+
+
+def test_prometheus_exports_model_stage_times_and_context_age():
+    import urllib.request
+
+    from vla.runtime.outputs.metrics import Metrics
+
+    with Metrics(0, host="127.0.0.1") as metrics:
+        metrics.observe({"status": "ok", "latency_ms": {"engine": 3.0, "e2e": 9.0},
+                         "stage_ms": {"vision": 21.0, "action": 7.5}, "context_age_ms": 100.0})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
+    assert 'vla_model_stage_ms_count{stage="vision"} 1.0' in text
+    assert 'vla_model_stage_ms_sum{stage="action"} 7.5' in text
+    assert "vla_context_age_ms 100.0" in text
+
+
+def test_runtime_modules_import_no_circle():
+    """Module-level imports inside vla.runtime form no cycle (the old backends/trt -> trt/build -> engine ->
+    backends/trt circle is gone: bundle reading lives in bundle.py)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "runtime"
+
+    def module_of(path: Path) -> str:
+        parts = path.relative_to(root).with_suffix("").parts
+        return ".".join(("runtime", *parts[:-1])) if parts[-1] == "__init__" else ".".join(("runtime", *parts))
+
+    graph: dict[str, set[str]] = {}
+    modules = {module_of(p): p for p in root.rglob("*.py")}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = graph.setdefault(name, set())
+        for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are lazy
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    deps.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vla.runtime"):
+                deps.add(node.module.replace("vla.", "", 1))
+    state: dict[str, int] = {}
+
+    def visit(n: str, trail: list[str]) -> None:
+        state[n] = 1
+        for d in graph.get(n, ()):
+            if state.get(d) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*trail[trail.index(d):], d]))
+            if d in graph and not state.get(d):
+                visit(d, [*trail, d])
+        state[n] = 2
+
+    for n in graph:
+        if not state.get(n):
+            visit(n, [n])

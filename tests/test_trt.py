@@ -895,7 +895,7 @@ def test_vla_bench_times_a_plan_with_device_stages(built_plan, trt_target, tmp_p
 
 def test_vla_export_build_writes_bundle_and_engine(trt_target, tmp_path):
     tiny = [a for kv in TINY_REFERENCE for a in ("--config", kv)]  # the export's steps at a size that builds fast
-    proc = run_cli(VLA_EXPORT, "reference", "-o", tmp_path / "b", "--build", *tiny, env=trt_target.env)
+    proc = run_cli(VLA_EXPORT, "reference-v1", "-o", tmp_path / "b", "--build", *tiny, env=trt_target.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plans = list((tmp_path / "b" / "engines").glob("*.plan"))
     assert len(plans) == 1 and sidecar_path(plans[0]).is_file()

@@ -27,6 +27,11 @@ shapes). The GPU data path (``TrtDeviceIO``) instead captures the whole tick, up
 All these graphs share one execution context; they are replayed one at a time on one stream, so
 they never use the context's scratch memory at once.
 
+**A bundle of stages** gets one ``TrtBackend`` per stage (``open_trt_stage``), each with its own
+plan in the bundle's cache, keyed, reused and refused by the same rules as a one-graph bundle's
+(``_open_cached`` serves both), and its own stream and buffers, so a slow stage on one worker and
+the fast stage on another never share a buffer; ``backends/staged.py`` runs them as one model.
+
 TensorRT and ``cuda.bindings`` are imported only when a backend is made; without them the
 constructor raises a one-line ``VlaError``. ``plan_buffers`` (which device buffers, and which
 address each tensor gets on each parity) is pure, so it is tested anywhere.
@@ -41,15 +46,19 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph, parse_manifest
+from ..stages import Stage
 from ..trt import cuda_check  # no TensorRT or CUDA import: runtime.trt imports those lazily
 from .base import Backend
 from .device_io import CapturedGraph, CaptureError, DeviceArray, DeviceIO
+
+if TYPE_CHECKING:
+    from ..trt.build import Bundle
 
 #: I/O tensor types: name -> ("input" | "output", dtype name, shape with None for dynamic dims).
 EngineIO = dict[str, tuple[str, str, tuple[int | None, ...]]]
@@ -587,6 +596,11 @@ def _plan_from_sidecar(plan: Path, device: int, cuda_graph: bool, log: Any) -> T
 
     doc = read_sidecar(plan)  # refuses a plan without one: its TensorRT, GPU and bundle would be unknown
     found = parse_sidecar(doc, str(plan))
+    stage = doc.get("stage")
+    if isinstance(stage, dict):  # one graph of several: its inputs come from other stages' plans
+        where = (doc.get("bundle") or {}).get("path", "its bundle")
+        raise VlaError(f"{plan}: the plan of stage '{stage.get('name')}' of a bundle of stages runs only with its "
+                       f"other stages; give --engine the bundle folder ({where}), whose engines/ holds every plan")
     try:
         manifest = parse_manifest(doc["manifest"])
     except KeyError:
@@ -619,9 +633,7 @@ def open_trt_backend(engine: str | Path, device: str | int = "cuda", *, rebuild:
 
     Progress and decisions go to ``log`` (stderr by default: stdout carries the loop's records).
     """
-    from ..trt import import_cudart, import_tensorrt, probe_cuda
-    from ..trt.build import BuildOptions, build_plan, hash_plugins, open_bundle, plan_key
-    from ..trt.cache import cache_path, decide
+    from ..trt.build import open_bundle
 
     log = log or _stderr
     index = parse_device(device)
@@ -630,16 +642,42 @@ def open_trt_backend(engine: str | Path, device: str | int = "cuda", *, rebuild:
         raise VlaError(f"--engine {engine}: no such file or bundle folder")
     if path.suffix == ".plan":
         return _plan_from_sidecar(path, index, cuda_graph, log)
-    bundle = open_bundle(path)
+    return _open_cached(open_bundle(path), index, rebuild=rebuild, workspace_mb=workspace_mb, plugins=plugins,
+                        cuda_graph=cuda_graph, log=log)
+
+
+def open_trt_stage(folder: str | Path, stage: Stage, part_manifest: Manifest, *, rebuild: bool = False,
+                   cuda_graph: bool = True, workspace_mb: int | None = None, plugins: list[str] | tuple[str, ...] = (),
+                   log: Any = None, device: str | int = "cuda") -> TrtBackend:
+    """One stage of the bundle of stages in ``folder`` on TensorRT: its own plan in the bundle's cache
+    (``engines/<stage>-<gpu>-trt<version>.plan``), built from ``folder/stage.file`` when missing, reused
+    when its key matches, refused when stale (the message names the stage) unless ``rebuild``: the same
+    rules as a one-graph bundle's plan. ``part_manifest`` is the stage's contract
+    (``Manifest.stage_manifest``); ``engine._open_staged`` wraps the stages' backends in a StagedBackend.
+    """
+    from ..trt.build import open_stage
+
+    return _open_cached(open_stage(folder, stage, part_manifest), parse_device(device), rebuild=rebuild,
+                        workspace_mb=workspace_mb, plugins=plugins, cuda_graph=cuda_graph, log=log or _stderr)
+
+
+def _open_cached(bundle: Bundle, index: int, *, rebuild: bool, workspace_mb: int | None,
+                 plugins: list[str] | tuple[str, ...], cuda_graph: bool, log: Any) -> TrtBackend:
+    """The cached plan of ``bundle`` (a one-graph bundle or one stage): decide, build if needed, open."""
+    from ..trt import import_cudart, import_tensorrt, probe_cuda
+    from ..trt.build import BuildOptions, build_plan, hash_plugins, plan_key
+    from ..trt.cache import cache_path, decide
+
     libs = hash_plugins(list(plugins))
     trt = import_tensorrt("the TensorRT backend runs")
     dev = probe_cuda(index, import_cudart())
     key = plan_key(trt.__version__, dev, bundle, libs, workspace_mb)
-    plan = cache_path(bundle.dir, key, bundle.model.name)
+    plan = cache_path(bundle.dir, key, bundle.model.name, stage=bundle.stage)
     decision = decide(plan, key, rebuild)
+    which = f"stage '{bundle.stage}': " if bundle.stage else ""
     if decision.action == "refuse":
-        raise VlaError(decision.message)
-    log(f"TensorRT backend: {decision.message}")
+        raise VlaError(which + decision.message)
+    log(f"TensorRT backend: {which}{decision.message}")
     if decision.action in ("build", "rebuild"):
         build_plan(bundle, plan, key, dev, libs, BuildOptions(workspace_mb=workspace_mb), log)
     return TrtBackend(plan, bundle.manifest, plugins=libs, cuda_graph=cuda_graph, device=dev.index, log=log)

@@ -47,6 +47,14 @@ stays a faithful history). That trajectory, stamped with its capture time, also 
 good one the fallback shifts. Ticks that do not run the model leave the state untouched, and
 ``memory_valid`` counts committed runs.
 
+A bundle of stages (``stages.py``, ``backends/staged.py``) is one engine run per tick when every stage
+runs every tick. With slow stages (``async`` or every Nth tick) the loop schedules two paths
+(``dual_rate.py``): step 3 starts the slow stages on their own worker when due (on this tick's
+frames, which only they read) and runs the fast path (e.g. the action expert x K) on the engine
+worker, on the newest published context; a context older than its max age makes the tick fall back
+("context too old"). A slow run that finishes is published at the start of the next tick. Per-stage
+times go into each record (``stage_ms``) with the context's age (``context_age_ms``).
+
 Dropped frames are counted per camera as ticks at which that camera had no new frame in step with
 the group (the model could not run on fresh input), openpilot's notion of a frame drop at the
 model's rate.

@@ -34,9 +34,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..bundle import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve
+from ..bundle import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve, staged_manifest
 from ..errors import VlaError
 from ..manifest import Manifest, check_against_graph
+from ..stages import Stage
 from . import CudaDevice, dtype_name, import_tensorrt, platform_tag
 from .cache import (
     EngineKey,
@@ -64,12 +65,27 @@ def _one_line(text: Any, limit: int = 240) -> str:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A vla-export bundle: its folder, graph, manifest and the model hash a plan is keyed on."""
+    """What one plan is built from: a graph and the manifest it is checked against (its contract), the
+    folder its plan is cached in, and the hash the plan is keyed on.
+
+    For a one-graph bundle that is ``model.onnx`` and the bundle's manifest; for one stage of a bundle
+    of stages (``open_stage``) the stage's graph and its own contract (``Manifest.stage_manifest``),
+    with ``stage`` naming it and ``whole`` the bundle's manifest (written into the plan's sidecar).
+    Everything that keys, caches and builds a plan takes this pair, so a stage's plan follows exactly
+    the cache rules of a one-graph bundle's.
+    """
 
     dir: Path
     model: Path
     manifest: Manifest
     model_hash: str
+    stage: str | None = None
+    whole: Manifest | None = None
+
+    @property
+    def what(self) -> str:
+        """How messages name it: ``stage 'vision' (vision.onnx)`` or the graph's path."""
+        return f"stage '{self.stage}' ({self.model.name})" if self.stage else str(self.model)
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -81,6 +97,9 @@ def open_bundle(path: str | Path) -> Bundle:
     if p.is_file() and p.suffix != ".onnx":
         raise VlaError(f"{path}: expected a bundle folder from vla-export, or an .onnx carrying its manifest")
     if p.is_dir() and not (p / MODEL_FILE).is_file():
+        if staged_manifest(p) is not None:
+            raise VlaError(f"{path}: a bundle of stages has no single {MODEL_FILE}; each stage gets its own plan "
+                           "(vla-build BUNDLE builds them all, vla-run --backend trt opens them)")
         raise VlaError(f"{path}: folder has no {MODEL_FILE}; is it a bundle from vla-export?")
     model, manifest_file = resolve(str(p))
     if manifest_file is None and (model.parent / MANIFEST_FILE).is_file():  # a bundle's model.onnx: its manifest.json
@@ -89,6 +108,20 @@ def open_bundle(path: str | Path) -> Bundle:
     # The manifest's hash covers the graph without its metadata; a manifest without one falls back to
     # the file's own bytes (stricter: any re-export then counts as a change).
     return Bundle(model.parent, model, manifest, manifest.model_hash or sha256_file(model))
+
+
+def open_stage(folder: str | Path, stage: Stage, part: Manifest, whole: Manifest | None = None) -> Bundle:
+    """One stage of the bundle of stages in ``folder`` as what a plan is built from: ``stage.file``,
+    checked against ``part`` (the stage's contract). ``whole`` is the bundle's manifest (read from the
+    folder when not given); the hash it records for the stage keys the plan, as the model hash does for
+    a one-graph bundle, else the graph file's own bytes (stricter: any re-export counts as a change)."""
+    folder = Path(folder)
+    graph = folder / stage.file
+    if not graph.is_file():
+        raise VlaError(f"{folder}: stage '{stage.name}' has no {stage.file}; re-export the bundle with vla-export")
+    whole = whole or staged_manifest(folder)
+    entry = next((s for s in (whole.raw.get("stages") or []) if s.get("name") == stage.name), {}) if whole else {}
+    return Bundle(folder, graph, part, entry.get("hash") or sha256_file(graph), stage.name, whole)
 
 
 @dataclass(frozen=True)
@@ -174,7 +207,7 @@ def describe_parser_error(err: Any) -> str:
     return f"{where}: {code}: {desc}"
 
 
-def parse_failure(model: Path, version: str, lines: list[str]) -> str:
+def parse_failure(model: Path | str, version: str, lines: list[str]) -> str:
     """The one-line summary of a failed parse (each error was printed on its own line before)."""
     if not lines:
         return f"{model}: TensorRT {version} cannot parse this ONNX model (the parser gave no error)"
@@ -430,9 +463,10 @@ def build_plan(bundle: Bundle, plan: Path, key: EngineKey, device: CudaDevice, p
         lines = [describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         for line in lines:
             log(f"  ONNX parser: {line}")
-        raise VlaError(parse_failure(bundle.model, trt.__version__, lines))
+        raise VlaError(parse_failure(bundle.what, trt.__version__, lines))
     inputs, outputs = _network_types(network)
-    check_against_graph(bundle.manifest, inputs, outputs, f"{bundle.model} (as TensorRT {trt.__version__} parsed it)")
+    check_against_graph(bundle.manifest, inputs, outputs,
+                        f"{bundle.what} (as TensorRT {trt.__version__} parsed it)")
 
     config = builder.create_builder_config()
     workspace, how = workspace_bytes(device.free_bytes, device.total_bytes, options.workspace_mb)
@@ -458,7 +492,7 @@ def build_plan(bundle: Bundle, plan: Path, key: EngineKey, device: CudaDevice, p
     with Heartbeat(progress, log, options.heartbeat_s):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise VlaError(f"TensorRT {trt.__version__} could not build {bundle.model}: {sink.last_error()}")
+        raise VlaError(f"TensorRT {trt.__version__} could not build {bundle.what}: {sink.last_error()}")
     elapsed = time.monotonic() - start
 
     side = sidecar_path(plan)
@@ -476,7 +510,10 @@ def build_plan(bundle: Bundle, plan: Path, key: EngineKey, device: CudaDevice, p
         "bundle": {"path": str(bundle.dir.resolve()), "model": bundle.model.name, "model_hash": bundle.model_hash},
         "plugins": [{"name": lib.name, "path": str(lib.path), "sha256": lib.sha256} for lib in plugins],
         "timing_cache": {"path": str(timing_path.resolve()), "bytes": timing_bytes},
-        "manifest": bundle.manifest.raw,
+        # A stage's plan records the whole bundle's manifest and which stage it is: its own contract is
+        # derived from those, and a stage plan given alone is refused with that name (backends/trt.py).
+        "manifest": (bundle.whole or bundle.manifest).raw,
+        **({"stage": {"name": bundle.stage, "file": bundle.model.name}} if bundle.stage else {}),
     })
     write_json_atomic(side, doc)
     return doc

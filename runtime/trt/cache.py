@@ -268,12 +268,18 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
 
 
-def cache_path(bundle_dir: str | Path, key: EngineKey, model_name: str = "model.onnx") -> Path:
+def cache_path(bundle_dir: str | Path, key: EngineKey, model_name: str = "model.onnx",
+               stage: str | None = None) -> Path:
     """Where ``vla-run --backend trt`` keeps a bundle's plan for this GPU and TensorRT:
     ``<bundle>/engines/<gpu-slug>-trt<version>.plan``. One per GPU model and TensorRT version, so a
     bundle moved between an Orin and a workstation keeps both. A bare ``.onnx`` (not a bundle's
-    ``model.onnx``) prefixes its own name, so several in one folder do not evict each other's plans."""
-    prefix = "" if model_name == "model.onnx" else f"{slug(Path(model_name).stem)}-"
+    ``model.onnx``) prefixes its own name, so several in one folder do not evict each other's plans.
+    A stage of a bundle of stages prefixes the stage's name (``engines/vision-<gpu>-trt<version>.plan``):
+    stage names are unique and file-name safe (the manifest schema), where slugs of file names could meet."""
+    if stage is not None:
+        prefix = f"{stage}-"
+    else:
+        prefix = "" if model_name == "model.onnx" else f"{slug(Path(model_name).stem)}-"
     return Path(bundle_dir) / ENGINES_DIR / f"{prefix}{slug(key.gpu)}-trt{key.tensorrt}.plan"
 
 
