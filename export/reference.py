@@ -89,6 +89,35 @@ class ReferenceConfig:
     seed: int = 0
 
 
+# ---- the contract pieces both reference models share (io_spec) ------------------------------------
+def camera_input(c, batch: int) -> dict:
+    """The ``images`` input: raw uint8 RGB from every camera, normalisation folded into the graph."""
+    return {"name": "images", "dtype": "uint8", "role": "camera",
+            "shape": [batch, len(c.cameras), 3, c.image_height, c.image_width],
+            "camera": {"names": list(c.cameras), "layout": "NCHW", "color": "RGB",
+                       "height": c.image_height, "width": c.image_width,
+                       "normalization": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD), "in_graph": True}}}
+
+
+def ego_input(c, batch: int) -> dict:
+    return {"name": "ego", "dtype": "float32", "role": "ego", "shape": [batch, c.ego_steps, len(EGO_FIELDS)],
+            "ego": {"fields": list(EGO_FIELDS), "rate_hz": 1.0 / c.dt, "frame": "ego"}}
+
+
+def language_inputs(c, batch: int) -> list[dict]:
+    """The route command and the L tokens (word vocabulary ids and their mask)."""
+    return [{"name": "nav_cmd", "dtype": "int64", "role": "command", "shape": [batch]},
+            {"name": "text_ids", "dtype": "int64", "role": "text", "shape": [batch, c.text_len],
+             "text": {"kind": "ids"}},
+            {"name": "text_mask", "dtype": "bool", "role": "text", "shape": [batch, c.text_len],
+             "text": {"kind": "mask"}}]
+
+
+def vocabulary() -> dict:
+    return {"tokens": list(TOKENS), "pad": "<pad>",
+            "commands": [{"id": i, "name": n, "phrases": list(p)} for i, (n, p) in enumerate(COMMANDS)]}
+
+
 class Attention(nn.Module):
     """Multi-head attention on ``F.scaled_dot_product_attention`` (exports to plain ONNX ops)."""
 
@@ -324,24 +353,14 @@ class ReferenceVLA(nn.Module):
                 "config": asdict(c),
             },
             "inputs": [
-                {"name": "images", "dtype": "uint8", "role": "camera",
-                 "shape": [batch, len(c.cameras), 3, c.image_height, c.image_width],
-                 "camera": {"names": list(c.cameras), "layout": "NCHW", "color": "RGB",
-                            "height": c.image_height, "width": c.image_width,
-                            "normalization": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-                                              "in_graph": True}}},
+                camera_input(c, batch),
                 {"name": "memory", "dtype": "float32", "role": "state", "shape": mem,
                  "state": {"from_output": "new_memory", "initial": 0.0},
                  "description": "scene tokens of earlier ticks, oldest slot first"},
                 {"name": "memory_valid", "dtype": "bool", "role": "state", "shape": mem[:2],
                  "state": {"from_output": "new_memory_valid", "initial": False}},
-                {"name": "ego", "dtype": "float32", "role": "ego", "shape": [batch, c.ego_steps, len(EGO_FIELDS)],
-                 "ego": {"fields": list(EGO_FIELDS), "rate_hz": 1.0 / c.dt, "frame": "ego"}},
-                {"name": "nav_cmd", "dtype": "int64", "role": "command", "shape": [batch]},
-                {"name": "text_ids", "dtype": "int64", "role": "text", "shape": [batch, c.text_len],
-                 "text": {"kind": "ids"}},
-                {"name": "text_mask", "dtype": "bool", "role": "text", "shape": [batch, c.text_len],
-                 "text": {"kind": "mask"}},
+                ego_input(c, batch),
+                *language_inputs(c, batch),
                 {"name": "noise", "dtype": "float32", "role": "noise", "shape": traj,
                  "noise": {"distribution": "normal", "std": 1.0}},
             ],
@@ -358,11 +377,7 @@ class ReferenceVLA(nn.Module):
                 {"name": "new_memory_valid", "dtype": "bool", "role": "state", "shape": mem[:2],
                  "state": {"to_input": "memory_valid"}},
             ],
-            "vocabulary": {
-                "tokens": list(TOKENS),
-                "pad": "<pad>",
-                "commands": [{"id": i, "name": n, "phrases": list(p)} for i, (n, p) in enumerate(COMMANDS)],
-            },
+            "vocabulary": vocabulary(),
         }
 
 

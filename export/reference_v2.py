@@ -32,7 +32,18 @@ from torch import nn
 
 from vla.runtime.errors import VlaError
 
-from .reference import _EGO_SCALE, COMMANDS, EGO_FIELDS, IMAGE_MEAN, IMAGE_STD, TOKENS, Block, PatchEmbed
+from .reference import (
+    _EGO_SCALE,
+    COMMANDS,
+    EGO_FIELDS,
+    TOKENS,
+    Block,
+    PatchEmbed,
+    camera_input,
+    ego_input,
+    language_inputs,
+    vocabulary,
+)
 
 __all__ = ["ActionExpert", "ContextModel", "ReferenceConfig2", "ReferenceVLA2", "VisionEncoder",
            "build_reference_v2"]
@@ -347,19 +358,9 @@ class ReferenceVLA2(nn.Module):
                 "config": asdict(c),
             },
             "inputs": [
-                {"name": "images", "dtype": "uint8", "role": "camera",
-                 "shape": [batch, len(c.cameras), 3, c.image_height, c.image_width],
-                 "camera": {"names": list(c.cameras), "layout": "NCHW", "color": "RGB",
-                            "height": c.image_height, "width": c.image_width,
-                            "normalization": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-                                              "in_graph": True}}},
-                {"name": "ego", "dtype": "float32", "role": "ego", "shape": [batch, c.ego_steps, len(EGO_FIELDS)],
-                 "ego": {"fields": list(EGO_FIELDS), "rate_hz": 1.0 / c.dt, "frame": "ego"}},
-                {"name": "nav_cmd", "dtype": "int64", "role": "command", "shape": [batch]},
-                {"name": "text_ids", "dtype": "int64", "role": "text", "shape": [batch, c.text_len],
-                 "text": {"kind": "ids"}},
-                {"name": "text_mask", "dtype": "bool", "role": "text", "shape": [batch, c.text_len],
-                 "text": {"kind": "mask"}},
+                camera_input(c, batch),
+                ego_input(c, batch),
+                *language_inputs(c, batch),
                 {"name": "noise", "dtype": "float32", "role": "noise", "shape": traj,
                  "noise": {"distribution": "normal", "std": 1.0}},
             ],
@@ -373,11 +374,7 @@ class ReferenceVLA2(nn.Module):
                  "shape": [batch, c.context_tokens, c.dim],
                  "description": "world model: predicted context tokens of the next tick"},
             ],
-            "vocabulary": {
-                "tokens": list(TOKENS),
-                "pad": "<pad>",
-                "commands": [{"id": i, "name": n, "phrases": list(p)} for i, (n, p) in enumerate(COMMANDS)],
-            },
+            "vocabulary": vocabulary(),
         }
 
     def stages_spec(self) -> dict:
