@@ -96,7 +96,6 @@ def trajectories(backend: StagedBackend, feeds: list[dict[str, np.ndarray]], lag
     slow, fast = split(backend.stages) if any(s.slow for s in backend.stages) else ((), backend.stages)
     m = backend.manifest
     traj = m.outputs_with("trajectory")[0]
-    ego = next(t for t in m.inputs_with("ego") if "v" in t.detail["fields"])
     contexts = []
     for f in feeds:
         for name, value in f.items():
@@ -111,8 +110,7 @@ def trajectories(backend: StagedBackend, feeds: list[dict[str, np.ndarray]], lag
         store = StageStore()
         backend.prepare(fast, contexts[max(0, t - lags[t])])
         backend.execute(fast, store)
-        v0 = float(f[ego.name][0, -1, ego.detail["fields"].index("v")])
-        out.append(integrate_controls(store.values[traj.name][0], v0, float(traj.detail["dt"]))[..., :3])
+        out.append(integrate_controls(store.values[traj.name], m.start_speed(f.__getitem__), float(traj.detail["dt"])))
     return out
 
 

@@ -28,30 +28,46 @@ def trajectory_errors(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return float(dist.mean()), float(dist[..., -1].mean())
 
 
-def compare(manifest: Manifest, ref: dict[str, np.ndarray], got: dict[str, np.ndarray],
-            tol: Tolerance) -> dict[str, Any]:
-    """Per-output errors and the verdict. Outputs missing or of the wrong shape fail outright."""
+def output_errors(names: list[str], ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rel: float
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """Per-output errors of ``names`` and what fails: integers must match exactly, floats within ``rel``
+    of the reference's largest magnitude; outputs missing or of the wrong shape fail outright."""
     outputs: dict[str, Any] = {}
     failures: list[str] = []
-    for spec in manifest.outputs:
-        r, g = ref[spec.name], got.get(spec.name)
+    for name in names:
+        r, g = ref[name], got.get(name)
         if g is None or g.shape != r.shape:
-            failures.append(f"{spec.name}: shape {None if g is None else list(g.shape)} != {list(r.shape)}")
+            failures.append(f"{name}: shape {None if g is None else list(g.shape)} != {list(r.shape)}")
             continue
         if r.dtype.kind in "biu":
             mismatches = int(np.count_nonzero(r != g))
-            outputs[spec.name] = {"mismatches": mismatches}
+            outputs[name] = {"mismatches": mismatches}
             if mismatches:
-                failures.append(f"{spec.name}: {mismatches} elements differ")
+                failures.append(f"{name}: {mismatches} elements differ")
             continue
         diff = np.abs(r.astype(np.float64) - g.astype(np.float64))
         finite = bool(np.isfinite(g).all())
         max_abs = float(diff.max()) if diff.size else 0.0
         max_rel = max_abs / max(float(np.abs(r).max()) if r.size else 0.0, 1e-6)
-        outputs[spec.name] = {"max_abs": max_abs, "max_rel": max_rel, "finite": finite}
-        if not finite or max_rel > tol.rel:
-            failures.append(f"{spec.name}: max relative error {max_rel:.2e} > {tol.rel:.0e}"
-                            if finite else f"{spec.name}: non-finite values")
+        outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "finite": finite}
+        if not finite or max_rel > rel:
+            failures.append(f"{name}: max relative error {max_rel:.2e} > {rel:.0e}"
+                            if finite else f"{name}: non-finite values")
+    return outputs, failures
+
+
+def keep_worst(worst: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Fold one comparison's per-output figures into ``worst`` (the largest error, any non-finite)."""
+    for name, figures in outputs.items():
+        acc = worst.setdefault(name, dict(figures))
+        for key, value in figures.items():
+            acc[key] = (acc[key] and value) if isinstance(value, bool) else max(acc[key], value)
+
+
+def compare(manifest: Manifest, ref: dict[str, np.ndarray], got: dict[str, np.ndarray],
+            tol: Tolerance) -> dict[str, Any]:
+    """Per-output errors and the verdict. Outputs missing or of the wrong shape fail outright."""
+    outputs, failures = output_errors([t.name for t in manifest.outputs], ref, got, tol.rel)
     traj = manifest.outputs_with("trajectory")[0].name
     result: dict[str, Any] = {"outputs": outputs}
     if traj in outputs:
@@ -79,10 +95,7 @@ def check_parity(eager, session, manifest: Manifest, feed_sets: list[dict[str, n
         ref = run_torch(eager, manifest, feeds)
         got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
         rep = compare(manifest, ref, got, tol)
-        for name, figures in rep["outputs"].items():
-            acc = worst["outputs"].setdefault(name, dict(figures))
-            for key, value in figures.items():
-                acc[key] = (acc[key] and value) if isinstance(value, bool) else max(acc[key], value)
+        keep_worst(worst["outputs"], rep["outputs"])
         for key in ("ade_m", "fde_m"):
             worst["trajectory"][key] = max(worst["trajectory"][key], rep.get("trajectory", {}).get(key, 0.0))
         worst["failures"] += [f for f in rep["failures"] if f not in worst["failures"]]

@@ -50,7 +50,7 @@ from .cli import parse_stage_precision
 from .convert import _quiet, check_onnx, export_onnx, tensor_types
 from .load import LoadedModel, _first_line
 from .module_names import keep_module_paths_only, read_scopes, stamp
-from .parity import Tolerance, compare, run_torch, trajectory_errors
+from .parity import Tolerance, compare, keep_worst, output_errors, run_torch, trajectory_errors
 from .pipeline import CALIB_SEED, HELDOUT_SEED, SENSITIVITY_SETS, _options, _run, _session, say
 from .precision import Fp16Converter, Int8Converter
 from .scenes import scene_sets
@@ -381,26 +381,9 @@ def stage_parity(model: onnx.ModelProto, calls: list[tuple[Feeds, Feeds]], rtol:
     outputs: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     for inputs, ref in calls:
-        got = _run(sess, inputs)
-        for name, r in ref.items():
-            g = got[name]
-            acc = outputs.setdefault(name, {})
-            if r.dtype.kind in "biu":
-                acc["mismatches"] = acc.get("mismatches", 0) + int(np.count_nonzero(r != g))
-                continue
-            diff = np.abs(r.astype(np.float64) - g.astype(np.float64))
-            max_abs = float(diff.max()) if diff.size else 0.0
-            max_rel = max_abs / max(float(np.abs(r).max()) if r.size else 0.0, 1e-6)
-            acc["max_abs"] = max(acc.get("max_abs", 0.0), max_abs)
-            acc["max_rel"] = max(acc.get("max_rel", 0.0), max_rel)
-            acc["finite"] = acc.get("finite", True) and bool(np.isfinite(g).all())
-    for name, acc in outputs.items():
-        if acc.get("mismatches"):
-            failures.append(f"{name}: {acc['mismatches']} elements differ")
-        elif acc.get("finite") is False:
-            failures.append(f"{name}: non-finite values")
-        elif acc.get("max_rel", 0.0) > rtol:
-            failures.append(f"{name}: max relative error {acc['max_rel']:.2e} > {rtol:.0e}")
+        figures, failed = output_errors(list(ref), ref, _run(sess, inputs), rtol)
+        keep_worst(outputs, figures)
+        failures += [f for f in failed if f not in failures]
     return {"calls": len(calls), "outputs": outputs, "failures": failures, "passed": not failures}
 
 
@@ -412,11 +395,9 @@ def in_metres(spec: Manifest, outputs: Feeds, feeds: Feeds) -> Feeds:
     from vla.kernels.decode import integrate_controls
 
     traj = spec.outputs_with("trajectory")[0]
-    ego = next(t for t in spec.inputs_with("ego") if "v" in t.detail["fields"])
-    col = list(ego.detail["fields"]).index("v")
     controls = outputs[traj.name]
     poses = [integrate_controls(np.ascontiguousarray(controls[b], dtype=np.float32),
-                                max(float(feeds[ego.name][b, -1, col]), 0.0), float(traj.detail["dt"]))
+                                spec.start_speed(lambda name, b=b: feeds[name][b : b + 1]), float(traj.detail["dt"]))
              for b in range(controls.shape[0])]
     return {**outputs, traj.name: np.stack(poses)}
 
@@ -437,10 +418,7 @@ def composed_parity(eager: Any, backend: Any, spec: Manifest, feed_sets: list[Fe
     for feeds in feed_sets:
         ref, got = run_torch(eager, spec, feeds), run_decision(backend, spec, feeds)
         rep = compare(spec, ref, got, Tolerance(tol.rel, float("inf")))
-        for name, figures in rep["outputs"].items():
-            acc = worst["outputs"].setdefault(name, dict(figures))
-            for key, value in figures.items():
-                acc[key] = (acc[key] and value) if isinstance(value, bool) else max(acc[key], value)
+        keep_worst(worst["outputs"], rep["outputs"])
         ade, fde = trajectory_errors(in_metres(spec, ref, feeds)[traj], in_metres(spec, got, feeds)[traj])
         worst["trajectory"]["ade_m"] = max(worst["trajectory"]["ade_m"], ade)
         worst["trajectory"]["fde_m"] = max(worst["trajectory"]["fde_m"], fde)

@@ -10,16 +10,20 @@ All functions here are pure: they take dicts and return values or raise ``Manife
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from .errors import ManifestError
 from .inputs.ego import ego_fields_problem
 from .stages import Stage, dataflow_problem, parse_stages, single_stage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA_VERSION = 1
 #: Key under which the manifest is embedded in an ONNX model's metadata_props.
@@ -67,6 +71,21 @@ class Manifest:
     def controls(self) -> bool:
         """The trajectory output holds controls (acceleration, curvature) the decode integrates."""
         return list(self.outputs_with("trajectory")[0].detail["fields"]) == ["accel", "curvature"]
+
+    @property
+    def speed_source(self) -> tuple[str, int] | None:
+        """(ego input, column) holding the ego's speed ``v``: a controls trajectory is integrated from the
+        newest row's value, the speed the model itself was given. None: no ego input has ``v``."""
+        for t in self.inputs_with("ego"):
+            if "v" in t.detail["fields"]:
+                return t.name, list(t.detail["fields"]).index("v")
+        return None
+
+    def start_speed(self, feed: Callable[[str], np.ndarray]) -> float:
+        """The speed a controls trajectory starts from, read from the ego input ``feed(name)`` gives
+        (batch item 0, newest row); the one place the loop, the bench and the export agree on."""
+        name, col = self.speed_source  # type: ignore[misc]  # the manifest check made sure there is one
+        return max(0.0, float(feed(name)[0, -1, col]))
 
     def stage_manifest(self, stage: Stage) -> Manifest:
         """The contract of one stage's graph: its inputs and outputs with the roles the model gives them
@@ -264,7 +283,7 @@ def _cross_check(m: Manifest) -> None:
     if len(trajs) != 1:
         raise ManifestError(f"manifest: exactly one output must have role 'trajectory' (found {len(trajs)})")
     traj = trajs[0]
-    if m.controls and not any("v" in t.detail["fields"] for t in m.inputs_with("ego")):
+    if m.controls and m.speed_source is None:
         raise ManifestError(f"manifest: trajectory '{traj.name}' holds controls (accel, curvature), which are "
                             "integrated from the ego's current speed: the model needs an ego input with field 'v'")
     if len(traj.shape) != 4 or traj.shape[-1] != len(traj.detail["fields"]):

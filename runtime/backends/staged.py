@@ -52,18 +52,19 @@ class StagedBackend(Backend):
         self.backends = backends
         self._state = {t.name for t in manifest.inputs_with("state")}
         self._owner = {n: s.name for s in self.stages for n in s.inputs}  # input -> a stage reading it
+        for stage in self.stages:  # every backend keeps its state itself; this one only says when to commit
+            if backends[stage.name].manifest.inputs_with("state") and not hasattr(backends[stage.name], "commit_state"):
+                raise TypeError(f"stage '{stage.name}': its backend cannot commit recurrent state")
         # The loop's buffers for the model inputs; a state input is its stage's own (double-buffered there).
         self._feeds = {t.name: np.zeros(t.shape, dtype=t.dtype) for t in manifest.inputs if t.name not in self._state}
+        self._inter = {t.name for t in manifest.intermediates}
         self._model_outputs = [t.name for t in manifest.outputs]
         self._decision = StageStore()
-        self._last_outputs: dict[str, dict[str, np.ndarray]] = {}
         # A repeat stage starting from a model input (the noise) reads its own copy, taken by prepare().
         self._init = {s.name: np.zeros(self._feeds[s.repeat.init].shape, self._feeds[s.repeat.init].dtype)
                       for s in self.stages if s.repeat and s.repeat.init in self._feeds}
         self.selection = ""
-        first = next(iter(backends.values()))
         self.describe_stage = {s.name: backends[s.name].describe() for s in self.stages}
-        self._engine_name = first.name
 
     # ---- Backend ----------------------------------------------------------------------------------
     def feed(self, name: str) -> np.ndarray:
@@ -80,18 +81,17 @@ class StagedBackend(Backend):
     def commit_state(self, stages: Iterable[Stage] | None = None) -> None:
         """The last run's state outputs become the next run's inputs, for ``stages`` (default all)."""
         for stage in self.stages if stages is None else stages:
-            backend = self.backends[stage.name]
-            commit = getattr(backend, "commit_state", None)
+            commit = getattr(self.backends[stage.name], "commit_state", None)
             if commit is not None:
                 commit()
-            else:
-                out = self._last_outputs.get(stage.name, {})
-                for t in backend.manifest.inputs_with("state"):
-                    np.copyto(backend.feed(t.name), out[t.detail["from_output"]])
 
     def last_timings_ms(self) -> dict[str, float]:
         """Each stage's time in the last ``run()`` (a repeat stage: all its steps)."""
         return dict(self._decision.ms)
+
+    def last_values(self) -> dict[str, np.ndarray]:
+        """Every tensor the last ``run()`` made, intermediates included (a stage timed alone starts from them)."""
+        return self._decision.values
 
     def describe(self) -> str:
         parts = [f"{s.name}: {self.describe_stage[s.name]}" for s in self.stages]
@@ -111,16 +111,13 @@ class StagedBackend(Backend):
             backend = self.backends[stage.name]
             if stage.name in self._init:
                 np.copyto(self._init[stage.name], self._feeds[stage.repeat.init])
-            own = set(stage.repeat.own_inputs) if stage.repeat else set()
-            for name in stage.inputs:
-                if name in own or name in self._state or name in inside:
-                    continue
-                src = self._feeds.get(name)
-                if src is None:
+            for name in stage.inputs:  # (state and the repeat's own inputs are neither: they stay as they are)
+                if name in self._feeds:
+                    np.copyto(backend.feed(name), self._feeds[name])
+                elif name in self._inter and name not in inside:
                     if context is None or name not in context.values:
                         raise RuntimeError(f"stage '{stage.name}' input '{name}' has no value yet")
-                    src = context.values[name]
-                np.copyto(backend.feed(name), src)
+                    np.copyto(backend.feed(name), context.values[name])
 
     def execute(self, stages: Iterable[Stage], store: StageStore) -> StageStore:
         """Run ``stages`` in order (a worker's job); outputs and each stage's time go into ``store``."""
@@ -128,13 +125,11 @@ class StagedBackend(Backend):
             backend = self.backends[stage.name]
             start = time.perf_counter()
             for name in stage.inputs:  # intermediates made earlier in this same run
-                if name in store.values and name not in self._feeds and name not in self._state \
-                        and not (stage.repeat and name in stage.repeat.own_inputs):
+                if name in self._inter and name in store.values:
                     np.copyto(backend.feed(name), store.values[name])
             out = self._run_repeat(stage, backend, store) if stage.repeat else backend.run()
             for name in stage.outputs:
                 store.put(name, out[name])
-            self._last_outputs[stage.name] = out
             store.ms[stage.name] = (time.perf_counter() - start) * 1000.0
         return store
 

@@ -210,9 +210,8 @@ class BundleTarget(Target):
         self._dt = float(traj.detail["dt"])
         self._decoder = TrajectoryDecoder(self._dt, traj.shape[-2])  # the loop's decoder
         # A trajectory of controls is integrated from the ego's newest speed first, as the loop does.
-        ego = next((s for s in m.inputs_with("ego") if "v" in s.detail["fields"]), None)
-        self._v0 = float(self.backend_obj.feed(ego.name)[0, -1, ego.detail["fields"].index("v")]) if ego else 0.0
         self._controls = m.controls
+        self._v0 = m.start_speed(self.backend_obj.feed) if m.controls else 0.0
         self._outputs: dict[str, np.ndarray] = {}
         self.cameras = len(self._frames)
         self.model_stages = m.staged
@@ -233,7 +232,7 @@ class BundleTarget(Target):
         out = self._outputs
         traj = out[self._traj]
         if self._controls:
-            traj = np.ascontiguousarray(integrate_controls(traj[0], self._v0, self._dt)[None, :, :, :3])
+            traj = integrate_controls(traj, self._v0, self._dt)[None]
         self._decoder(traj, out[self._score] if self._score else None)
 
     def stages(self) -> list[tuple[str, Any]]:
@@ -270,7 +269,7 @@ class StageTarget(Target):
         bundle._preprocess()
         staged.run()  # every stage once: the intermediates this one reads exist now
         self._store = StageStore()
-        self._store.values.update(staged._decision.values)
+        self._store.values.update(staged.last_values())
         self._stage = next(s for s in staged.stages if s.name == name)
         staged.prepare([self._stage], self._store)
         self._staged = staged

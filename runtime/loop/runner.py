@@ -192,7 +192,8 @@ class Runner:
         self._engine_run: Callable[[], dict[str, np.ndarray]]
         if device is None:
             host = TrajectoryDecoder(self._dt, self._points, **limits)
-            # (accel, curvature) per waypoint become poses from the ego's speed, then the same decode.
+            # (accel, curvature) per waypoint become poses (x, y, yaw, speed) from the ego's speed, then the
+            # same decode (it reads x, y, yaw and checks every column is finite).
             poses = self._integrate if m.controls else (lambda traj: traj)
             self._decode = lambda out: host(poses(out[traj_name]), out[score_name] if score_name else None)
             self._engine_run = backend.run
@@ -203,7 +204,8 @@ class Runner:
             self._decode = lambda out: tick.decoded()
             self._engine_run = tick.run
         self._describe = TrajectoryDecoder(self._dt, self._points)  # a fallback's is only described, not checked
-        self._v0 = self._v0_flight = 0.0  # the ego speed a controls trajectory starts from: this tick's, the run's
+        self._controls = m.controls
+        self._v0_flight = 0.0  # the ego speed the run in flight was given: a controls trajectory starts from it
         self._setup_stages(backend, config)
         self._last_good_time: float | None = None
         self._last_seq: dict[str, int] = dict.fromkeys(cameras, -1)
@@ -249,9 +251,8 @@ class Runner:
         self._commit_state = lambda out: backend.commit_state(fast)
 
     def _integrate(self, controls: np.ndarray) -> np.ndarray:
-        """Controls [1, K, T, 2] -> poses [1, K, T, 3] from the speed of the tick's ego reading."""
-        poses = integrate_controls(controls[0], self._v0_flight, self._dt)
-        return np.ascontiguousarray(poses[None, :, :, :3])
+        """Controls [1, K, T, 2] -> poses [1, K, T, 4] from the speed the run was given."""
+        return integrate_controls(controls, self._v0_flight, self._dt)[None]
 
     def _stage_ms(self) -> dict[str, float]:
         """The finished run's time per stage (the fast stages under dual rate; empty for one graph)."""
@@ -598,7 +599,6 @@ class Runner:
         if stale is not None or reading is None:
             return stale or "no ego reading", None
         self._ego.update(min(reading.time, capture), reading.speed, reading.accel, reading.yaw_rate)
-        self._v0 = max(0.0, float(reading.speed))
         return None, max(0.0, at - reading.time) * 1000.0
 
     def _run_model(self, frames: dict[str, Frame], capture: float, deadline: float, lat: dict[str, float],
@@ -638,7 +638,9 @@ class Runner:
         worker = self._worker
         worker.submit(self._engine_run)
         self._noise_drawn = False
-        self._in_flight, self._v0_flight = capture, self._v0
+        self._in_flight = capture
+        if self._controls:
+            self._v0_flight = self.backend.manifest.start_speed(self.backend.feed)
         if not worker.wait(deadline - time.monotonic()):
             busy_ms = (time.monotonic() - worker.started) * 1000.0
             return None, (f"late: engine still running {busy_ms:.0f} ms in at the deadline "
