@@ -41,7 +41,7 @@ from torch import nn
 from vla.runtime.errors import VlaError
 from vla.runtime.inputs.feeds import example_feeds
 from vla.runtime.manifest import DTYPES, Manifest, check_against_graph, parse_manifest
-from vla.runtime.stages import Repeat, Stage, dataflow_problem, parse_rate
+from vla.runtime.stages import Repeat, Stage, dataflow_problem, parse_rate, stage_raw
 
 from . import bundle
 from .accuracy import Gate, describe, judge, measure, reference_note
@@ -310,18 +310,7 @@ def _call(d: Declared, args: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 # ---- the manifest -------------------------------------------------------------------------------
 def stage_entry(d: Declared, precision: str, graph: onnx.ModelProto | None = None) -> dict[str, Any]:
     """The manifest's entry for one stage (``hash`` once its graph is final)."""
-    s = d.stage
-    rate = s.rate if isinstance(s.rate, str) else {"every": s.rate}
-    entry: dict[str, Any] = {"name": s.name, "file": s.file, "module": d.module_path, "inputs": list(s.inputs),
-                             "outputs": list(s.outputs), "rate": rate}
-    if s.max_age_ms is not None:
-        entry["max_age_ms"] = s.max_age_ms
-    if s.repeat is not None:
-        r = s.repeat
-        entry["repeat"] = {"steps": r.steps, "sample": {"input": r.sample_input, "output": r.sample_output,
-                                                        "init": r.init}}
-        entry["repeat"].update({k: v for k, v in (("time", r.time), ("index", r.index)) if v})
-    entry["precision"] = precision
+    entry = {**stage_raw(d.stage), "module": d.module_path, "precision": precision}
     if graph is not None:
         entry["hash"] = bundle.model_hash(graph)
     entry["parameters"] = sum(p.numel() for p in d.module.parameters())

@@ -3,6 +3,8 @@ on the backend ``--backend``/``--device`` ask for (``backends/select.py`` decide
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .backends.base import Backend
 from .bundle import MANIFEST_FILE, MODEL_FILE, read_manifest, resolve, staged_manifest
 from .bundle import must_exist as _must_exist
@@ -83,8 +85,6 @@ def _open_staged(engine: str, manifest: Manifest, chosen: str, threads: int | No
     """Each stage's graph on the chosen backend, checked against its part of the manifest, as one backend
     (``backends/staged.py``): ``stage.onnx`` on ONNX Runtime, ``stage.pt2`` on torch, a plan per stage
     on TensorRT."""
-    from pathlib import Path
-
     from .backends.select import ONNXRUNTIME, TENSORRT
     from .backends.staged import StagedBackend
 

@@ -84,6 +84,22 @@ def parse_stages(raw: list[dict[str, Any]]) -> tuple[Stage, ...]:
     return tuple(out)
 
 
+def stage_raw(stage: Stage) -> dict[str, Any]:
+    """A stage as the manifest's ``stages`` entry (``parse_stages`` reads it back), without the fields only an
+    export knows (module, precision, hash, parameters)."""
+    entry: dict[str, Any] = {"name": stage.name, "file": stage.file, "inputs": list(stage.inputs),
+                             "outputs": list(stage.outputs),
+                             "rate": stage.rate if isinstance(stage.rate, str) else {"every": stage.rate}}
+    if stage.max_age_ms is not None:
+        entry["max_age_ms"] = stage.max_age_ms
+    if stage.repeat is not None:
+        r = stage.repeat
+        entry["repeat"] = {"steps": r.steps, "sample": {"input": r.sample_input, "output": r.sample_output,
+                                                        "init": r.init}}
+        entry["repeat"].update({k: v for k, v in (("time", r.time), ("index", r.index)) if v})
+    return entry
+
+
 def single_stage(inputs: list[str], outputs: list[str]) -> Stage:
     """A one-graph bundle seen as a plan of one stage."""
     return Stage("model", SINGLE_FILE, tuple(inputs), tuple(outputs))

@@ -293,3 +293,12 @@ def test_runtime_modules_import_no_circle():
     for n in graph:
         if not state.get(n):
             visit(n, [n])
+
+
+def test_a_stage_entry_reads_back_as_the_same_stage():
+    from vla.runtime.stages import Repeat, parse_stages, stage_raw
+
+    stages = (Stage("v", "v.onnx", ("images",), ("feat",), 3, 450.0),
+              Stage("a", "a.onnx", ("feat", "sample", "t"), ("next", "traj"),
+                    repeat=Repeat(10, "sample", "next", "noise", time="t")))
+    assert parse_stages([stage_raw(s) for s in stages]) == stages
