@@ -217,23 +217,18 @@ def load_model(model: str, spec_path: str | bool | None = None, config: list[str
 def _load_reference(config: list[str], spec_path: str | None, version: int = 2) -> LoadedModel:
     """``reference`` (model 2: vision, context and action expert, exported as three stages) or
     ``reference-v1`` (model 1: one graph with recurrent memory)."""
-    overrides = _parse_overrides(config)
     if version == 1:
-        from .reference import ReferenceConfig, ReferenceVLA
-
-        try:
-            net = ReferenceVLA(ReferenceConfig(**overrides))
-        except (TypeError, ValueError) as exc:
-            raise VlaError(f"reference model: bad --config ({exc})") from None
-        return LoadedModel(net, net, _module_spec(net, "reference-v1", spec_path), "reference",
-                           "vla.export.reference")
-    from .reference_v2 import ReferenceConfig2, ReferenceVLA2
-
+        from .reference import ReferenceConfig as Config
+        from .reference import ReferenceVLA as Model
+    else:
+        from .reference_v2 import ReferenceConfig2 as Config
+        from .reference_v2 import ReferenceVLA2 as Model
+    word = next(w for w, v in REFERENCES.items() if v == version)
     try:
-        net2 = ReferenceVLA2(ReferenceConfig2(**overrides))
+        net = Model(Config(**_parse_overrides(config)))
     except (TypeError, ValueError) as exc:
-        raise VlaError(f"reference model 2: bad --config ({exc}); see ReferenceConfig2 for the fields") from None
-    return LoadedModel(net2, net2, _module_spec(net2, "reference", spec_path), "reference", "vla.export.reference_v2")
+        raise VlaError(f"{word}: bad --config ({exc}); see {Config.__name__} for the fields") from None
+    return LoadedModel(net, net, _module_spec(net, word, spec_path), "reference", Model.__module__)
 
 
 def _zip_kind(path: Path) -> str:

@@ -46,7 +46,7 @@ from vla.runtime.stages import Repeat, Stage, dataflow_problem, parse_rate, stag
 from . import bundle
 from .accuracy import Gate, describe, judge, measure, reference_note
 from .cleanup import dedupe_initializers, prune_opset_imports, shared_note, slim, tensorrt_problems
-from .cli import parse_stage_precision
+from .cli import PRECISIONS, parse_stage_precision
 from .convert import _quiet, check_onnx, export_onnx, tensor_types
 from .load import LoadedModel, _first_line
 from .module_names import keep_module_paths_only, read_scopes, stamp
@@ -57,7 +57,6 @@ from .scenes import scene_sets
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEYS = ("module", "inputs", "outputs", "rate", "max_age_ms", "repeat", "sample", "time", "index", "precision")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 Feeds = dict[str, np.ndarray]
 

@@ -205,6 +205,7 @@ class Runner:
             self._engine_run = tick.run
         self._describe = TrajectoryDecoder(self._dt, self._points)  # a fallback's is only described, not checked
         self._controls = m.controls
+        self._poses = np.empty((1, traj.shape[1], self._points, 4), dtype=np.float32)  # integrated controls
         self._v0_flight = 0.0  # the ego speed the run in flight was given: a controls trajectory starts from it
         self._setup_stages(backend, config)
         self._last_good_time: float | None = None
@@ -251,8 +252,10 @@ class Runner:
         self._commit_state = lambda out: backend.commit_state(fast)
 
     def _integrate(self, controls: np.ndarray) -> np.ndarray:
-        """Controls [1, K, T, 2] -> poses [1, K, T, 4] from the speed the run was given."""
-        return integrate_controls(controls, self._v0_flight, self._dt)[None]
+        """Controls [1, K, T, 2] -> poses [1, K, T, 4] from the speed the run was given (into a buffer of its own:
+        nothing is allocated per tick)."""
+        integrate_controls(controls, self._v0_flight, self._dt, out=self._poses[0])
+        return self._poses
 
     def _stage_ms(self) -> dict[str, float]:
         """The finished run's time per stage (the fast stages under dual rate; empty for one graph)."""
