@@ -1,9 +1,10 @@
 """Build one zoo policy and save it the way a user hands it to vla-export (run in the zoo env).
 
-    python -m zoo.make act|diffusion|text OUT_DIR [--tokenizer]
+    python -m zoo.make act|diffusion|diffusion-stages|text OUT_DIR [--tokenizer]
 
 writes, in OUT_DIR, the model file (act: a state_dict ``.pt``; diffusion: a torch.export archive
-``.pt2`` carrying ``vla_spec.json``; text: ``.safetensors`` weights, plus ``tokenizer.json``) and
+``.pt2`` carrying ``vla_spec.json``; diffusion-stages: a state_dict ``.pt`` and a ``spec.json`` declaring
+its stages; text: ``.safetensors`` weights, plus ``tokenizer.json``) and
 ``info.json``: the vla-export arguments for it (absolute paths), the PyTorch parameter count, and what the build
 checked (for the diffusion policy: the unrolled sampler against LeRobot's own sampling loop).
 """
@@ -37,6 +38,23 @@ def _save_diffusion(out: Path) -> dict:
             "sampler_max_abs_diff": float((unrolled - library).abs().max())}
 
 
+def _save_diffusion_stages(out: Path) -> dict:
+    """A state_dict and a spec declaring the stages (vision conditioning async, the DDIM step repeated)."""
+    built = policies.build_diffusion_staged()
+    with torch.no_grad():
+        staged = built.module(*built.inputs)
+        library = built.module.conditioner.diffusion.conditional_sample(
+            built.inputs[3].shape[1], global_cond=built.module.conditioner(*built.inputs[:3]).repeat_interleave(
+                built.inputs[3].shape[1], dim=0), noise=built.inputs[3].flatten(0, 1))
+        library = (library + 1.0) / 2.0 * (built.module.denoiser.high - built.module.denoiser.low) \
+            + built.module.denoiser.low
+    torch.save(built.module.state_dict(), out / "diffusion_stages.pt")
+    (out / "spec.json").write_text(json.dumps(built.spec))
+    return {"built": built, "model": str(out / "diffusion_stages.pt"),
+            "args": ["--factory", "zoo.policies:diffusion_stages_factory", "--spec", str(out / "spec.json")],
+            "sampler_max_abs_diff": float((staged.flatten(0, 1) - library).abs().max())}
+
+
 def _save_text(out: Path, tokenizer: bool) -> dict:
     from safetensors.torch import save_file
 
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out = a.out.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
     made = {"act": lambda: _save_act(a.out), "diffusion": lambda: _save_diffusion(a.out),
+            "diffusion-stages": lambda: _save_diffusion_stages(a.out),
             "text": lambda: _save_text(a.out, a.tokenizer)}[a.name]()
     built = made.pop("built")
     made["parameters"] = sum(p.numel() for p in built.module.parameters())

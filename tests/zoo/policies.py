@@ -295,6 +295,86 @@ def diffusion_factory():
     return build_diffusion().module
 
 
+#: How a user splits the diffusion policy into stages, in its spec: LeRobot's observation encoder (the
+#: ResNet and the state) as the slow stage, one DDIM step of its U-Net as the repeated fast stage.
+DIFFUSION_STAGES = {
+    "condition": {"module": "conditioner", "rate": "async", "max_age_ms": 600},
+    "denoise": {"module": "denoiser", "repeat": 4, "sample": {"input": "sample", "output": "next_sample",
+                                                               "init": "noise"}, "index": "step"},
+}
+
+
+def _staged_diffusion(spec: dict):
+    """The same LeRobot Diffusion Policy with its two halves as submodules a spec can declare as stages."""
+    import torch
+    from torch import nn
+
+    inner = _diffusion_module(spec)
+    _, modes, horizon, dims = spec["inputs"][3]["shape"]
+
+    class Conditioner(nn.Module):
+        """LeRobot's global conditioning: image features, the state and the command, one row per batch item."""
+
+        output_names = ("cond",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.diffusion = inner.policy.diffusion
+            self.register_buffer("nav_ids", inner.nav_ids.clone(), persistent=False)
+
+        def forward(self, image, ego, nav_cmd):
+            return inner.condition(image, ego, nav_cmd)
+
+    class Denoiser(nn.Module):
+        """One DDIM step (eta 0, clipped x0) of LeRobot's U-Net at step index ``step``, and the trajectory the
+        sample stands for (unnormalised); the runtime repeats it, feeding ``next_sample`` back."""
+
+        output_names = ("next_sample", "trajectory")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = inner.policy.diffusion.unet
+            for name in ("timesteps", "alpha", "alpha_prev", "low", "high"):
+                self.register_buffer(name, getattr(inner, name).clone(), persistent=False)
+
+        def forward(self, sample, step, cond):
+            b = sample.shape[0]
+            x = sample.flatten(0, 1)
+            per_row = step.repeat_interleave(modes)
+            eps = self.unet(x, self.timesteps[per_row], global_cond=cond.repeat_interleave(modes, dim=0))
+            a, a_prev = self.alpha[per_row][:, None, None], self.alpha_prev[per_row][:, None, None]
+            x0 = ((x - (1.0 - a).sqrt() * eps) / a.sqrt()).clamp(-inner.clip, inner.clip)
+            x = (a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps).view(b, modes, horizon, dims)
+            return x, (x + 1.0) / 2.0 * (self.high - self.low) + self.low
+
+    class StagedDiffusion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conditioner, self.denoiser = Conditioner(), Denoiser()
+            self.steps = inner.steps
+
+        def forward(self, image, ego, nav_cmd, noise):
+            cond, x, traj = self.conditioner(image, ego, nav_cmd), noise, noise
+            for k in range(self.steps):
+                x, traj = self.denoiser(x, torch.full((noise.shape[0],), k, dtype=torch.int64), cond)
+            return traj
+
+    return StagedDiffusion()
+
+
+def build_diffusion_staged(seed: int = 0) -> Built:
+    import torch
+
+    torch.manual_seed(seed)
+    spec = diffusion_spec()
+    spec["model"]["name"] = "zoo-diffusion-stages"
+    return Built(_staged_diffusion(spec).eval(), {**spec, "stages": DIFFUSION_STAGES}, _example(spec, seed))
+
+
+def diffusion_stages_factory():
+    return build_diffusion_staged().module
+
+
 # ---- (c) timm + BERT + tokenizers + GRU state ----------------------------------------------------------
 def train_tokenizer(path: Path | None = None):
     """A BERT-style WordPiece tokenizer trained on ``CORPUS`` with ``tokenizers``' trainer (deterministic);
@@ -418,7 +498,8 @@ def text_factory_tokenizer():
     return build_text_policy(word_vocab=False).module
 
 
-BUILDERS = {"act": build_act, "diffusion": build_diffusion, "text": build_text_policy}
+BUILDERS = {"act": build_act, "diffusion": build_diffusion, "diffusion-stages": build_diffusion_staged,
+            "text": build_text_policy}
 
 
 def spec_json(built: Built) -> str:
