@@ -3,10 +3,11 @@
 One run of each comparison, on this machine, ONNX Runtime on the CPU:
 
 1. **Latency, single vs dual rate** (the real loop, ``synthetic://`` cameras at 10 Hz, 100 ms budget):
+   the model exported as one graph (``vla-export reference --one-graph``); the bundle of stages with
    every stage every tick; the context stages every 3rd tick; the context stages asynchronously.
-   Per schedule: the decision's engine time (single rate: every stage; dual: the fast path, action
-   expert x K), decode, end to end, the context age, the statuses. Goal: fast path (engine + decode)
-   <= 40 % of the single-rate decision.
+   Per schedule: the decision's engine time (one graph and single rate: the whole model; dual: the
+   fast path, action expert x K), decode, end to end, the context age, the statuses. Goal: fast
+   path (engine + decode) <= 40 % of the single-graph decision (the percentages are against it).
 2. **Quality, dual vs single rate** (offline, deterministic): a synthetic drive's ticks decided with
    the context of the tick itself (single rate) and with the context the dual-rate schedule would
    have used (one tick old for async, one to three for every 3rd), same ego, command and noise:
@@ -36,24 +37,26 @@ from vla.runtime.inputs.sources import open_cameras
 from vla.runtime.loop.runner import RunConfig, Runner
 from vla.runtime.stages import split
 
-SCHEDULES = (("single rate (every stage every tick)", "tick", None),
-             ("dual rate, context every 3rd tick", 3, 450.0),
-             ("dual rate, context async", "async", None))
+#: (label, bundle: "one" graph or the "staged" one, stage rate, context max age)
+SCHEDULES = (("one graph (model 2 exported whole)", "one", None, None),
+             ("stages, single rate (every stage every tick)", "staged", "tick", None),
+             ("stages, dual rate, context every 3rd tick", "staged", 3, 450.0),
+             ("stages, dual rate, context async", "staged", "async", None))
 KS = (1, 2, 5, 10)
 
 
-def export(out: Path, steps: int) -> Path:
-    folder = out / f"reference-k{steps}"
+def export(out: Path, steps: int, one_graph: bool = False) -> Path:
+    folder = out / (f"reference-k{steps}" + ("-one-graph" if one_graph else ""))
     if not (folder / "manifest.json").exists():
         cmd = [sys.executable, "-m", "vla.export.cli", "reference", "-o", str(folder),
-               "--config", f"flow_steps={steps}"]
+               "--config", f"flow_steps={steps}", *(["--one-graph"] if one_graph else [])]
         print(f"stages: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
     return folder
 
 
 def loop_figures(bundle: Path, rate: str | int, max_age: float | None, ticks: int) -> dict:
-    backend = open_engine(str(bundle), backend="ort")
+    backend = open_engine(str(bundle), backend="ort", stage_rate=rate)
     cams = open_cameras(["synthetic://"], backend.manifest.camera_names, backend.manifest.camera_sizes)
     runner = Runner(backend, cams, RunConfig(max_ticks=ticks + 10, stage_rate=rate, context_max_age_ms=max_age))
     try:
@@ -132,9 +135,10 @@ def main() -> int:
     ref = bundles[10]
     results: dict = {"machine": subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip(),
                      "when": time.strftime("%Y-%m-%d %H:%M"), "loop": {}, "quality": {}, "k_sweep": {}}
-    for label, rate, max_age in SCHEDULES:
+    which = {"staged": ref, "one": export(out, 10, one_graph=True)}
+    for label, bundle, rate, max_age in SCHEDULES:
         print(f"stages: loop, {label}", file=sys.stderr, flush=True)
-        results["loop"][label] = loop_figures(ref, rate, max_age, args.ticks)
+        results["loop"][label] = loop_figures(which[bundle], rate, max_age, args.ticks)
     feeds = drive(ref, args.drive_ticks)
     n = len(feeds)
     backend = open_engine(str(ref), backend="ort")

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference model size, e.g. modes=5, euler_steps=10, cameras='[\"front\"]'")
     p.add_argument("--opset", type=int, default=20,
                    help="ONNX opset (default 20, the newest TensorRT 10.3 parses)")
+    p.add_argument("--one-graph", action="store_true", help="a model declared in stages: export its forward() "
+                   "as one graph instead (one rate; e.g. to compare with the staged bundle)")
     p.add_argument("--no-slim", action="store_true", help="skip the onnxslim clean-up (constant folding, "
                    "dead nodes, shape simplification)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and held-out drives (default 0)")
@@ -167,6 +169,8 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise VlaError(f"--{name.replace('_', '-')} must be at least 1")
     per_stage = set(parse_stage_precision(getattr(args, "stage_precision", []) or []).values())
+    if per_stage and getattr(args, "one_graph", False):
+        raise VlaError("--stage-precision sets the precision of stages; --one-graph exports no stages: use --precision")
     if args.heldout < 2 and (args.precision != "fp32" or per_stage - {"fp32"}):
         raise VlaError("--heldout must be at least 2 (the spread of the reference trajectories needs two)")
     Gate.from_options(args.gate_rel_ade, args.gate_ade_m)  # limits that are not positive numbers

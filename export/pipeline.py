@@ -311,9 +311,12 @@ def run_export(args: argparse.Namespace) -> int:
 
         check_source(args.calib, spec, args.calib_samples)
     say(f"{loaded.source} ({loaded.form}), {spec.raw['model'].get('parameters', '?')} parameters")
-    if declared is not None:  # stages hook (see above)
+    if declared is not None and not getattr(args, "one_graph", False):  # stages hook (see above)
         return run_staged_export(args, loaded, spec, declared, t0, seconds)
     refuse_stage_options(args)
+    if declared is not None:
+        say(f"--one-graph: the declared stages ({', '.join(declared)}) are exported as one graph of the model's "
+            "forward(), run whole every tick")
 
     model, how, parity, traced = export_fp32(args, loaded, spec, seconds)
     precision: dict[str, Any] = {"mode": "fp32"}

@@ -90,7 +90,7 @@ def refuse_stage_options(args: argparse.Namespace) -> None:
     """``--stage-precision`` on a one-graph model: one line, before the export starts."""
     if parse_stage_precision(getattr(args, "stage_precision", None) or []):
         raise VlaError("--stage-precision applies only to a model declared in stages (a `stages` mapping in its "
-                       "spec, or a stages_spec() method); this model is one graph: use --precision")
+                       "spec, or a stages_spec() method) exported as stages; this export is one graph: use --precision")
 
 
 def _rate(name: str, value: Any) -> str | int:

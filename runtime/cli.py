@@ -216,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
         if not value > 0:
             raise VlaError(f"{flag} must be > 0 (got {value:g})")
     realtime = apply_realtime(args.cpu, args.rt_priority)
+    stage_rate = None if args.stage_rate is None else parse_rate(args.stage_rate)
     backend = open_engine(args.engine, threads=args.threads, backend=args.backend, device=args.device,
+                          stage_rate=stage_rate,
                           rebuild=args.rebuild, cuda_graph=not args.no_cuda_graph)
     config = RunConfig(rate_hz=args.rate, budget_ms=args.budget_ms, max_ticks=args.frames,
                        duration_s=args.duration, command=args.command, seed=args.seed, stall_ms=args.stall_ms,
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
                        fault_stall_ms=args.fault_stall_ms, recover_after=args.recover_after,
                        ego_stale_ms=args.ego_stale_ms, sync_tolerance_ms=args.sync_tolerance_ms,
                        frame_wait_ms=args.frame_wait_ms, cuda_graph=not args.no_cuda_graph,
-                       stage_rate=None if args.stage_rate is None else parse_rate(args.stage_rate),
+                       stage_rate=stage_rate,
                        context_max_age_ms=args.context_max_age,
                        log=lambda line: print(f"vla-run: {line}", file=sys.stderr, flush=True))
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:

@@ -23,6 +23,19 @@ def default_threads() -> int:
     return cores if cores <= 2 else cores - 1
 
 
+def split_threads(total: int) -> tuple[int, int]:
+    """(slow, fast): the engine threads of a dual-rate schedule's two workers, which run at the same time.
+
+    Each gets its own share rather than both taking every core: two ONNX Runtime sessions of two
+    threads each on a 2-core machine slow the fast path (the one on the deadline) to twice its time
+    alone, while one thread each keeps it near its alone time and the slow stages still finish within
+    a tick (reference model 2 on the 2-core dev box: action x10 10 ms p50 against 20 ms;
+    benchmarks/RESULTS.md, "Bundles of stages"). The fast path gets the odd core.
+    """
+    slow = max(1, total // 2)
+    return slow, max(1, total - slow)
+
+
 def usable_cores() -> int:
     """The cores this process may run on (taskset/cgroups affinity), not all the machine has."""
     try:

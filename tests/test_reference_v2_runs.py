@@ -71,3 +71,22 @@ def test_reference_2_on_tensorrt_equals_onnx_runtime(v2, monkeypatch, tmp_path):
     finally:
         ort_b.close()
         trt_b.close()
+
+
+def test_reference_2_exported_as_one_graph_runs_its_controls_through_the_decode(tmp_path):
+    """--one-graph: the model's forward() (10 unrolled Euler steps) as one model.onnx; the loop integrates its
+    (accel, curvature) controls as for the staged bundle."""
+    out = tmp_path / "one"
+    proc = run_cli(VLA_EXPORT, "reference", "--one-graph", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "model.onnx").is_file() and "stages" not in manifest
+    assert next(t for t in manifest["outputs"] if t["role"] == "trajectory")["trajectory"]["fields"] == [
+        "accel", "curvature"]
+    run = run_cli(VLA_RUN, "--engine", out, "--camera", "synthetic://", "--frames", "5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["ok"] * 5 and all(r["stage_ms"] is None for r in records)
+    refused = run_cli(VLA_EXPORT, "reference", "--one-graph", "--stage-precision", "action=fp16", "-o", tmp_path / "x")
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "--one-graph exports no stages" in refused.stderr and not (tmp_path / "x").exists()

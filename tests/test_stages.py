@@ -302,3 +302,20 @@ def test_a_stage_entry_reads_back_as_the_same_stage():
               Stage("a", "a.onnx", ("feat", "sample", "t"), ("next", "traj"),
                     repeat=Repeat(10, "sample", "next", "noise", time="t")))
     assert parse_stages([stage_raw(s) for s in stages]) == stages
+
+
+def test_dual_rate_splits_the_threads_between_its_two_workers(bundle):
+    from vla.runtime.cpu import default_threads, split_threads
+
+    assert split_threads(2) == (1, 1) and split_threads(7) == (3, 4) and split_threads(1) == (1, 1)
+    slow_n, fast_n = split_threads(default_threads())
+    dual = open_engine(str(bundle), backend="ort")  # vision declared async: two workers at once
+    single = open_engine(str(bundle), backend="ort", stage_rate="tick")  # one worker: every stage all threads
+    given = open_engine(str(bundle), backend="ort", threads=2)  # the user's word stands
+    try:
+        assert (dual.backends["vision"].threads, dual.backends["action"].threads) == (slow_n, fast_n)
+        assert {b.threads for b in single.backends.values()} == {default_threads()}
+        assert {b.threads for b in given.backends.values()} == {2}
+    finally:
+        for b in (dual, single, given):
+            b.close()

@@ -62,7 +62,8 @@ def run_loop_bench(engine: str, camera: str, *, ticks: int, rate_hz: float, budg
 
     check_mode(limits)  # before the engine and the cameras open
 
-    opened = open_engine(engine, threads, backend=backend, device=device, cuda_graph=cuda_graph)
+    opened = open_engine(engine, threads, backend=backend, device=device, cuda_graph=cuda_graph,
+                         stage_rate=stage_rate)
     if cuda_graph and opened.device_io() is None:  # the loop's own test for its GPU path, before the cameras
         where = opened.describe()
         opened.close()
