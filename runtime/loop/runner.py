@@ -502,22 +502,12 @@ class Runner:
         reason = self.health.reason if self.health.faulted else problem
         if problem is not None or self.health.faulted:
             status = "fault" if self.health.faulted else "late" if late else "fallback"
-            age = None if self._last_good_time is None else publish - self._last_good_time
-            shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points,
-                                          self.cfg.stop_horizon_s)
-            # The same representation as a model trajectory (speed, acceleration, curvature); its
-            # verdict does not matter: this is what is published whatever it says.
-            points = self._describe(shifted[None, None], None).points
+            points, age = self._fallback_points(publish)
         else:
             status = "ok"
             points = decoded.points
         self.ticks += 1
-        for k, v in lat.items():
-            self.times[k].append(v)
-        for k, v in stage_ms.items():
-            self.stage_times[k].append(v)
-        if context_age is not None and status == "ok":
-            self.context_ages.append(context_age)
+        self._account(lat, stage_ms, context_age if status == "ok" else None)
         trouble = {n: t for n, src in self.cameras.items() if (t := src.trouble())}
         record = {
             "schema": RECORD_SCHEMA,
@@ -548,6 +538,24 @@ class Runner:
         }
         self.tally.add(record)
         return record
+
+    def _fallback_points(self, publish: float) -> tuple[np.ndarray, float | None]:
+        """The fallback published at ``publish``: the last good trajectory shifted to now and slowing to a
+        stop (standing still if there is none), in the columns of a model trajectory (its verdict does not
+        matter: this is what is published whatever it says); and that trajectory's age in s."""
+        age = None if self._last_good_time is None else publish - self._last_good_time
+        shifted = fallback_trajectory(None if age is None else self._last_good, self._dt, age or 0.0, self._points,
+                                      self.cfg.stop_horizon_s)
+        return self._describe(shifted[None, None], None).points, age
+
+    def _account(self, lat: dict[str, float], stage_ms: dict[str, float], context_age: float | None) -> None:
+        """The tick's times into the summary's windows (a context's age only when the tick used it)."""
+        for k, v in lat.items():
+            self.times[k].append(v)
+        for k, v in stage_ms.items():
+            self.stage_times[k].append(v)
+        if context_age is not None:
+            self.context_ages.append(context_age)
 
     def _newest(self) -> tuple[dict[str, Frame | None], str | None]:
         """The newest frame of every camera, and why the run must end if a camera has ended."""
