@@ -253,29 +253,39 @@ def save_program(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest, 
         return None
     start = time.perf_counter()
     path = folder / bundle.PROGRAM_FILE
-    try:
-        import torch
-
-        from .convert import _quiet
-
-        with _quiet():
-            if traced is not None:
-                program = traced  # the program the ONNX graph was exported from: no second trace
-            elif isinstance(loaded.exportable, torch.export.ExportedProgram):
-                program = loaded.exportable  # already a program: saved as loaded
-            else:
-                feeds = example_feeds(spec, args.seed)
-                example = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in spec.inputs)
-                program = torch.export.export(loaded.exportable, example)
-            torch.export.save(program, str(path))
-    except Exception as exc:
+    failed = write_program(path, traced, loaded.exportable, lambda: example_feeds(spec, args.seed), spec)
+    if failed:
         say(f"warning: no {bundle.PROGRAM_FILE} in the bundle (--backend torch will not run it): torch.export "
-            f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            f"failed: {failed}")
         return None
     seconds["torch_program"] = round(time.perf_counter() - start, 2)
     say(f"saved the torch.export program ({bundle.PROGRAM_FILE}, {path.stat().st_size / 1e6:.1f} MB) "
         f"in {seconds['torch_program']} s")
     return path
+
+
+def write_program(path: Path, traced: Any, model: Any, feeds: Callable[[], dict[str, np.ndarray]], spec: Manifest
+                  ) -> str | None:
+    """Save ``model`` as a torch.export program at ``path``: ``traced`` (the program its ONNX graph came from:
+    no second trace), ``model`` itself if it is a program already, else a trace on ``feeds()`` in ``spec``'s
+    input order. None when written, else why not (one line)."""
+    import torch
+
+    from .convert import _quiet
+
+    try:
+        with _quiet():
+            program = traced
+            if program is None and isinstance(model, torch.export.ExportedProgram):
+                program = model
+            if program is None:
+                values = feeds()
+                example = tuple(torch.from_numpy(np.ascontiguousarray(values[t.name])) for t in spec.inputs)
+                program = torch.export.export(model, example)
+            torch.export.save(program, str(path))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return None
 
 
 def _accuracy_report(result: EffectSearch, gate: Gate) -> dict[str, Any]:

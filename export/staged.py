@@ -47,11 +47,11 @@ from . import bundle
 from .accuracy import Gate, describe, judge, measure, reference_note
 from .cleanup import dedupe_initializers, prune_opset_imports, shared_note, slim, tensorrt_problems
 from .cli import PRECISIONS, parse_stage_precision
-from .convert import _quiet, check_onnx, export_onnx, tensor_types
+from .convert import check_onnx, export_onnx, tensor_types
 from .load import LoadedModel, _first_line
 from .module_names import keep_module_paths_only, read_scopes, stamp
 from .parity import Tolerance, compare, keep_worst, output_errors, run_torch, trajectory_errors
-from .pipeline import CALIB_SEED, HELDOUT_SEED, SENSITIVITY_SETS, _options, _run, _session, say
+from .pipeline import CALIB_SEED, HELDOUT_SEED, SENSITIVITY_SETS, _options, _run, _session, say, write_program
 from .precision import Fp16Converter, Int8Converter
 from .scenes import scene_sets
 
@@ -525,16 +525,10 @@ def convert_stages(args: argparse.Namespace, loaded: LoadedModel, spec: Manifest
 def _save_program(d: Declared, part: Manifest, feeds: Feeds, traced: Any, folder: Path) -> Path | None:
     """``<stage>.pt2``: the stage as a torch.export program (FP32 stages only), or None with a warning."""
     path = folder / d.stage.file.replace(".onnx", ".pt2")
-    try:
-        with _quiet():
-            program = traced
-            if program is None:
-                example = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in part.inputs)
-                program = torch.export.export(d.module, example)
-            torch.export.save(program, str(path))
-    except Exception as exc:
+    failed = write_program(path, traced, d.module, lambda: feeds, part)
+    if failed:
         say(f"warning: no {path.name} in the bundle (--backend torch will not run stage '{d.stage.name}'): "
-            f"torch.export failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            f"torch.export failed: {failed}")
         return None
     return path
 

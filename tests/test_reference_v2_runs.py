@@ -29,12 +29,14 @@ def v2(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_vla_run_drives_reference_2_dual_rate(v2, backend):
-    proc = run_cli(VLA_RUN, "--engine", v2, "--camera", "synthetic://", "--frames", "8", "--backend", backend)
+    # A budget and a context age no machine misses with this tiny model, busy or not: not a speed test.
+    proc = run_cli(VLA_RUN, "--engine", v2, "--camera", "synthetic://", "--frames", "8", "--backend", backend,
+                   "--budget-ms", "1000", "--context-max-age", "2000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
     # The action expert (x10) on every tick; the poses came from integrated (accel, curvature) controls.
-    assert all("action" in r["stage_ms"] and r["context_age_ms"] <= 300 for r in records)
+    assert all("action" in r["stage_ms"] and r["context_age_ms"] <= 2000 for r in records)
     first = np.array(records[0]["trajectory"])
     assert first.shape == (16, 6) and np.all(np.isfinite(first)) and np.all(first[:, 3] >= 0)  # speed >= 0
     assert "dual rate: slow stages (vision" in proc.stderr and "vision+context async" in proc.stderr
@@ -83,7 +85,7 @@ def test_reference_2_exported_as_one_graph_runs_its_controls_through_the_decode(
     assert (out / "model.onnx").is_file() and "stages" not in manifest
     assert next(t for t in manifest["outputs"] if t["role"] == "trajectory")["trajectory"]["fields"] == [
         "accel", "curvature"]
-    run = run_cli(VLA_RUN, "--engine", out, "--camera", "synthetic://", "--frames", "5")
+    run = run_cli(VLA_RUN, "--engine", out, "--camera", "synthetic://", "--frames", "5", "--budget-ms", "1000")
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["status"] for r in records] == ["ok"] * 5 and all(r["stage_ms"] is None for r in records)
