@@ -45,10 +45,6 @@ class SlowPath:
         self.errors = 0
         self.last_error: str | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self.worker.busy
-
     def due(self, tick: int) -> bool:
         return slow_due(self.rate, tick, self.worker.busy or self._flight is not None)
 

@@ -719,7 +719,7 @@ class Runner:
         s = self._slow
         return {"stages": list(self.stage_times), "single_rate": False, "slow": [x.name for x in s.slow],
                 "fast": [x.name for x in s.fast], "rate": s.rate, "max_age_ms": s.max_age_ms,
-                "slow_runs": s.published.runs, "slow_errors": s.errors}
+                "slow_runs": s.published.runs, "slow_errors": s.errors, "slow_warmup_ms": self.slow_warmup_ms}
 
     @property
     def data_path(self) -> str:
