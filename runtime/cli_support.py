@@ -32,6 +32,11 @@ OPTIONAL_MODULES: dict[str, tuple[str, str | None]] = {
     "matplotlib": ("matplotlib", "bench"),
     "tokenizers": ("tokenizers", "text"),
     "cuda": ("cuda-bindings", "trt"),
+    "safetensors": ("safetensors", "export"),
+    "tqdm": ("tqdm", "sim"),
+    "ray": ("ray", "sim"),
+    "grpc": ("grpcio", "serve"),
+    "carla_driver_interface": ("carla-driver-interface", "serve"),
     # Required dependencies: missing only from a broken or partial install.
     "numpy": ("numpy", None),
     "onnxruntime": ("onnxruntime", None),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..backends.staged import StagedBackend, StageStore
 from ..stages import Stage, context_problem, slow_due
+from .clock import WALL, Clock
 from .engine_worker import EngineWorker
 
 
@@ -34,11 +35,11 @@ class Published:
 
 class SlowPath:
     def __init__(self, backend: StagedBackend, slow: tuple[Stage, ...], fast: tuple[Stage, ...],
-                 max_age_ms: float | None = None) -> None:
+                 max_age_ms: float | None = None, clock: Clock = WALL) -> None:
         self.backend, self.slow, self.fast = backend, slow, fast
         self.rate = slow[0].rate
         self.max_age_ms = max_age_ms if max_age_ms is not None else min(s.max_age for s in slow)
-        self.worker = EngineWorker(name="vla-slow-stages")
+        self.worker = EngineWorker(name="vla-slow-stages", clock=clock)
         self.published = Published()
         self._running = StageStore()
         self._flight: float | None = None  # capture time of the run in progress

@@ -9,19 +9,29 @@ One request at a time: the inputs are the backend's preallocated buffers, so not
 them while a run is in flight (``busy``), and a hung engine shows up as ``busy`` on later ticks.
 What a run is, is the caller's: ``backend.run`` on the host path, ``DeviceTick.run`` (the tick's
 whole device work) on the GPU path.
+
+Times are on the loop's clock (``clock.py``). On a simulated clock with a fixed run time (``vla-sim
+--latency-ms``) a run ends ``run_s`` after it started whatever it really took: ``wait`` waits for the
+real run, then moves the clock to the run's end or the caller's timeout, whichever is first, and the
+worker stays ``busy`` until the clock reaches the run's end.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from .clock import WALL, Clock
+
+#: A simulated run that has not really finished after this long is taken as hung.
+_REAL_CAP_S = 300.0
+
 
 class EngineWorker:
-    def __init__(self, name: str = "vla-engine") -> None:
+    def __init__(self, name: str = "vla-engine", clock: Clock = WALL) -> None:
+        self.clock = clock
         self._run: Callable[[], dict[str, np.ndarray]] | None = None
         self._request = threading.Event()
         self._done = threading.Event()
@@ -29,14 +39,16 @@ class EngineWorker:
         self._closing = False
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
-        self.started = self.finished = 0.0  # monotonic times of the current/last run
+        self.started = self.finished = 0.0  # clock times of the current/last run
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     @property
     def busy(self) -> bool:
         """A run is in flight (submitted and not finished)."""
-        return not self._done.is_set()
+        if not self._done.is_set():
+            return True
+        return self.clock.run_s is not None and self.clock.now() < self.finished
 
     def submit(self, run: Callable[[], dict[str, np.ndarray]]) -> None:
         """Start ``run`` (on the current inputs); the caller must not write inputs until it is done."""
@@ -45,12 +57,21 @@ class EngineWorker:
         self._run = run
         self.outputs, self.error = None, None
         self._done.clear()
-        self.started = time.monotonic()
+        self.started = self.clock.now()
         self._request.set()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait at most ``timeout`` seconds (None: for good) for the run; True when it has finished."""
-        return self._done.wait(None if timeout is None else max(0.0, timeout))
+        if self.clock.run_s is None:  # real work: a real wait (a simulated clock follows the wall clock)
+            return self._done.wait(None if timeout is None else max(0.0, timeout))
+        if not self._done.wait(_REAL_CAP_S):
+            return False
+        now = self.clock.now()
+        if timeout is None or self.finished <= now + max(0.0, timeout):
+            self.clock.advance_to(self.finished)
+            return True
+        self.clock.advance_to(now + timeout)
+        return False
 
     def _serve(self) -> None:
         while True:
@@ -62,7 +83,8 @@ class EngineWorker:
                 self.outputs = self._run()  # type: ignore[misc]
             except BaseException as exc:  # reported to the loop as this run's error, never lost
                 self.error = exc
-            self.finished = time.monotonic()
+            run_s = self.clock.run_s
+            self.finished = self.clock.now() if run_s is None else self.started + run_s
             self._done.set()
 
     def close(self, timeout: float) -> bool:

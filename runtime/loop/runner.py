@@ -65,7 +65,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,6 +85,7 @@ from ..inputs.sources.base import CameraSource, Frame
 from ..stages import split, with_rate
 from .budget import BudgetFit, judge_budget
 from .camera_group import GroupVerdict, judge_group
+from .clock import WALL, Clock
 from .device_path import DeviceDecoder, DeviceTick
 from .dual_rate import SlowPath
 from .engine_worker import EngineWorker
@@ -142,8 +142,9 @@ class Runner:
     """
 
     def __init__(self, backend: Backend, cameras: dict[str, CameraSource], config: RunConfig,
-                 ego: EgoInput | None = None) -> None:
+                 ego: EgoInput | None = None, clock: Clock = WALL) -> None:
         self.backend, self.cameras, self.cfg = backend, cameras, config
+        self._clock = clock  # the wall clock, or vla-sim's simulated one (clock.py)
         m = backend.manifest
         if any(t.shape and t.shape[0] != 1 for t in m.inputs):
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
@@ -221,6 +222,7 @@ class Runner:
         self.health = Health()
         self._health_cfg = HealthConfig(config.fault_after, config.fault_stall_ms, config.recover_after)
         self.events: deque[str] = deque(maxlen=100)
+        self.ticking_since: float | None = None  # clock time the ticks began (after the warm-up)
         self.warmup_engine_ms: list[float] = []  # the timed warm-up runs
         self.slow_warmup_ms: dict[str, float] | None = None  # dual rate: the slow stages' warm-up run, per stage
         self.budget_fit: BudgetFit | None = None  # those runs against the budget (judge_budget)
@@ -238,7 +240,7 @@ class Runner:
         slow, fast = split(with_rate(backend.stages, config.stage_rate))
         if not slow or not fast:
             return  # every stage every tick: the engine run is the whole decision
-        self._slow = SlowPath(backend, slow, fast, config.context_max_age_ms)
+        self._slow = SlowPath(backend, slow, fast, config.context_max_age_ms, clock=self._clock)
         cameras = {t.name for t in backend.manifest.inputs_with("camera")}
         self._fast_reads_cameras = any(n in cameras for s in fast for n in s.inputs)
         store, outputs = StageStore(), [t.name for t in backend.manifest.outputs]
@@ -294,13 +296,13 @@ class Runner:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _wait_first_frames(self) -> None:
-        deadline = time.monotonic() + self.cfg.first_frame_timeout_s
+        deadline = self._clock.now() + self.cfg.first_frame_timeout_s
         for name, src in self.cameras.items():
             while src.newest() is None:
-                if src.ended() or time.monotonic() > deadline:
+                if src.ended() or self._clock.now() > deadline:
                     why = src.ended() or src.trouble() or f"no frame within {self.cfg.first_frame_timeout_s:g} s"
                     raise CameraError(f"camera '{name}' ({src.uri}): {why}")
-                if self._stop.wait(0.01):
+                if self._clock.wait(self._stop, 0.01):
                     return
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -308,7 +310,7 @@ class Runner:
         # Warm-up on the engine's own thread: first runs allocate, pick kernels and set up per-thread
         # state; keep that off tick 0. The runs after the first are timed, to say before tick 0
         # whether the engine fits the budget at all.
-        self._worker = EngineWorker()
+        self._worker = EngineWorker(clock=self._clock)
         self._warm_up()
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
@@ -323,7 +325,7 @@ class Runner:
         ``warmup_runs`` in all, and no more once ``warmup_s`` has passed and three are timed."""
         worker, cfg = self._worker, self.cfg
         assert worker is not None
-        ends = time.monotonic() + cfg.warmup_s
+        ends = self._clock.now() + cfg.warmup_s
         run = self._warm_up_run()
         for n in range(max(1, cfg.warmup_runs)):
             worker.submit(run)
@@ -338,7 +340,7 @@ class Runner:
                 run = self._timed_warm_up_run()
                 continue
             self.warmup_engine_ms.append((worker.finished - worker.started) * 1000.0)
-            if len(self.warmup_engine_ms) >= 3 and time.monotonic() >= ends:
+            if len(self.warmup_engine_ms) >= 3 and self._clock.now() >= ends:
                 break
         self.budget_fit = judge_budget(self.warmup_engine_ms, cfg.budget_ms, cfg.rate_hz,
                                        precision=self.backend.manifest.precision)
@@ -353,7 +355,7 @@ class Runner:
         if slow is None:
             return
         frames = {name: src.newest() for name, src in self.cameras.items()}
-        capture = min((f.capture_time for f in frames.values() if f is not None), default=time.monotonic())
+        capture = min((f.capture_time for f in frames.values() if f is not None), default=self._clock.now())
         if all(f is not None for f in frames.values()):
             with contextlib.suppress(CameraError):  # a malformed frame: the first tick names it
                 self._pre.start(frames).wait()  # type: ignore[arg-type]
@@ -396,28 +398,29 @@ class Runner:
         period = 1.0 / self.cfg.rate_hz
         # A model with no camera input has no frames to tick on: its ticks follow the clock.
         by_frame = self.cfg.sync == "frame" and bool(self.cameras)
+        self.ticking_since = self._clock.now()
         schedule = self._frame_schedule(period) if by_frame else self._clock_schedule(period)
-        started = time.monotonic()
+        started = self.ticking_since
         for next_due in schedule:
             yield self._tick()
             self._draw_noise()  # off the next tick's critical path
-            collector.idle(next_due - time.monotonic())
+            collector.idle(next_due - self._clock.now())
             if self.cfg.max_ticks is not None and self.ticks >= self.cfg.max_ticks:
                 self.stop(f"{self.ticks} ticks done")
-            elif self.cfg.duration_s is not None and time.monotonic() - started >= self.cfg.duration_s:
+            elif self.cfg.duration_s is not None and self._clock.now() - started >= self.cfg.duration_s:
                 self.stop(f"{self.cfg.duration_s:g} s done")
 
     def _clock_schedule(self, period: float) -> Iterator[float]:
         """``sync="clock"``: tick on a fixed grid of the monotonic clock, on whatever frames are newest.
         Yields when a tick is due; the value is when the following one is."""
-        start = time.monotonic() + period
+        start = self._clock.now() + period
         index = -1
         while not self._stop.is_set():
-            new_index, due = next_tick(start, period, time.monotonic(), index)
+            new_index, due = next_tick(start, period, self._clock.now(), index)
             if index >= 0:
                 self.skipped_ticks += new_index - index - 1
             index = new_index
-            if self._stop.wait(max(0.0, due - time.monotonic())):
+            if self._clock.wait(self._stop, max(0.0, due - self._clock.now())):
                 return
             yield due + period
 
@@ -428,13 +431,13 @@ class Runner:
         src = next(iter(self.cameras.values()))
         first = src.newest()
         # The newest frame now may be a camera period old: anchor on it but tick first on the next.
-        anchor = first.capture_time if first is not None else time.monotonic()
+        anchor = first.capture_time if first is not None else self._clock.now()
         slack, wait = 0.1 * period, self.cfg.frame_wait_ms / 1000.0
         index, fired_seq = 0, first.seq if first is not None else None
         while not self._stop.is_set():
             due = anchor + (index + 1) * period
             # No frame captured later than ``due - slack`` can have arrived before then: sleep till then.
-            if self._stop.wait(max(0.0, due - slack - time.monotonic())):
+            if self._clock.wait(self._stop, max(0.0, due - slack - self._clock.now())):
                 return
             fired = None
             while not self._stop.is_set():
@@ -444,10 +447,10 @@ class Runner:
                     if fired is not None:
                         fired_seq = frame.seq
                         break
-                if time.monotonic() >= due + wait or src.ended():
+                if self._clock.now() >= due + wait or src.ended():
                     fired = index + 1  # the camera is late or gone: tick anyway, and say so
                     break
-                time.sleep(0.0005)
+                self._clock.sleep(0.0005)
             if fired is None:
                 return
             self.skipped_ticks += fired - index - 1
@@ -458,7 +461,7 @@ class Runner:
         self._collect_late_run()
         slow_ms = self._collect_slow()
         frames, verdict = self._gather_frames()
-        acquired = time.monotonic()
+        acquired = self._clock.now()
         capture = min((f.capture_time for f in frames.values()), default=acquired)
         deadline = capture + self.cfg.budget_ms / 1000.0
         # acquire: capture -> every camera's frame in hand (the cameras' own latency and the sync wait),
@@ -472,7 +475,7 @@ class Runner:
         # submit would drop its outputs (state never committed, not counted in late_runs_committed).
         self._collect_late_run()
         if problem is None and self._worker is not None and self._worker.busy:
-            busy_ms = (time.monotonic() - self._worker.started) * 1000.0
+            busy_ms = (self._clock.now() - self._worker.started) * 1000.0
             problem = f"engine overrun: the previous run is still going after {busy_ms:.0f} ms"
             engine = "busy"
         if problem is None and self._ego is not None:
@@ -482,7 +485,7 @@ class Runner:
             decoded, problem, warning, engine = self._run_model(frames, capture, deadline, lat, stage_ms)
             if self._slow is not None:
                 context_age = self._slow.context_age_ms(capture)
-        publish = time.monotonic()
+        publish = self._clock.now()
         lat["e2e"] = (publish - capture) * 1000.0
         # Missed whatever is published: late, a fallback (engine busy) or a fault (health).
         missed = deadline_missed(engine, publish, deadline)
@@ -572,17 +575,17 @@ class Runner:
 
     def _gather_frames(self) -> tuple[dict[str, Frame], GroupVerdict]:
         """The newest frame of every camera, waiting (bounded) for cameras behind the group."""
-        give_up = time.monotonic() + self.cfg.frame_wait_ms / 1000.0
+        give_up = self._clock.now() + self.cfg.frame_wait_ms / 1000.0
         while True:
             newest, ended = self._newest()
-            now = time.monotonic()
+            now = self._clock.now()
             verdict = judge_group({n: (f.seq, f.capture_time) if f else None for n, f in newest.items()},
                                   self._last_seq, now, self.cfg.sync_tolerance_ms, self.cfg.stall_ms)
             if ended is not None:  # the last line of the run says why it ends
                 verdict = GroupVerdict(ended, (), verdict.spread_ms)
             if not verdict.waiting_on or now >= give_up or self._stop.is_set():
                 break
-            time.sleep(0.0005)
+            self._clock.sleep(0.0005)
         frames = {n: f for n, f in newest.items() if f is not None}
         if verdict.problem is not None and ended is None:
             for name in verdict.waiting_on:  # no new frame, or one too far behind the group
@@ -604,7 +607,7 @@ class Runner:
         # State a camera attaches to its frames is as old as those frames: judge it at their capture
         # time (how late the frames themselves are is the budget's business, not the ego input's).
         # Any other input is judged now: a bus gone quiet shows as its last message ageing.
-        at = capture if isinstance(self.ego_input, FrameEgoInput) else time.monotonic()
+        at = capture if isinstance(self.ego_input, FrameEgoInput) else self._clock.now()
         reading = self.ego_input.latest(at)
         stale = ego_staleness(reading, at, self.cfg.ego_stale_ms)
         if stale is not None or reading is None:
@@ -617,7 +620,7 @@ class Runner:
         """Fill the inputs, run the engine until the deadline, decode: (trajectory if usable, problem,
         warning, engine state: "done", "pending" at the deadline, or "none" when it never started).
         Dual rate: start the slow stages if due, then run the fast path on the newest published context."""
-        t = time.monotonic()
+        t = self._clock.now()
         for cam in self._pre.cameras:
             self._last_seq[cam.name] = frames[cam.name].seq
         slow = self._slow
@@ -629,7 +632,7 @@ class Runner:
             elif slow is None or start_slow or self._fast_reads_cameras:  # dual rate: only slow stages see frames
                 running = self._pre.start(frames)
         except CameraError as exc:  # a malformed frame: this tick falls back, the run goes on
-            lat["preprocess"] = (time.monotonic() - t) * 1000.0
+            lat["preprocess"] = (self._clock.now() - t) * 1000.0
             return None, str(exc), None, "none"
         # Meanwhile this thread fills the other inputs.
         if self._ego is not None:
@@ -638,7 +641,7 @@ class Runner:
         self._apply_command()
         if running is not None:
             running.wait()
-        lat["preprocess"] = (time.monotonic() - t) * 1000.0
+        lat["preprocess"] = (self._clock.now() - t) * 1000.0
         if slow is not None:
             if start_slow:
                 slow.start(capture)
@@ -652,8 +655,8 @@ class Runner:
         self._in_flight = capture
         if self._controls:
             self._v0_flight = self.backend.manifest.start_speed(self.backend.feed)
-        if not worker.wait(deadline - time.monotonic()):
-            busy_ms = (time.monotonic() - worker.started) * 1000.0
+        if not worker.wait(deadline - self._clock.now()):
+            busy_ms = (self._clock.now() - worker.started) * 1000.0
             return None, (f"late: engine still running {busy_ms:.0f} ms in at the deadline "
                           f"(budget {self.cfg.budget_ms:g} ms)"), None, "pending"
         decoded, problem, warning = self._collect(lat)
@@ -697,7 +700,7 @@ class Runner:
         if worker.error is not None:
             exc = worker.error
             return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", None
-        t = time.monotonic()
+        t = self._clock.now()
         out = worker.outputs
         decoded = self._decode(out)
         judged = judge_decoded(decoded, self.cfg.limits)
@@ -705,7 +708,7 @@ class Runner:
             self._commit_state(out)
             np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = flight
-        lat["decode"] = (time.monotonic() - t) * 1000.0
+        lat["decode"] = (self._clock.now() - t) * 1000.0
         return (decoded if judged.usable else None), judged.problem, judged.warning
 
     @property
@@ -760,8 +763,9 @@ class Runner:
             "failure": self.failure,
         }
 
-    def close(self) -> None:
-        """Release cameras, ego input and engine; never blocks on a hung engine for long."""
+    def close(self, keep_backend: bool = False) -> None:
+        """Release cameras, ego input and engine (``keep_backend``: not the engine, which the caller runs
+        again, e.g. vla-sim's next scenario); never blocks on a hung engine for long."""
         for src in self.cameras.values():
             src.close()
         self.ego_input.close()
@@ -771,4 +775,5 @@ class Runner:
             return  # the engine is stuck in a run: closing it under the run could crash; exit reclaims it
         if self._device_tick is not None:
             self._device_tick.close()
-        self.backend.close()
+        if not keep_backend:
+            self.backend.close()
