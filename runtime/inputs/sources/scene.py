@@ -647,29 +647,39 @@ class SceneRenderer:
 
     def _render_camera(self, name: str, out: np.ndarray) -> None:
         map_x, map_y = self._maps[name]
-        h, w = self.rig.height, self.rig.width
         if self.fmt == "gray":
             cv2.remap(self._atlas[..., 0], map_x, map_y, cv2.INTER_LINEAR, dst=out)
             return
-        tmp = self._scratch
-        cv2.remap(self._atlas, map_x, map_y, cv2.INTER_LINEAR, dst=tmp)
-        if self.fmt == "rgb":
-            cv2.cvtColor(tmp, cv2.COLOR_RGBA2RGB, dst=out)
-        elif self.fmt == "bgr":
-            cv2.cvtColor(tmp, cv2.COLOR_RGBA2BGR, dst=out)
-        elif self.fmt in ("yuyv", "uyvy"):
-            # Pixel pairs: (Y0 U V x Y1 U V x) -> Y0 U Y1 V or U Y0 V Y1.
-            pairs = tmp.reshape(h, w // 2, 8)
-            order = [0, 0, 1, 1, 4, 2, 6, 3] if self.fmt == "yuyv" else [1, 0, 0, 1, 6, 2, 4, 3]
-            cv2.mixChannels([pairs], [out.reshape(h, w // 2, 4)], order)
+        cv2.remap(self._atlas, map_x, map_y, cv2.INTER_LINEAR, dst=self._scratch)
+        write_format(self._scratch, out, self.fmt)
+
+
+def write_format(img: np.ndarray, out: np.ndarray, fmt: str) -> None:
+    """Write a 4-channel scratch image (RGB+pad, YUV+pad; gray: 1 channel) as raw ``fmt`` into ``out``.
+
+    Shared by every renderer of simulated cameras (this one and ``vla.sim.render``): 4:2:2 takes U from
+    the even pixel and V from the odd one of a pair, 4:2:0 the top-left pair of each 2x2 block.
+    """
+    h, w = img.shape[:2]
+    if fmt == "gray":
+        np.copyto(out, img if img.ndim == 2 else img[..., 0])
+    elif fmt == "rgb":
+        cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=out)
+    elif fmt == "bgr":
+        cv2.cvtColor(img, cv2.COLOR_RGBA2BGR, dst=out)
+    elif fmt in ("yuyv", "uyvy"):
+        # Pixel pairs: (Y0 U V x Y1 U V x) -> Y0 U Y1 V or U Y0 V Y1.
+        pairs = img.reshape(h, w // 2, 8)
+        order = [0, 0, 1, 1, 4, 2, 6, 3] if fmt == "yuyv" else [1, 0, 0, 1, 6, 2, 4, 3]
+        cv2.mixChannels([pairs], [out.reshape(h, w // 2, 4)], order)
+    else:
+        cv2.mixChannels([img], [out[:h]], [0, 0])
+        even_pairs = img.reshape(h // 2, 2, w // 2, 8)[:, 0]  # top-left pair of each 2x2 block
+        if fmt == "nv12":
+            cv2.mixChannels([even_pairs], [out[h:].reshape(h // 2, w // 2, 2)], [1, 0, 6, 1])
         else:
-            cv2.mixChannels([tmp], [out[:h]], [0, 0])
-            even_pairs = tmp.reshape(h // 2, 2, w // 2, 8)[:, 0]  # top-left pair of each 2x2 block
-            if self.fmt == "nv12":
-                cv2.mixChannels([even_pairs], [out[h:].reshape(h // 2, w // 2, 2)], [1, 0, 6, 1])
-            else:
-                flat = out.reshape(-1)
-                q = (h // 2) * (w // 2)
-                u_plane = flat[h * w : h * w + q].reshape(h // 2, w // 2)
-                v_plane = flat[h * w + q :].reshape(h // 2, w // 2)
-                cv2.mixChannels([even_pairs], [u_plane, v_plane], [1, 0, 6, 1])
+            flat = out.reshape(-1)
+            q = (h // 2) * (w // 2)
+            u_plane = flat[h * w : h * w + q].reshape(h // 2, w // 2)
+            v_plane = flat[h * w + q :].reshape(h // 2, w // 2)
+            cv2.mixChannels([even_pairs], [u_plane, v_plane], [1, 0, 6, 1])
