@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vla.runtime.backends.base import Backend
+from vla.runtime.inputs.commands import CommandEncoder
 from vla.runtime.loop.clock import WALL, SimClock
 from vla.runtime.loop.runner import RunConfig, Runner
 
@@ -75,8 +76,11 @@ def drive(backend: Backend, scenario: Scenario, options: SimOptions = SimOptions
                  hfov_deg=options.hfov_deg, drop_frames=options.drop_frames, seed=scenario.seed)
     cameras = {name: SimCamera(rig, name) for name in names}
     duration = options.duration_s if options.duration_s is not None else scenario.duration_s
+    # A model without a command input cannot be told the route (it still drives: lanes, traffic).
+    takes_command = CommandEncoder(m).takes_command
     config = RunConfig(rate_hz=options.rate_hz, budget_ms=options.budget(), sync="clock",
-                       max_ticks=max(1, math.ceil(duration * options.rate_hz)), command=world.command(),
+                       max_ticks=max(1, math.ceil(duration * options.rate_hz)),
+                       command=world.command() if takes_command else None,
                        seed=scenario.seed, warmup_runs=3, warmup_s=0.0, stage_rate=options.stage_rate,
                        limits=options.limits, first_frame_timeout_s=5.0)
     runner = Runner(backend, cameras, config, clock=clock)
@@ -90,18 +94,21 @@ def drive(backend: Backend, scenario: Scenario, options: SimOptions = SimOptions
             if on_tick is not None:
                 on_tick(record)
             now = world.command()
-            if now != command:
+            if now != command and takes_command:
                 command = now
                 runner.set_command(now)
             if (why := world.done()) is not None:
                 runner.stop(why)
+            elif world.offroad():  # the score is 0 from here on (DAC): no point driving on
+                runner.stop("off-road")
         rig.advance_to(world.t)  # plans published at the last tick
     finally:
         runner.close(keep_backend=True)
         gc.unfreeze()  # the loop froze everything it had at its start: a long sweep must not keep it all
     result = metrics.result()
     summary = runner.summary()
-    result.update(seed=scenario.seed, ticks=runner.ticks, end=world.done() or runner.end_reason,
+    end = world.done() or ("off-road" if world.offroad() else runner.end_reason)
+    result.update(seed=scenario.seed, ticks=runner.ticks, end=end,
                   status=summary["status"], fallback_reasons=summary.get("fallback_reasons", {}),
                   dropped_frames=rig.dropped, e2e_ms=summary["latency_ms"].get("e2e"))
     return Drive(scenario.seed, result, rig.trace.array(), world)

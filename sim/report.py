@@ -4,6 +4,7 @@ the pictures of failed scenarios."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ def overall(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for r in results:
         status.update(r.get("status", {}))
     ticks = sum(status.values())
+    out["offroad"] = sum(1 for r in results if r["offroad"])  # scenarios that left the road
     out["status"] = dict(status)
     out["ok_fraction"] = status.get("ok", 0) / ticks if ticks else 0.0
     out["failed_seeds"] = [r["seed"] for r in results if failed(r)]
@@ -70,6 +72,14 @@ def write_results(out: Path, config: dict[str, Any], results: Sequence[dict[str,
     return path
 
 
+def route_xy(world: Any) -> np.ndarray:
+    """The route's centre line from the start to the goal, [N, 2] in the world frame."""
+    route = world.scenario.route
+    path = route.path
+    lo, hi = int(route.s_start / path.ds), math.ceil(route.s_goal / path.ds) + 1
+    return path.xy[max(0, lo):min(path.n, hi)]
+
+
 def draw_failed(out: Path, drives: Iterable[Any], every: bool = False) -> list[Path]:
     """A top-down PNG per failed scenario (every one with ``every``) from ``Drive`` objects."""
     from .plots import topdown_png
@@ -84,6 +94,6 @@ def draw_failed(out: Path, drives: Iterable[Any], every: bool = False) -> list[P
             marks.append((float(d.trace[-1, 1]), float(d.trace[-1, 2]), "collision"))
         boxes, _colors = d.world.boxes()
         title = f"seed {r['seed']}: {r['end']}, route {100 * r['route_completion']:.0f} %, score {r['score']:.3f}"
-        paths.append(topdown_png(out / f"scenario-{r['seed']}.png", d.world.ground(), d.world.route_xy(),
+        paths.append(topdown_png(out / f"scenario-{r['seed']}.png", d.world.ground(), route_xy(d.world),
                                  d.trace[:, 1:4], boxes, title, marks))
     return paths

@@ -115,7 +115,10 @@ class SimRig:
             if w.t < due < w.t + step:  # a plan takes over mid-step: step to it exactly
                 step = due - w.t
             e = w.ego
-            accel, curvature = track(self.plan, w.t, e.x, e.y, e.yaw, e.speed)
+            if self.plan is None:  # before the runtime's first answer the car holds its speed and steering
+                accel, curvature = 0.0, e.curvature
+            else:
+                accel, curvature = track(self.plan, w.t, e.x, e.y, e.yaw, e.speed)
             w.step(step, accel, curvature)
             self.trace.rows.append((w.t, w.ego.x, w.ego.y, w.ego.yaw, w.ego.speed))
         self._activate(w.t)
