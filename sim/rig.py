@@ -26,7 +26,7 @@ from vla.runtime.inputs.sources.scene import Rig
 from vla.runtime.loop.clock import Clock
 
 from .render import WorldRenderer
-from .tracking import Plan, plan_in_world, track
+from .tracking import Plan, limit_jerk, plan_in_world, track
 from .world import World
 
 #: The physics and control step (s): the tracking controller runs at 20 Hz between frames.
@@ -119,6 +119,7 @@ class SimRig:
                 accel, curvature = 0.0, e.curvature
             else:
                 accel, curvature = track(self.plan, w.t, e.x, e.y, e.yaw, e.speed)
+                accel = limit_jerk(e.accel, accel, step)
             w.step(step, accel, curvature)
             self.trace.rows.append((w.t, w.ego.x, w.ego.y, w.ego.yaw, w.ego.speed))
         self._activate(w.t)

@@ -27,6 +27,10 @@ SPEED_GAIN = 1.5
 SPEED_LEAD_S = 0.2
 #: A plan shorter than this (m) is "stand still": no steering from it.
 MIN_PATH_M = 0.5
+#: The longitudinal controller's jerk limit (m/s³): a new plan every tick must not jolt the car (NAVSIM's
+#: comfort bound is 4.13 m/s³); braking harder than COMFORT_BRAKE (an emergency) may change faster.
+JERK_LIMIT = 3.5
+COMFORT_BRAKE = -3.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,15 @@ def pursuit_curvature(plan: Plan, x: float, y: float, yaw: float, speed: float) 
     lx, ly = c * (tx - x) + s * (ty - y), -s * (tx - x) + c * (ty - y)
     dist2 = lx * lx + ly * ly
     return 0.0 if dist2 < 1e-6 else 2.0 * ly / dist2
+
+
+def limit_jerk(previous: float, wanted: float, dt: float) -> float:
+    """The acceleration after ``dt`` s on the way from ``previous`` to ``wanted`` at the jerk limit (an
+    emergency brake is not limited)."""
+    if wanted < COMFORT_BRAKE and wanted < previous:
+        return wanted
+    step = JERK_LIMIT * dt
+    return min(previous + step, max(previous - step, wanted))
 
 
 def track(plan: Plan | None, t: float, x: float, y: float, yaw: float, speed: float) -> tuple[float, float]:

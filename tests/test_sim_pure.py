@@ -89,3 +89,12 @@ def test_the_table_has_a_row_per_point():
     lines = text.splitlines()
     assert lines[0].startswith("| latency |") and len(lines) == 3
     assert lines[2] == "| 50 | 3 | 0.900 | 97.0 % | 0 | 1 | 99.0 % |"
+
+
+def test_the_controller_limits_jerk_except_for_an_emergency_brake():
+    from vla.sim.tracking import COMFORT_BRAKE, JERK_LIMIT, limit_jerk
+
+    assert limit_jerk(0.0, 2.0, 0.1) == pytest.approx(JERK_LIMIT * 0.1)
+    assert limit_jerk(1.0, -1.0, 0.1) == pytest.approx(1.0 - JERK_LIMIT * 0.1)
+    assert limit_jerk(0.5, 0.52, 0.1) == pytest.approx(0.52)
+    assert limit_jerk(0.0, COMFORT_BRAKE - 2.0, 0.05) == COMFORT_BRAKE - 2.0
