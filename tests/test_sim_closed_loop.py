@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -123,3 +124,12 @@ def test_a_latency_sweep_runs_on_ray_and_writes_its_table_and_plot(straight_bund
     table = (out / "sweep.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| 0 |") and table[3].startswith("| 200 |")
     assert (out / "sweep.png").stat().st_size > 10_000
+
+
+def test_realtime_drives_on_the_wall_clock(backend):
+    t0 = time.monotonic()
+    d = drive(backend, make_scenario(1003), SimOptions(realtime=True, duration_s=1.0))
+    wall = time.monotonic() - t0
+    assert d.result["ticks"] == 10
+    assert wall >= 0.9  # ten 100 ms ticks of real time (a simulated clock takes a fraction of that)
+    assert d.trace[-1, 0] == pytest.approx(1.0, abs=0.15)  # the world moved with the wall clock
