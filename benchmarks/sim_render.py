@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -23,19 +22,13 @@ from machine import describe
 
 from vla.runtime.inputs.sources.scene import Rig, Road, SceneRenderer
 from vla.sim.render import WorldRenderer
+from vla.sim.world import GroundMap
 
 NAMES = ["left", "front", "right"]
 
 
-@dataclass(frozen=True)
-class Ground:
-    image: np.ndarray
-    x0: float
-    y0: float
-    res: float
 
-
-def town_ground(size_m: float = 600.0, block: float = 120.0, res: float = 0.1) -> Ground:
+def town_ground(size_m: float = 600.0, block: float = 120.0, res: float = 0.1) -> GroundMap:
     """A street grid: 15 m roads (2 lanes each way) every ``block`` m, dashed lane lines, yellow centre."""
     n = int(size_m / res)
     img = np.empty((n, n, 3), np.uint8)
@@ -61,7 +54,7 @@ def town_ground(size_m: float = 600.0, block: float = 120.0, res: float = 0.1) -
             (0.1, 0.25, (230, 190, 40), False),
         ]:
             band(c, a0, a1, colour, dashed)
-    return Ground(img, -size_m / 2 + res / 2, -size_m / 2 + res / 2, res)
+    return GroundMap(img, -size_m / 2 + res / 2, -size_m / 2 + res / 2, res)
 
 
 def scenario(seed: int, n_boxes: int, town: bool = False):

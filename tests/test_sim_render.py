@@ -8,38 +8,23 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pytest
+from test_synthetic import TO_RGB  # the same conversions back to RGB as the synthetic camera's tests
 
 from vla.runtime.errors import VlaError
 from vla.runtime.inputs.sources.base import PIXEL_FORMATS
 from vla.runtime.inputs.sources.scene import Rig
 from vla.sim.render import WorldRenderer
+from vla.sim.world import GroundMap
 
 W, H = 256, 128
 MOUNT = 1.5
 RED = (220, 20, 20)
 
-TO_RGB = {
-    "yuyv": cv2.COLOR_YUV2RGB_YUYV,
-    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
-    "nv12": cv2.COLOR_YUV2RGB_NV12,
-    "i420": cv2.COLOR_YUV2RGB_I420,
-    "bgr": cv2.COLOR_BGR2RGB,
-}
 
-
-@dataclass(frozen=True)
-class Ground:
-    """The GroundMap contract: RGB raster, world position of pixel (0, 0)'s centre, m per pixel."""
-
-    image: np.ndarray
-    x0: float
-    y0: float
-    res: float
 
 
 def ground_grid(x0: float, y0: float, width_m: float, height_m: float | None = None, res: float = 0.1):
@@ -49,13 +34,13 @@ def ground_grid(x0: float, y0: float, width_m: float, height_m: float | None = N
     return *np.meshgrid(xs, ys), (x0, y0, res)
 
 
-def plain_ground(rgb=(50, 50, 50)) -> Ground:
+def plain_ground(rgb=(50, 50, 50)) -> GroundMap:
     image = np.empty((600, 600, 3), np.uint8)
     image[:] = rgb
-    return Ground(image, -150.0, -150.0, 0.5)
+    return GroundMap(image, -150.0, -150.0, 0.5)
 
 
-def stripe_ground(pose, offset: float, width: float = 0.2) -> Ground:
+def stripe_ground(pose, offset: float, width: float = 0.2) -> GroundMap:
     """Dark ground (120 m around the pose) with a white stripe parallel to the ego's x axis, ``offset`` m
     to its left; anti-aliased (texel value = the share of the texel the stripe covers) so that the
     stripe's centre in the raster is exact, not quantised to texels."""
@@ -64,7 +49,7 @@ def stripe_ground(pose, offset: float, width: float = 0.2) -> Ground:
     lateral = -(X - px) * math.sin(yaw) + (Y - py) * math.cos(yaw)  # ego-frame y of each texel
     cover = np.clip((width / 2 - np.abs(lateral - offset)) / res + 0.5, 0.0, 1.0)
     image = np.repeat(np.rint(40.0 + 215.0 * cover)[..., None], 3, axis=2).astype(np.uint8)
-    return Ground(image, x0, y0, res)
+    return GroundMap(image, x0, y0, res)
 
 
 def to_world(pose, ex: float, ey: float) -> tuple[float, float]:
@@ -211,7 +196,7 @@ def test_near_ground_shows_the_raster_texel_under_it():
     palette = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
     image = palette[np.floor(Y - y0).astype(int), np.floor(X - x0).astype(int)]
     pose = (0.3, -0.2, 0.4)
-    out, rig = render(Ground(image, x0, y0, res), pose, names=("front",))
+    out, rig = render(GroundMap(image, x0, y0, res), pose, names=("front",))
     f = focal(rig)
     checked = 0
     for v in range(H - 30, H, 3):  # ground 2.5 to 5 m ahead
@@ -262,7 +247,7 @@ def test_far_lane_markings_do_not_alias():
     image = np.full((*X.shape, 3), 90, np.uint8)
     for lane in (-5.25, -1.75, 1.75, 5.25):
         image[(np.abs(Y - lane) < 0.075) & ((X % 9.0) < 3.0)] = 235
-    ground = Ground(image, x0, y0, res)
+    ground = GroundMap(image, x0, y0, res)
     w, h = 128, 64
     ours = WorldRenderer(Rig(["front"], w, h), ground, "gray")
     fine = WorldRenderer(Rig(["front"], 8 * w, 8 * h), ground, "gray")
@@ -391,7 +376,7 @@ def test_bad_construction_is_a_one_line_error():
     with pytest.raises(VlaError, match="unknown pixel format"):
         WorldRenderer(Rig(["front"], W, H), plain_ground(), "mjpeg")
     with pytest.raises(VlaError, match="ground image must be uint8"):
-        WorldRenderer(Rig(["front"], W, H), Ground(np.zeros((4, 4)), 0.0, 0.0, 1.0))
+        WorldRenderer(Rig(["front"], W, H), GroundMap(np.zeros((4, 4)), 0.0, 0.0, 1.0))
     with pytest.raises(VlaError, match="ground must be a GroundMap"):
         WorldRenderer(Rig(["front"], W, H), object())
     with pytest.raises(VlaError, match="width must be even"):
@@ -416,7 +401,7 @@ def test_topdown_png(tmp_path):
     boxes = np.array([[40.0, 1.75, 0.0, 4.6, 1.9, 1.5], [80.0, -5.25, 0.3, 4.6, 1.9, 1.5]])
     path = topdown_png(
         tmp_path / "sub" / "td.png",
-        Ground(image, x0, y0, res),
+        GroundMap(image, x0, y0, res),
         route,
         trace,
         boxes,
