@@ -57,7 +57,8 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--config KEY=VALUE`` pairs: values as JSON where they parse (lists become tuples), else strings."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -214,9 +215,44 @@ def load_model(model: str, spec_path: str | bool | None = None, config: list[str
     return _load_torch_save(path, factory, spec_path, trust_pickle)
 
 
+#: Reference model 2's trained weights (``vla-train``): safetensors with the model config in its metadata.
+TRAINED_REFERENCE = Path(__file__).resolve().parent / "weights" / "reference-v2.safetensors"
+
+
+def read_trained_reference(path: Path = TRAINED_REFERENCE) -> tuple[nn.Module, dict[str, str]]:
+    """Reference model 2 rebuilt from a weights file ``vla-train`` wrote: the config from the file's metadata
+    (JSON under ``config``), the tensors loaded strictly (safetensors: no pickle). Returns (model, metadata)."""
+    from .reference_v2 import ReferenceConfig2, ReferenceVLA2
+
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise VlaError(f"reference: reading the trained weights {path} needs the safetensors package "
+                       "(pip install safetensors)") from None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    except Exception as exc:
+        raise VlaError(f"reference: cannot read the trained weights {path} ({_first_line(exc)})") from None
+    try:
+        fields = json.loads(meta["config"])
+        config = ReferenceConfig2(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    except (KeyError, json.JSONDecodeError, TypeError) as exc:
+        raise VlaError(f"reference: {path} has no usable model config in its metadata ({_first_line(exc)}); "
+                       "write it with vla-train") from None
+    net = ReferenceVLA2(config)
+    _load_weights(net, weights, path, "reference (ReferenceVLA2 with the file's config)")
+    net.eval()
+    return net, meta
+
+
 def _load_reference(config: list[str], spec_path: str | None, version: int = 2) -> LoadedModel:
     """``reference`` (model 2: vision, context and action expert, exported as three stages) or
-    ``reference-v1`` (model 1: one graph with recurrent memory)."""
+    ``reference-v1`` (model 1: one graph with recurrent memory).
+
+    Model 2 without ``--config`` is the trained one when its weights file is there (``TRAINED_REFERENCE``,
+    written by ``vla-train``); ``--config`` overrides build the seeded untrained model of that size."""
     if version == 1:
         from .reference import ReferenceConfig as Config
         from .reference import ReferenceVLA as Model
@@ -224,11 +260,25 @@ def _load_reference(config: list[str], spec_path: str | None, version: int = 2) 
         from .reference_v2 import ReferenceConfig2 as Config
         from .reference_v2 import ReferenceVLA2 as Model
     word = next(w for w, v in REFERENCES.items() if v == version)
+    notes = []
+    if version == 2 and not config and TRAINED_REFERENCE.is_file():
+        net, meta = read_trained_reference(TRAINED_REFERENCE)
+        spec = _module_spec(net, word, spec_path)
+        if spec:
+            spec = {**spec, "model": {**spec["model"], "weights": {
+                "trained": True, "file": TRAINED_REFERENCE.name, "by": meta.get("trained_by", "vla-train"),
+                **({"seed": int(meta["seed"])} if meta.get("seed", "").isdigit() else {})}}}
+        return LoadedModel(net, net, spec, "reference", Model.__module__,
+                           [f"{word}: trained weights {TRAINED_REFERENCE.name}"])
+    if version == 2 and config and TRAINED_REFERENCE.is_file():
+        notes.append(f"{word}: --config given, so the seeded untrained model is exported (the trained weights "
+                     f"{TRAINED_REFERENCE.name} are not used)")
+        print(f"vla-export: note: {notes[-1]}", file=sys.stderr, flush=True)
     try:
-        net = Model(Config(**_parse_overrides(config)))
+        net = Model(Config(**parse_overrides(config)))
     except (TypeError, ValueError) as exc:
         raise VlaError(f"{word}: bad --config ({exc}); see {Config.__name__} for the fields") from None
-    return LoadedModel(net, net, _module_spec(net, word, spec_path), "reference", Model.__module__)
+    return LoadedModel(net, net, _module_spec(net, word, spec_path), "reference", Model.__module__, notes)
 
 
 def _zip_kind(path: Path) -> str:
