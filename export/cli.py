@@ -13,9 +13,10 @@ from .accuracy import Gate
 
 EPILOG = """\
 MODEL is one of:
-  reference        the built-in reference VLA, model 2 (seeded weights), exported as three stages: vision
-                   and context (async) and the flow-matching action expert (repeated flow_steps times per
-                   decision); size it with --config KEY=VALUE (ReferenceConfig2 fields)
+  reference        the built-in reference VLA, model 2, exported as three stages: vision and context
+                   (async) and the flow-matching action expert (repeated flow_steps times per decision);
+                   the trained weights of export/weights (vla-train) when present; --config KEY=VALUE
+                   (ReferenceConfig2 fields) builds the seeded untrained model of that size
   reference-v1     reference model 1: one graph with recurrent memory (--config: ReferenceConfig fields)
   model.pt         a TorchScript archive (torch.jit.save), with vla_spec.json in _extra_files
   model.pt2        a torch.export archive (torch.export.save), with vla_spec.json in extra_files
