@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,12 @@ class SimRig:
         if index != self._index:
             with self.clock.paused():  # simulating and rendering is the camera's business, not the loop's
                 self._capture(index, self.loop_time(index / self.fps))
-        return self._frames[name]
+        frame = self._frames[name]
+        if getattr(self.runner, "ticking_since", None) is None and frame is not None:
+            # Warm-up: the world stands still, so its picture is current: the context the warm-up
+            # publishes for tick 0 is as old as the warm-up, not as old as the first render.
+            frame = self._frames[name] = replace(frame, capture_time=now)
+        return frame
 
     def _capture(self, index: int, capture_time: float) -> None:
         self.advance_to(index / self.fps)

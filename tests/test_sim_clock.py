@@ -152,3 +152,14 @@ def test_an_injected_latency_past_the_budget_goes_through_the_loop_s_own_deadlin
     assert reasons[0].startswith("late: engine still running 100 ms")
     assert reasons[1].startswith("engine overrun")
     assert [r["status"] for r in _run(two_stage, 250.0, ticks=12)] == statuses
+
+
+def test_a_run_nobody_waits_on_is_in_hand_once_the_clock_passes_its_end():
+    """The dual-rate slow stages are polled (``busy``), never waited on: on a fixed run time their
+    result must not depend on how fast the machine really is."""
+    clock = SimClock(run_s=0.0)
+    worker = EngineWorker(clock=clock)
+    worker.submit(_sleepy(80))
+    assert not worker.busy  # ends at once on this clock: busy waits for the real run
+    assert worker.outputs is not None
+    worker.close(1.0)

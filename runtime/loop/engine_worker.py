@@ -12,8 +12,9 @@ whole device work) on the GPU path.
 
 Times are on the loop's clock (``clock.py``). On a simulated clock with a fixed run time (``vla-sim
 --latency-ms``) a run ends ``run_s`` after it started whatever it really took: ``wait`` waits for the
-real run, then moves the clock to the run's end or the caller's timeout, whichever is first, and the
-worker stays ``busy`` until the clock reaches the run's end.
+real run, then moves the clock to the run's end or the caller's timeout, whichever is first; the
+worker is ``busy`` until the clock reaches the run's end, and once it has, ``busy`` waits for the real
+run if it is still going (a run nobody waits on, the dual-rate slow stages, is then in hand too).
 """
 
 from __future__ import annotations
@@ -40,15 +41,19 @@ class EngineWorker:
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
         self.started = self.finished = 0.0  # clock times of the current/last run
+        self._finish_at = 0.0
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     @property
     def busy(self) -> bool:
         """A run is in flight (submitted and not finished)."""
-        if not self._done.is_set():
+        if self.clock.run_s is None:
+            return not self._done.is_set()
+        if self.clock.now() < self._finish_at:
             return True
-        return self.clock.run_s is not None and self.clock.now() < self.finished
+        # Over on this clock: its outputs must be in hand, however long the run really takes.
+        return not self._done.wait(_REAL_CAP_S)
 
     def submit(self, run: Callable[[], dict[str, np.ndarray]]) -> None:
         """Start ``run`` (on the current inputs); the caller must not write inputs until it is done."""
@@ -58,6 +63,8 @@ class EngineWorker:
         self.outputs, self.error = None, None
         self._done.clear()
         self.started = self.clock.now()
+        run_s = self.clock.run_s
+        self._finish_at = self.started + (run_s or 0.0)  # a fixed run time: known when it starts
         self._request.set()
 
     def wait(self, timeout: float | None) -> bool:
@@ -67,8 +74,8 @@ class EngineWorker:
         if not self._done.wait(_REAL_CAP_S):
             return False
         now = self.clock.now()
-        if timeout is None or self.finished <= now + max(0.0, timeout):
-            self.clock.advance_to(self.finished)
+        if timeout is None or self._finish_at <= now + max(0.0, timeout):
+            self.clock.advance_to(self._finish_at)
             return True
         self.clock.advance_to(now + timeout)
         return False
