@@ -19,7 +19,7 @@ from vla.runtime.cli_support import run_main
 from vla.runtime.errors import VlaError
 
 from .closed_loop import SimOptions
-from .sweep import grid, parse_axis, point_label, table, tasks
+from .sweep import engine_for, grid, parse_axis, point_label, table, tasks
 
 EPILOG = """\
 Each scenario (seed S, S+1, …) is a route through a seeded road network with traffic and obstacles;
@@ -167,7 +167,7 @@ def run_sweep(args: argparse.Namespace) -> int:
           f"({args.ray_address or f'local, {workers} workers'})", file=sys.stderr)
     bar = _progress(len(todo), args.no_progress, "run")
     try:
-        results = run_on_ray(todo, options, {}, address=args.ray_address, workers=workers, backend=args.backend,
+        results = run_on_ray(todo, options, address=args.ray_address, workers=workers, backend=args.backend,
                              threads=args.threads or 1,
                              on_result=lambda task, r: (bar.update(1), bar.set_postfix_str(point_label(task.point))))
     finally:
@@ -175,7 +175,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     by_point: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for task, result in zip(todo, results, strict=True):
         by_point[points.index(task.point)].append(result)
-    rows = [{"point": p, "engine": next(t.engine for t in todo if t.point == p), "scenarios": len(by_point[i]),
+    rows = [{"point": p, "engine": engine_for(args.engine, p), "scenarios": len(by_point[i]),
              "overall": overall(by_point[i]), "scenarios_results": by_point[i]} for i, p in enumerate(points)]
     names = [n for n, _ in axes]
     text = table(rows, names)

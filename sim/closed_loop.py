@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,6 @@ class SimOptions:
 class Drive:
     """A finished scenario: its metrics, the loop's status counts, and what the picture needs."""
 
-    seed: int
     result: dict[str, Any]
     trace: np.ndarray  # [N, 5] t, x, y, yaw, speed
     world: World
@@ -101,7 +100,6 @@ def drive(backend: Backend, scenario: Scenario, options: SimOptions = SimOptions
                 runner.stop(why)
             elif world.offroad():  # the score is 0 from here on (DAC): no point driving on
                 runner.stop("off-road")
-        rig.advance_to(world.t)  # plans published at the last tick
     finally:
         runner.close(keep_backend=True)
         gc.unfreeze()  # the loop froze everything it had at its start: a long sweep must not keep it all
@@ -111,9 +109,4 @@ def drive(backend: Backend, scenario: Scenario, options: SimOptions = SimOptions
     result.update(seed=scenario.seed, ticks=runner.ticks, end=end,
                   status=summary["status"], fallback_reasons=summary.get("fallback_reasons", {}),
                   dropped_frames=rig.dropped, e2e_ms=summary["latency_ms"].get("e2e"))
-    return Drive(scenario.seed, result, rig.trace.array(), world)
-
-
-def with_options(options: SimOptions, **changes: Any) -> SimOptions:
-    """``options`` with fields changed (a sweep's point)."""
-    return replace(options, **changes)
+    return Drive(result, rig.trace.array(), world)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .closed_loop import SimOptions
-from .sweep import Task
+from .sweep import Task, options_for
 
 #: Local Ray's object store: results are small dicts, so a small store (Ray's default takes 30 % of RAM).
 _OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -25,29 +25,22 @@ class ScenarioWorker:
         self.backend, self.threads = backend, threads
         self._engines: dict[tuple[str, Any], Any] = {}
 
-    def run(self, index: int, task: Task, options: dict[str, Any], scenario: dict[str, Any]) -> tuple[int, dict]:
+    def run(self, index: int, task: Task, options: dict[str, Any]) -> tuple[int, dict]:
         from vla.runtime.engine import open_engine
 
         from .closed_loop import drive
         from .world import make_scenario
 
-        opts = SimOptions(**options)
-        point = task.point
-        changes = {k: point[k] for k in ("stage_rate",) if k in point}
-        if "latency" in point:
-            changes["latency_ms"] = float(point["latency"])
-        if "drop" in point:
-            changes["drop_frames"] = float(point["drop"])
-        opts = SimOptions(**{**asdict(opts), **changes})
+        opts = options_for(SimOptions(**options), task.point)
         key = (task.engine, opts.stage_rate)
         if key not in self._engines:
             self._engines[key] = open_engine(task.engine, threads=self.threads, backend=self.backend,
                                              stage_rate=opts.stage_rate)
-        result = drive(self._engines[key], make_scenario(task.seed, **scenario), opts).result
+        result = drive(self._engines[key], make_scenario(task.seed), opts).result
         return index, result
 
 
-def run_on_ray(tasks: Sequence[Task], options: SimOptions, scenario: dict[str, Any], *, address: str | None,
+def run_on_ray(tasks: Sequence[Task], options: SimOptions, *, address: str | None,
                workers: int, backend: str = "auto", threads: int = 1,
                on_result: Callable[[Task, dict], None] | None = None) -> list[dict[str, Any]]:
     """Drive every task on Ray; the results in task order."""
@@ -65,7 +58,7 @@ def run_on_ray(tasks: Sequence[Task], options: SimOptions, scenario: dict[str, A
     opts = asdict(options)
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     jobs = list(enumerate(tasks))
-    for index, result in pool.map_unordered(lambda actor, job: actor.run.remote(job[0], job[1], opts, scenario),
+    for index, result in pool.map_unordered(lambda actor, job: actor.run.remote(job[0], job[1], opts),
                                             jobs):
         results[index] = result
         if on_result is not None:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vla.runtime.errors import VlaError
+from vla.runtime.stages import parse_rate
 
-#: Sweep axes: name -> (option it sets, how its values are read).
-AXES: dict[str, tuple[str, Callable[[str], Any]]] = {
+from .closed_loop import SimOptions
+
+#: Sweep axes: name -> (the SimOptions field it sets, None: it picks the bundle; how its values are read).
+AXES: dict[str, tuple[str | None, Callable[[str], Any]]] = {
     "latency": ("latency_ms", float),
     "drop": ("drop_frames", float),
-    "precision": ("precision", str),
-    "stage_rate": ("stage_rate", str),
+    "precision": (None, str),
+    "stage_rate": ("stage_rate", parse_rate),
 }
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -40,7 +43,7 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
         try:
             value = read(raw)
         except ValueError:
-            raise VlaError(f"--sweep {name}: {raw!r} is not a number") from None
+            raise VlaError(f"--sweep {name}: {raw!r} is not a number") from None  # (parse_rate says its own)
         if name == "precision" and value not in PRECISIONS:
             raise VlaError(f"--sweep precision: {raw!r} is not one of {', '.join(PRECISIONS)}")
         if (name in ("latency", "drop") and value < 0) or (name == "drop" and value > 1):
@@ -55,6 +58,11 @@ def grid(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     if len(set(names)) != len(names):
         raise VlaError(f"--sweep: an axis is given twice ({', '.join(names)})")
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def options_for(options: SimOptions, point: dict[str, Any]) -> SimOptions:
+    """``options`` at a sweep point (the axes that set an option; precision picks the bundle instead)."""
+    return replace(options, **{AXES[k][0]: v for k, v in point.items() if AXES[k][0] is not None})
 
 
 def engine_for(template: str, point: dict[str, Any]) -> str:

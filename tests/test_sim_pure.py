@@ -98,3 +98,14 @@ def test_the_controller_limits_jerk_except_for_an_emergency_brake():
     assert limit_jerk(1.0, -1.0, 0.1) == pytest.approx(1.0 - JERK_LIMIT * 0.1)
     assert limit_jerk(0.5, 0.52, 0.1) == pytest.approx(0.52)
     assert limit_jerk(0.0, COMFORT_BRAKE - 2.0, 0.05) == COMFORT_BRAKE - 2.0
+
+
+def test_a_sweep_point_sets_its_options_and_precision_only_picks_the_bundle():
+    from vla.sim.closed_loop import SimOptions
+    from vla.sim.sweep import options_for
+
+    assert parse_axis("stage_rate=tick,every:3") == ("stage_rate", ["tick", 3])
+    opts = options_for(SimOptions(), {"latency": 200.0, "precision": "int8", "drop": 0.1, "stage_rate": 3})
+    assert (opts.latency_ms, opts.drop_frames, opts.stage_rate) == (200.0, 0.1, 3)
+    with pytest.raises(VlaError, match="every:N"):
+        parse_axis("stage_rate=sometimes")

@@ -25,8 +25,6 @@ from typing import Protocol
 class Clock(Protocol):
     """What the loop needs of time."""
 
-    #: True for a simulated clock (the loop then never polls in real time).
-    simulated: bool
     #: Engine runs take exactly this long on this clock (None: as long as they really take).
     run_s: float | None
 
@@ -47,7 +45,6 @@ class Clock(Protocol):
 
 
 class WallClock:
-    simulated = False
     run_s = None
 
     def now(self) -> float:
@@ -72,8 +69,6 @@ WALL = WallClock()
 
 class SimClock:
     """Simulated time (see the module docstring); thread-safe (the engine workers read it)."""
-
-    simulated = True
 
     def __init__(self, start: float = 0.0, run_s: float | None = None) -> None:
         if run_s is not None and run_s < 0:
