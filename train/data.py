@@ -48,6 +48,8 @@ from vla.runtime.inputs.sources.base import Frame
 from vla.runtime.inputs.sources.scene import Rig
 from vla.runtime.manifest import Manifest, parse_manifest
 
+from .flow import best_mode
+
 __all__ = ["Dart", "DriveResult", "Observation", "Observer", "Samples", "expert_drive", "manifest_of",
            "policy_drive", "route_ahead", "run_drives"]
 
@@ -346,7 +348,7 @@ def policy_drive(seed: int, model: ReferenceVLA2, manifest: Manifest, *, label: 
         noise = torch.randn((1, c.modes, c.waypoints, 2), generator=gen)
         with torch.no_grad():
             controls, score, _ = model(*_as_batch(obs), noise)
-        best = controls[0, int(score[0].argmax())].numpy()
+        best = best_mode(controls, score)[0].numpy()  # the mode the runtime's decode picks
         v0 = max(0.0, float(obs.ego[-1, speed_col]))  # Manifest.start_speed: the speed the model was given
         poses = integrate_controls(np.ascontiguousarray(best[None], dtype=np.float32), v0, c.dt)[0]
         e = world.ego

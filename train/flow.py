@@ -23,7 +23,7 @@ from torch import nn
 
 from vla.export.reference_v2 import ReferenceVLA2
 
-__all__ = ["CHANNEL_WEIGHTS", "AuxHead", "Batch", "FlowLoss", "best_mode", "flow_loss", "sample_controls", "to_unit",
+__all__ = ["CHANNEL_WEIGHTS", "AuxHead", "Batch", "FlowLoss", "best_mode", "flow_loss", "to_unit",
            "waypoint_weights"]
 
 
@@ -146,25 +146,6 @@ def flow_loss(
     first = (estimate.detach()[:, :, 0] - x1[:, :, 0]).abs().mean()
     return FlowLoss(total, float(flow.detach()), float(score_ce.detach()), float(first),
                     0.0 if aux_loss is None else float(aux_loss.detach()))
-
-
-@torch.no_grad()
-def sample_controls(
-    model: ReferenceVLA2,
-    images: torch.Tensor,
-    ego: torch.Tensor,
-    nav_cmd: torch.Tensor,
-    text_ids: torch.Tensor,
-    text_mask: torch.Tensor,
-    noise: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decision the runtime computes: ``ReferenceVLA2.forward`` (K Euler steps from ``noise``).
-
-    Returns controls [B, M, T, 2] and score [B, M]; a thin wrapper so that training code never composes
-    the stages differently from the exported graph.
-    """
-    controls, score, _ = model(images, ego, nav_cmd, text_ids, text_mask, noise)
-    return controls, score
 
 
 def best_mode(controls: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
