@@ -371,7 +371,7 @@ class ReferenceVLA2(nn.Module):
                 {"name": "score", "dtype": "float32", "role": "score", "shape": traj[:2],
                  "score": {"kind": "probability"}},
                 {"name": "next_context", "dtype": "float32", "role": "aux",
-                 "shape": [batch, c.context_tokens, c.dim],
+                 "shape": [batch, c.context_tokens, c.dim], "aux": {"predicts": "context"},
                  "description": "world model: predicted context tokens of the next tick"},
             ],
             "vocabulary": vocabulary(),

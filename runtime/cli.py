@@ -126,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a bundle of stages: when its slow stages (vision, context) run: async (whenever their "
                    "worker is free), every:N (every Nth tick) or tick (every stage every tick, one rate); "
                    "default: as the manifest declares")
+    rec = p.add_argument_group("recording and live view (MCAP with Foxglove schemas; vla-replay reads it)")
+    rec.add_argument("--record", metavar="FILE.mcap|DIR",
+                     help="record the run: every engine input and output (lossless, for vla-replay), tick records, "
+                     "camera views, trajectory, ego, commands, health; with --record-on, a folder of snippets")
+    rec.add_argument("--record-raw", action="store_true",
+                     help="also record the cameras' raw frames, so replay runs the preprocessing too")
+    rec.add_argument("--record-on", metavar="TRIGGERS",
+                     help="keep the last --record-pre seconds in memory and write a snippet around each trigger: "
+                     "comma list of fault, fallback, late, late-streak:N, surprise>X, disagreement>X, manual "
+                     "(manual: kill -USR1 PID)")
+    rec.add_argument("--record-pre", type=float, default=10.0, metavar="S",
+                     help="seconds kept before a trigger (default 10)")
+    rec.add_argument("--record-post", type=float, default=5.0, metavar="S",
+                     help="seconds recorded after a trigger (default 5)")
+    rec.add_argument("--record-budget", default="2G", metavar="SIZE",
+                     help="disk budget of the snippet folder; the oldest snippets go first (default 2G)")
+    rec.add_argument("--foxglove", nargs="?", type=int, const=8765, metavar="PORT",
+                     help="serve the same channels live to Foxglove (WebSocket, default port 8765)")
+    p.add_argument("--shadow", metavar="BUNDLE",
+                   help="run a candidate bundle on the same inputs whenever the engine is idle (never delaying it) "
+                   "and publish its disagreement with the primary (ADE, metres) in each record")
     p.add_argument("--context-max-age", type=float, metavar="MS",
                    help="a bundle of stages: the oldest slow-stage context a tick may use, capture to capture; "
                    "older falls back (default: the manifest's max_age_ms)")
@@ -238,10 +259,20 @@ def run(args: argparse.Namespace) -> int:
     ego = None if args.ego == "camera" else open_ego_input(args.ego)
     cameras: dict = {}
     sinks: list = []
-    metrics = None
+    metrics = recording = shadow = None
     try:
         cameras = open_cameras(args.camera, backend.manifest.camera_names, backend.manifest.camera_sizes)
         runner = Runner(backend, cameras, config, ego=ego)
+        if args.shadow:
+            from .loop.shadow import Shadow
+
+            shadow = Shadow.open(args.shadow, runner, threads=args.threads)
+        if args.record or args.record_on or args.foxglove is not None:
+            from .record.session import RecordOptions, RecordingSession
+
+            recording = RecordingSession(runner, RecordOptions(
+                args.record, args.record_raw, args.record_on, args.record_pre, args.record_post, args.record_budget,
+                args.foxglove, {n: c.uri for n, c in cameras.items()}, str(args.engine)))
         for target in args.output or ["-"]:
             sinks.append(open_sink(target))
         if args.metrics_port is not None:
@@ -250,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
             metrics = Metrics(args.metrics_port)
             metrics.set_info(model=backend.manifest.name, backend=backend.describe())
     except BaseException:
-        for closable in (*sinks, *cameras.values(), *([ego] if ego is not None else [])):
+        for closable in (*sinks, *cameras.values(), *([ego] if ego is not None else []),
+                         *([recording.dispatcher] if recording else []), *([shadow] if shadow else [])):
             closable.close()
         raise
     # One line (tools read the first three): the engine, and which backend and why (select.choose_backend).
@@ -266,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
           + (" (these cameras carry no vehicle state: a standing vehicle; give --ego udp://…)" if standing else "")
           + (f"; metrics on http://0.0.0.0:{metrics.port}/metrics" if metrics else "")
           + f"; data path {runner.data_path}", file=sys.stderr)
+    if shadow is not None:
+        print(f"vla-run: {shadow.describe()}", file=sys.stderr)
+    if recording is not None:
+        print(f"vla-run: {recording.describe()}", file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: runner.stop(f"signal {signal.Signals(signum).name}"))
     try:
@@ -280,10 +316,16 @@ def run(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink.close()
         runner.close()
+        if shadow is not None:
+            shadow.close()
         if metrics is not None:
             metrics.close()
         summary = runner.summary()
         print(format_summary(summary), file=sys.stderr)
+        if shadow is not None:
+            print(shadow.summary(), file=sys.stderr)
+        if recording is not None:
+            print(recording.close(), file=sys.stderr)
     if summary["failure"]:
         raise VlaError(summary["failure"])
     return 0

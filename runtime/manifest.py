@@ -188,7 +188,10 @@ def parse_manifest(raw: dict[str, Any]) -> Manifest:
             f"manifest: schema_version {version!r} is not supported by this runtime "
             f"(it reads version {SCHEMA_VERSION}); re-export the model with this version of vla-export"
         )
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+    except RecursionError:  # issue 19: jsonschema compares values recursively (uniqueItems); deep JSON overflows it
+        raise ManifestError("manifest: a value is nested too deeply to validate") from None
     if errors:
         raise _schema_error(errors[0])
     manifest = Manifest(
@@ -208,6 +211,11 @@ def parse_manifest_text(text: str | bytes, origin: str) -> Manifest:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{origin}: manifest is not valid JSON ({exc})") from None
+    # Issue 19 (tests/test_parsers_properties.py): json's other failures, a traceback before this.
+    except RecursionError:
+        raise ManifestError(f"{origin}: manifest is not usable JSON (nested too deeply)") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int conversion limit)
+        raise ManifestError(f"{origin}: manifest is not usable JSON (a number with too many digits)") from None
     try:
         return parse_manifest(raw)
     except ManifestError as exc:

@@ -72,6 +72,10 @@ class StagedBackend(Backend):
             return self.backends[self._owner[name]].feed(name)
         return self._feeds[name]
 
+    def decision_values(self) -> dict[str, np.ndarray]:
+        """Everything the last ``run`` produced, intermediates included (views, valid until the next run)."""
+        return self._decision.values
+
     def run(self) -> dict[str, np.ndarray]:
         """The whole decision: every stage in order, on the current inputs."""
         self.prepare(self.stages, None)

@@ -109,6 +109,13 @@ def parse_ego_message(data: bytes) -> EgoMessage:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    # Issue 19 (found by tests/test_parsers_properties.py): json raises RecursionError for nesting deeper than
+    # the interpreter's limit (~1 KB of '[' fits one datagram) and a plain ValueError for an integer of more
+    # than 4300 digits; uncaught, the first ended the receiver thread and left the ego input silently stale.
+    except RecursionError:
+        raise ValueError("not usable JSON (nested too deeply)") from None
+    except ValueError:
+        raise ValueError("not usable JSON (a number with too many digits)") from None
     if not isinstance(obj, dict):
         raise ValueError(f"not a JSON object (got {type(obj).__name__})")
     schema = obj.get("schema", SCHEMA)

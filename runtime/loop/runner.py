@@ -96,6 +96,8 @@ from .realtime import IdleCollector
 from .schedule import frame_tick, next_tick
 from .stats import Window, summarize
 from .tally import Tally, deadline_missed
+from .tap import LoopTap, RunEvent
+from .world_model import WorldModel
 
 RECORD_SCHEMA = "vla.tick/2"
 STAGES = ("acquire", "preprocess", "engine", "decode", "e2e")
@@ -149,6 +151,10 @@ class Runner:
         if any(t.shape and t.shape[0] != 1 for t in m.inputs):
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
         self._stop = threading.Event()
+        self.taps: list[LoopTap] = []  # listeners: recorder, live view, shadow mode (tap.py)
+        # Called with each record before it is published, to add fields (shadow mode's disagreement).
+        self.annotators: list[Callable[[dict[str, Any]], None]] = []
+        self.next_due: float | None = None  # when the next tick is due (clock time): idle work must end by then
         # A GPU backend with CUDA kernels: raw frames up, trajectory down, the rest on the device.
         # (A trajectory of controls is integrated by the host decode: the device tick decodes poses only.)
         device = None if m.controls else backend.device_io()
@@ -174,7 +180,7 @@ class Runner:
         self._commands = CommandEncoder(m)
         self._pending_command: EncodedCommand | None = None
         self._command_lock = threading.Lock()  # set_command may be called from any thread
-        self.command_name = ""
+        self.command_name = self.command_text = ""
         self.set_command(config.command)
         self._apply_command()
         traj = m.outputs_with("trajectory")[0]
@@ -226,6 +232,15 @@ class Runner:
         self.warmup_engine_ms: list[float] = []  # the timed warm-up runs
         self.slow_warmup_ms: dict[str, float] | None = None  # dual rate: the slow stages' warm-up run, per stage
         self.budget_fit: BudgetFit | None = None  # those runs against the budget (judge_budget)
+        # The world model's surprise (world_model.py).
+        self._runs = 0  # engine runs started, numbered for the taps
+        self._flight_run = self._slow_run = -1  # the run in flight on the engine worker, on the slow worker
+        self._slow_published = -1  # the slow run whose context is published
+        self.last_ego = None  # the vehicle state the last tick read
+        self.world = WorldModel.for_manifest(m, self._world_values_available(backend))
+        self.surprise: float | None = None  # the newest surprise, for the tick that computed it
+        if self.world.unavailable and config.log is not None:
+            config.log(self.world.unavailable)
 
     def _setup_stages(self, backend: Backend, config: RunConfig) -> None:
         """A bundle of stages: per-stage timings, and with slow stages the dual-rate schedule (``dual_rate``):
@@ -286,7 +301,8 @@ class Runner:
             enc, self._pending_command = self._pending_command, None
         if enc is not None:
             self._commands.write(enc, self.backend.feed)
-            self.command_name = enc.nav_name
+            self.command_name, self.command_text = enc.nav_name, enc.text
+            self._tap("on_command", enc.text, enc.nav_name)
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run after the tick in progress (at most one budget away); any thread, signal-safe."""
@@ -359,7 +375,9 @@ class Runner:
         if all(f is not None for f in frames.values()):
             with contextlib.suppress(CameraError):  # a malformed frame: the first tick names it
                 self._pre.start(frames).wait()  # type: ignore[arg-type]
+        self._slow_run = self._start_event("slow", -1)
         ms = slow.run_now(capture)
+        self._slow_finished(ms)
         if ms is None:
             raise VlaError(f"the slow stages failed their warm-up run: {slow.last_error}")
         self.slow_warmup_ms = ms
@@ -402,6 +420,7 @@ class Runner:
         schedule = self._frame_schedule(period) if by_frame else self._clock_schedule(period)
         started = self.ticking_since
         for next_due in schedule:
+            self.next_due = next_due
             yield self._tick()
             self._draw_noise()  # off the next tick's critical path
             collector.idle(next_due - self._clock.now())
@@ -458,6 +477,7 @@ class Runner:
             yield anchor + (index + 1) * period
 
     def _tick(self) -> dict[str, Any]:
+        self.surprise = None
         self._collect_late_run()
         slow_ms = self._collect_slow()
         frames, verdict = self._gather_frames()
@@ -510,6 +530,7 @@ class Runner:
             status = "ok"
             points = decoded.points
         self.ticks += 1
+        surprise, self.surprise = self.surprise, None
         self._account(lat, stage_ms, context_age if status == "ok" else None)
         trouble = {n: t for n, src in self.cameras.items() if (t := src.trouble())}
         record = {
@@ -538,8 +559,12 @@ class Runner:
             "dt": self._dt,
             "fields": COLUMNS,
             "trajectory": np.round(points.astype(np.float64), 3).tolist(),
+            "surprise": None if surprise is None else round(surprise, 5),  # world model (world_model.py)
         }
+        for annotate in self.annotators:
+            annotate(record)
         self.tally.add(record)
+        self._tap("on_tick", record, frames, self.last_ego)
         return record
 
     def _fallback_points(self, publish: float) -> tuple[np.ndarray, float | None]:
@@ -609,6 +634,7 @@ class Runner:
         # Any other input is judged now: a bus gone quiet shows as its last message ageing.
         at = capture if isinstance(self.ego_input, FrameEgoInput) else self._clock.now()
         reading = self.ego_input.latest(at)
+        self.last_ego = reading
         stale = ego_staleness(reading, at, self.cfg.ego_stale_ms)
         if stale is not None or reading is None:
             return stale or "no ego reading", None
@@ -644,11 +670,13 @@ class Runner:
         lat["preprocess"] = (self._clock.now() - t) * 1000.0
         if slow is not None:
             if start_slow:
+                self._slow_run = self._start_event("slow", self.ticks)
                 slow.start(capture)
             problem = slow.problem(capture)
             if problem is not None:
                 return None, problem, None, "none"
             slow.prepare_fast()
+        self._flight_run = self._start_event("model" if slow is None else "fast", self.ticks)
         worker = self._worker
         worker.submit(self._engine_run)
         self._noise_drawn = False
@@ -680,7 +708,59 @@ class Runner:
 
     def _collect_slow(self) -> dict[str, float] | None:
         """Dual rate: publish the slow stages' run if it finished (their times, else None)."""
-        return None if self._slow is None else self._slow.collect()
+        if self._slow is None:
+            return None
+        ms = self._slow.collect()
+        self._slow_finished(ms)
+        return ms
+
+    def _slow_finished(self, ms: dict[str, float] | None) -> None:
+        """A slow run was collected (``ms``: its stage times; None if it failed or none finished):
+        its outputs to the taps, its prediction and observation to the world model."""
+        if ms is None:
+            return
+        values = self._slow.published.store.values
+        self._slow_published = self._slow_run
+        self._tap("on_outputs", self._slow_run, values, None)
+        self.surprise = self.world.observe(values)
+
+    # ---- taps ------------------------------------------------------------------------------------
+    def _tap(self, method: str, *args: Any) -> None:
+        """Call every tap; one that raises is dropped with a one-line warning, the loop goes on."""
+        for tap in list(self.taps):
+            try:
+                getattr(tap, method)(*args)
+            except Exception as exc:
+                self.taps.remove(tap)
+                if self.cfg.log is not None:
+                    self.cfg.log(f"warning: {type(tap).__name__} stopped: {type(exc).__name__}: {exc}")
+
+    def _start_event(self, kind: str, tick: int) -> int:
+        """Number a run about to start and show its inputs to the taps (the engine is idle here)."""
+        run = self._runs
+        self._runs += 1
+        if not self.taps:
+            return run
+        m = self.backend.manifest
+        reads = m.inputs if kind == "model" else {
+            t.name: t for stage in (self._slow.slow if kind == "slow" else self._slow.fast)
+            for t in m.inputs if t.name in stage.inputs}.values()
+        inputs = tuple(t.name for t in reads if t.role != "state")
+        states = tuple(t.name for t in reads if t.role == "state")
+        context: dict[str, np.ndarray] = {}
+        if kind == "fast":
+            store = self._slow.published.store.values
+            context = {n: store[n] for s in self._slow.fast for n in s.inputs if n in store}
+        event = RunEvent(run, kind, tick, inputs, states, self._slow_published if kind == "fast" else None)
+        self._tap("on_run", event, self.backend.feed, context)
+        return run
+
+    def _world_values_available(self, backend: Backend) -> set[str]:
+        """The tensors a run hands back: the model's outputs, and a bundle of stages' intermediates."""
+        names = {t.name for t in backend.manifest.outputs}
+        if isinstance(backend, StagedBackend):
+            names |= {t.name for t in backend.manifest.intermediates}
+        return names
 
     def _collect_late_run(self) -> None:
         """Take in a run that finished after its tick was published (state and last good only)."""
@@ -704,12 +784,24 @@ class Runner:
         out = worker.outputs
         decoded = self._decode(out)
         judged = judge_decoded(decoded, self.cfg.limits)
+        if self.taps or self.world.active:
+            values = self._run_values(out)
+            self._tap("on_outputs", self._flight_run, values, judged.usable)
+            if self._slow is None:  # dual rate: the slow stages predict, _slow_finished observes
+                self.surprise = self.world.observe(values)
         if judged.usable:
             self._commit_state(out)
             np.copyto(self._last_good, decoded.points[:, :3])
             self._last_good_time = flight
         lat["decode"] = (self._clock.now() - t) * 1000.0
         return (decoded if judged.usable else None), judged.problem, judged.warning
+
+    def _run_values(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A finished run's outputs, with a bundle of stages' intermediates (the world model's observed
+        latent may be one)."""
+        if isinstance(self.backend, StagedBackend) and self._slow is None:
+            return {**self.backend.decision_values(), **out}
+        return out
 
     @property
     def schedule(self) -> dict[str, Any] | None:

@@ -30,7 +30,11 @@ Metrics (prefix ``vla_``):
 - ``vla_fault``: 1 while the loop is faulted, else 0;
 - ``vla_dropped_frames_total{camera}``: ticks at which a camera had no new frame;
 - ``vla_ego_age_ms``: age of the ego reading the last tick used;
-- ``vla_model_info{model,backend}``: which model runs on which backend (always 1).
+- ``vla_model_info{model,backend}``: which model runs on which backend (always 1);
+- ``vla_world_model_surprise``: the newest world-model surprise (a bundle that declares a
+  prediction: ``loop/world_model.py``), and ``vla_world_model_surprise_value`` its histogram;
+- ``vla_shadow_disagreement_m``: the newest ADE between the primary's and the shadow candidate's
+  trajectories (``vla-run --shadow``), and ``vla_shadow_runs_total{outcome}`` its runs and skips.
 
 Gauges start as NaN ("no value yet"), not 0, which would claim a fresh frame before any.
 """
@@ -53,6 +57,7 @@ from ..loop.tally import STATUSES, record_missed, record_problem
 
 #: Milliseconds: dense where a 10-30 Hz loop lives (a 100 ms budget), sparse towards 500 ms.
 LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
+SURPRISE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 MAX_REASONS = 32  # distinct reason labels kept per metric; further kinds are counted as "other"
 
 
@@ -86,8 +91,15 @@ class Metrics:
                                 registry=r)
         self._ego_age = Gauge("vla_ego_age_ms", "Age of the ego reading the last tick used, ms", registry=r)
         self._info = Info("vla_model", "The model and the backend running it", registry=r)
-        self._frame_age.set(math.nan)
-        self._ego_age.set(math.nan)
+        self._surprise = Gauge("vla_world_model_surprise", "The newest world-model surprise: how far the last "
+                               "prediction of the latent was from what the model then saw (0 = exact)", registry=r)
+        self._surprise_hist = Histogram("vla_world_model_surprise_value", "World-model surprise per run",
+                                        buckets=SURPRISE_BUCKETS, registry=r)
+        self._shadow_ade = Gauge("vla_shadow_disagreement_m", "ADE between the primary's and the shadow candidate's "
+                                 "trajectories, metres (the newest)", registry=r)
+        self._shadow_runs = Counter("vla_shadow_runs", "Shadow candidate runs by outcome", ["outcome"], registry=r)
+        for g in (self._frame_age, self._ego_age, self._surprise, self._shadow_ade):
+            g.set(math.nan)
         # Label children bound once, so observe() does dict look-ups, not label resolution.
         self._status_child = {s: self._ticks.labels(status=s) for s in STATUSES}
         self._miss_child = {s: self._misses.labels(status=s) for s in STATUSES}
@@ -143,6 +155,14 @@ class Metrics:
         ego_ms = record.get("ego_age_ms")
         if ego_ms is not None:
             self._ego_age.set(ego_ms)
+        if (surprise := record.get("surprise")) is not None:
+            self._surprise.set(surprise)
+            self._surprise_hist.observe(surprise)
+        if shadow := record.get("shadow"):
+            if (ade := shadow.get("ade_m")) is not None:
+                self._shadow_ade.set(ade)
+            for outcome, n in (shadow.get("counts") or {}).items():
+                self._shadow_runs.labels(outcome=outcome).inc(n)
 
     def dropped_totals(self, totals: Mapping[str, int]) -> None:
         """Bring ``vla_dropped_frames_total`` up to the loop's running per-camera counts."""
