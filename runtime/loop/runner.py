@@ -742,9 +742,12 @@ class Runner:
         if not self.taps:
             return run
         m = self.backend.manifest
-        reads = m.inputs if kind == "model" else {
-            t.name: t for stage in (self._slow.slow if kind == "slow" else self._slow.fast)
-            for t in m.inputs if t.name in stage.inputs}.values()
+        if kind == "model":
+            reads = m.inputs
+        else:  # what the stages read, a repeat's initial sample (the noise) included
+            stages = self._slow.slow if kind == "slow" else self._slow.fast
+            names = {n for st in stages for n in (*st.inputs, *((st.repeat.init,) if st.repeat else ()))}
+            reads = tuple(t for t in m.inputs if t.name in names)
         inputs = tuple(t.name for t in reads if t.role != "state")
         states = tuple(t.name for t in reads if t.role == "state")
         context: dict[str, np.ndarray] = {}

@@ -79,6 +79,9 @@ class McapSink:
         self.messages += 1
         self.bytes_in += len(msg.data)
 
+    def add_metadata(self, name: str, data: dict[str, str]) -> None:
+        self._writer.add_metadata(name, data)
+
     def flush(self) -> None:
         """Close the chunk in progress and hand the bytes to the OS (survives the process being killed)."""
         self._writer.flush()

@@ -1,0 +1,1 @@
+"""Replay: recorded inputs through an engine, compared with the recording (``vla-replay``)."""
