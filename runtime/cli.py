@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
 
             shadow = Shadow.open(args.shadow, runner, threads=args.threads)
         if args.record or args.record_on or args.foxglove is not None:
-            from .record.session import RecordOptions, RecordingSession
+            from .record.session import RecordingSession, RecordOptions
 
             recording = RecordingSession(runner, RecordOptions(
                 args.record, args.record_raw, args.record_on, args.record_pre, args.record_post, args.record_budget,

@@ -37,6 +37,10 @@ OPTIONAL_MODULES: dict[str, tuple[str, str | None]] = {
     "ray": ("ray", "sim"),
     "grpc": ("grpcio", "serve"),
     "carla_driver_interface": ("carla-driver-interface", "serve"),
+    "mcap": ("mcap", "record"),
+    "zstandard": ("zstandard", "record"),
+    "foxglove": ("foxglove-sdk", "record"),
+    "pyarrow": ("pyarrow", "fleet"),
     # Required dependencies: missing only from a broken or partial install.
     "numpy": ("numpy", None),
     "onnxruntime": ("onnxruntime", None),

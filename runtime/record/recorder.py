@@ -18,6 +18,7 @@ the ego state, command changes, health events, the rig's transforms and calibrat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -48,10 +49,8 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine()}
     for dist in ("vla-runtime", "numpy", "onnxruntime", "mcap", "foxglove-sdk", "torch"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 
@@ -158,7 +157,7 @@ class Recorder:
                 for mount in self._mounts:
                     w, h = self._sizes.get(mount.name, (0, 0))
                     msgs.append(fmt.calibration_message(t, mount, w, h))
-            for name, (data, pixfmt, w, h, seq, cap) in raw.items():
+            for name, (data, pixfmt, w, h, _seq, cap) in raw.items():
                 meta = {"format": pixfmt, "width": str(w), "height": str(h)}
                 msgs.append(fmt.tensor_message(fmt.CAMERA_RAW.format(name), self._ns(cap), data, tick, meta))
             return msgs

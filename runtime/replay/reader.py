@@ -127,7 +127,7 @@ def read_recording(path: str | Path, salvage: bool = False) -> Recording:
     except (McapError, struct.error, EOFError, ValueError, zlib.error, KeyError, IndexError, UnicodeDecodeError,
             OverflowError, MemoryError) as exc:
         name = type(exc).__name__
-        if name == "InvalidMagic" or count == 0 and not meta:
+        if name == "InvalidMagic" or (count == 0 and not meta):
             raise VlaError(f"{p}: not an MCAP recording ({name}: {exc})") from None
         truncated = f"cut short after {count} messages ({name})"
     except Exception as exc:  # the stream reader on damaged bytes: anything else is the file's fault too
