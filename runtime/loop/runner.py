@@ -748,13 +748,16 @@ class Runner:
             stages = self._slow.slow if kind == "slow" else self._slow.fast
             names = {n for st in stages for n in (*st.inputs, *((st.repeat.init,) if st.repeat else ()))}
             reads = tuple(t for t in m.inputs if t.name in names)
-        inputs = tuple(t.name for t in reads if t.role != "state")
+        on_device = self._device_tick is not None  # camera inputs preprocessed on the GPU: raw frames instead
+        inputs = tuple(t.name for t in reads if t.role != "state" and not (on_device and t.role == "camera"))
         states = tuple(t.name for t in reads if t.role == "state")
+        device_cameras = tuple(t.name for t in reads if on_device and t.role == "camera")
         context: dict[str, np.ndarray] = {}
         if kind == "fast":
             store = self._slow.published.store.values
             context = {n: store[n] for s in self._slow.fast for n in s.inputs if n in store}
-        event = RunEvent(run, kind, tick, inputs, states, self._slow_published if kind == "fast" else None)
+        event = RunEvent(run, kind, tick, inputs, states, self._slow_published if kind == "fast" else None,
+                         device_cameras)
         self._tap("on_run", event, self.backend.feed, context)
         return run
 

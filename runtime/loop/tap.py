@@ -31,9 +31,13 @@ class RunEvent:
     inputs: tuple[str, ...]  # the model inputs it reads (state inputs excluded: see ``states``)
     states: tuple[str, ...]  # the recurrent state inputs it reads
     context_run: int | None = None  # fast: the slow run whose context it reads
+    # Camera inputs preprocessed on the GPU (the device data path): not in host memory, so they are recorded
+    # as the tick's raw frames, and replay preprocesses them with the kernels' CPU twins.
+    device_cameras: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "kind": self.kind, "tick": self.tick, "context_run": self.context_run}
+        return {"run": self.run, "kind": self.kind, "tick": self.tick, "context_run": self.context_run,
+                "device_cameras": list(self.device_cameras)}
 
 
 class LoopTap(Protocol):

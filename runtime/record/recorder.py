@@ -85,6 +85,7 @@ class Recorder:
         self._mounts = fmt.rig_mounts(manifest.camera_names)
         self._sizes = manifest.camera_sizes
         self._state_done = False
+        self._raw_tick = False  # this tick's run preprocessed its cameras on the GPU: keep its raw frames
         self.ticks = 0
 
     def _ns(self, monotonic_s: float) -> int:
@@ -93,6 +94,7 @@ class Recorder:
     # ---- LoopTap ---------------------------------------------------------------------------------------
     def on_run(self, event: RunEvent, read: Callable[[str], np.ndarray], context: Mapping[str, np.ndarray]) -> None:
         inputs = {n: np.array(read(n), copy=True) for n in event.inputs}
+        self._raw_tick = self._raw_tick or bool(event.device_cameras)
         states = {}
         if event.states and (self.state_every_run or not self._state_done):
             states = {n: np.array(read(n), copy=True) for n in event.states}
@@ -133,7 +135,8 @@ class Recorder:
     def on_tick(self, record: dict[str, Any], frames: Mapping[str, Frame], ego: EgoReading | None) -> None:
         tick = record["tick"]
         raw = {}
-        if self.raw:
+        if self.raw or self._raw_tick:
+            self._raw_tick = False
             raw = {n: (np.array(f.data, copy=True), f.fmt, f.width, f.height, f.seq, f.capture_time)
                    for n, f in frames.items()}
         ego_sample = None if ego is None else {"tick": tick, "time": ego.time, "speed": ego.speed,

@@ -38,6 +38,7 @@ class RunRecord:
     states: dict[str, np.ndarray] = field(default_factory=dict)
     context: dict[str, np.ndarray] = field(default_factory=dict)
     input_names: tuple[str, ...] = ()
+    device_cameras: tuple[str, ...] = ()  # camera inputs made on the GPU: preprocess the tick's raw frames
     outputs: dict[str, np.ndarray] | None = None  # None: never collected (the run ended first)
     usable: bool | None = None
 
@@ -179,7 +180,8 @@ def _take(p: Path, ch: Any, rec: Any, runs: dict[int, RunRecord], ticks: list[di
             if ev.get("phase") == "start":
                 ctx = ev.get("context_run")
                 runs[run] = RunRecord(run, str(ev["kind"]), int(ev["tick"]), None if ctx is None else int(ctx),
-                                      input_names=tuple(ev.get("inputs") or ()))
+                                      input_names=tuple(ev.get("inputs") or ()),
+                                      device_cameras=tuple(ev.get("device_cameras") or ()))
             elif run in runs:
                 runs[run].usable = ev.get("usable")
                 if runs[run].outputs is None:

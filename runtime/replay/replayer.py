@@ -153,7 +153,9 @@ class Replayer:
         contexts: dict[int, dict[str, np.ndarray]] = {}
         pre = self._preprocessor(rec)
         for run in rec.runs:
-            if not run.complete or (run.kind == "fast" and run.context_run not in contexts and not run.context):
+            raw_missing = run.device_cameras and run.tick not in rec.raw_frames
+            if not run.complete or raw_missing or (run.kind == "fast" and run.context_run not in contexts
+                                                   and not run.context):
                 report.skipped += 1
                 continue
             for name, value in run.states.items():
@@ -237,22 +239,26 @@ class Replayer:
 
         return RigPreprocessor.for_backend(self.backend)
 
-    def _replay_preprocess(self, pre: Any, rec: Recording, run: RunRecord, acc: OutputDiff | None) -> OutputDiff:
-        """Preprocess the tick's raw frames into the camera inputs; compare with what the engine got."""
+    def _replay_preprocess(self, pre: Any, rec: Recording, run: RunRecord,
+                           acc: OutputDiff | None) -> OutputDiff | None:
+        """Preprocess the tick's raw frames into the camera inputs: compared with what the engine got where
+        that was recorded (``--record-raw``), and the only source where the GPU made them."""
         from ..inputs.sources.base import Frame
 
-        acc = acc or OutputDiff("preprocess", 0.0)
         frames = rec.raw_frames.get(run.tick)
         cams = [t.name for t in self._m.inputs_with("camera") if t.name in run.input_names]
-        if not frames or not cams:
+        made = [t.name for t in self._m.inputs_with("camera") if t.name in run.device_cameras]
+        if not frames or not (cams or made):
             return acc
         recorded = {n: np.array(self.backend.feed(n), copy=True) for n in cams}
         planar = ("nv12", "i420")  # (H*3/2, W) arrays; the others are (H, W[, C])
         fr = {c: Frame(c, data, pix, data.shape[1], data.shape[0] * 2 // 3 if pix in planar else data.shape[0], 0, 0.0)
               for c, (data, pix) in frames.items()}
         pre.start(fr).wait()
-        for n in cams:
-            acc.add(run.run, run.tick, recorded[n], self.backend.feed(n))
+        if cams:
+            acc = acc or OutputDiff("preprocess", 0.0)
+            for n in cams:
+                acc.add(run.run, run.tick, recorded[n], self.backend.feed(n))
         return acc
 
 
