@@ -85,6 +85,10 @@ class DeviceIO(ABC):
     def host_outputs(self, names: Iterable[str]) -> None:
         """Copy only these outputs back to the host at the end of each run (the others stay on the device)."""
 
+    def host_output(self, name: str) -> np.ndarray:
+        """The host array output ``name`` comes back into when ``host_outputs`` names it (after a run)."""
+        raise NotImplementedError(f"{type(self).__name__} does not bring outputs back to the host")
+
     @abstractmethod
     def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[Any, np.ndarray]:
         """A device buffer and a pinned host buffer (a NumPy view) of one shape and dtype."""

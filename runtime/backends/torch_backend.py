@@ -341,6 +341,9 @@ class TorchDeviceIO(DeviceIO):
     def host_outputs(self, names: Iterable[str]) -> None:
         self._backend.host_outputs(names)
 
+    def host_output(self, name: str) -> np.ndarray:
+        return self._backend._host_out[name]
+
     def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[torch.Tensor, np.ndarray]:
         tdtype = TORCH_DTYPES[np.dtype(dtype).name]
         device = torch.empty(shape, dtype=tdtype, device=self._backend.device)

@@ -545,6 +545,9 @@ class TrtDeviceIO(DeviceIO):
     def host_outputs(self, names: Iterable[str]) -> None:
         self._backend.host_outputs(names)
 
+    def host_output(self, name: str) -> np.ndarray:
+        return self._backend._host_out[name]
+
     def staging(self, shape: tuple[int, ...], dtype: Any) -> tuple[DeviceArray, np.ndarray]:
         device_ptr, host = self._backend.extra_buffers(shape, np.dtype(dtype))
         return DeviceArray(device_ptr, shape, dtype, owner=self._backend), host

@@ -146,6 +146,7 @@ class DeviceTick:
         self._replay_failed: set[Hashable] = set()  # keys whose graph failed to launch: plain from then on
         self._jobs: list[tuple[Any, tuple[Any, np.ndarray]]] = []
         self._frames_key: tuple[Any, ...] = ()
+        self._kept: tuple[str, ...] = ()  # outputs brought back to the host (a recording wants them)
         self.last_action: GraphAction | None = None
 
     def stage(self, frames: Mapping[str, Frame]) -> None:
@@ -179,11 +180,17 @@ class DeviceTick:
         self.last_action = action
         return action
 
+    def keep_outputs(self, names: tuple[str, ...]) -> None:
+        """Bring these engine outputs back to the host after each run (for a recording: a few hundred KB
+        more per tick down the bus); before the first run, so graphs are captured with the copies."""
+        self._kept = tuple(names)
+        self.io.host_outputs(self._kept)
+
     def finish(self) -> dict[str, np.ndarray]:
-        """Wait for the launched tick; the engine's host outputs (none on this path) for the worker."""
+        """Wait for the launched tick; the engine's host outputs (those ``keep_outputs`` asked for)."""
         self.io.synchronize()
         self.io.finish_run()
-        return {}
+        return {n: self.io.host_output(n) for n in self._kept}
 
     def run(self) -> dict[str, np.ndarray]:
         """The engine thread's whole job for a tick: launch, then wait."""

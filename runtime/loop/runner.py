@@ -152,6 +152,7 @@ class Runner:
             raise VlaError("the loop feeds batch 1; export the model with batch 1")
         self._stop = threading.Event()
         self.taps: list[LoopTap] = []  # listeners: recorder, live view, shadow mode (tap.py)
+        self._host_state = backend.device_io() is None  # feed(state) is a plain read (tap.py's on_run)
         # Called with each record before it is published, to add fields (shadow mode's disagreement).
         self.annotators: list[Callable[[dict[str, Any]], None]] = []
         self.next_due: float | None = None  # when the next tick is due (clock time): idle work must end by then
@@ -327,6 +328,8 @@ class Runner:
         # state; keep that off tick 0. The runs after the first are timed, to say before tick 0
         # whether the engine fits the budget at all.
         self._worker = EngineWorker(clock=self._clock)
+        if self.taps and self._device_tick is not None:  # a recording wants the outputs: bring them back
+            self._device_tick.keep_outputs(tuple(t.name for t in self.backend.manifest.outputs))
         self._warm_up()
         gc.collect()
         gc.freeze()  # everything allocated so far is permanent: keep it out of future collections
@@ -750,7 +753,9 @@ class Runner:
             reads = tuple(t for t in m.inputs if t.name in names)
         on_device = self._device_tick is not None  # camera inputs preprocessed on the GPU: raw frames instead
         inputs = tuple(t.name for t in reads if t.role != "state" and not (on_device and t.role == "camera"))
-        states = tuple(t.name for t in reads if t.role == "state")
+        # A GPU backend keeps state on the device and feed() would make the host copy the next upload: only
+        # host backends show their state (a GPU recording starts from the manifest's initial state).
+        states = tuple(t.name for t in reads if t.role == "state" and self._host_state)
         device_cameras = tuple(t.name for t in reads if on_device and t.role == "camera")
         context: dict[str, np.ndarray] = {}
         if kind == "fast":

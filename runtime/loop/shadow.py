@@ -179,7 +179,6 @@ class Shadow:
         self._decoder = TrajectoryDecoder(dt, points, **decoder_limits(self._mode, cfg.max_curvature, cfg.max_accel,
                                                                         cfg.max_speed))
         self._dt = dt
-        self._controls = cm.controls
         self._poses = np.empty((1, traj.shape[1], points, 4), dtype=np.float32) if cm.controls else None
         self._primary_controls = pm.controls
         # Snapshots: two for the tick's run (double-buffered against a running job), a few for slow runs.
@@ -231,8 +230,9 @@ class Shadow:
         return shadow
 
     def _warm_up(self) -> None:
-        """A few untimed-for-real runs on the zeroed inputs (allocation, kernel choice, per-thread set-up on its
-        own thread), timed as the job times them: decode included, no state committed."""
+        """A few runs on the zeroed inputs, on its own thread (allocation, kernel choice, per-thread set-up), the
+        decode included and no state committed. All but the first are timed: twice their median is what a run is
+        planned to take until real runs are measured."""
         for n in range(WARMUP_RUNS):
             self.worker.submit(self._warm_up_job)
             self.worker.wait(None)
@@ -451,6 +451,7 @@ class Shadow:
         if self._closed:
             return
         self._closed = True
-        self._take_finished()
-        if self.worker.close(timeout=timeout):
+        finished = self.worker.close(timeout=timeout)
+        self._take_finished()  # the last tick's run, for the summary
+        if finished:
             self.backend.close()

@@ -282,7 +282,7 @@ class ReplayActor:
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         rows: list[dict[str, Any]] = []
-        for path, name in zip(batch["path"], batch["name"]):
+        for path, name in zip(batch["path"], batch["name"], strict=True):
             rows += self.replayer.rows(str(path), str(name))
         return rows_table(rows)
 
@@ -308,7 +308,12 @@ def start_ray(address: str | None, workers: int) -> bool:
     if ray.is_initialized():
         return False
     if address and address != "local":
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise VlaError(f"--ray {address}: cannot connect to a Ray cluster there ({one_line(str(exc))[:200]}); "
+                           "give the head's address (ray start --head prints it), or --ray alone for a local "
+                           "Ray") from None
     else:
         ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  object_store_memory=_OBJECT_STORE_BYTES, configure_logging=False)
@@ -342,7 +347,11 @@ def replay_on_ray(logs: Sequence[Path], options: ReplayOptions, workers: int) ->
         ds = ray.data.from_items(items).map_batches(
             ReplayActor, fn_constructor_kwargs={"options": options}, batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_cpus=1, max_restarts=0)
-    rows = ds.take_all()
+    try:
+        rows = ds.take_all()
+    except Exception as exc:  # an actor that died (its engine crashed the process), a cluster lost
+        raise VlaError(f"the fleet replay on Ray failed: {type(exc).__name__}: {one_line(str(exc))[:300]}; "
+                       "replay the folder without --ray to see which log") from None
     order = {p.name: i for i, p in enumerate(logs)}
     rows.sort(key=lambda r: order[r["log"]])  # stable: each log's rows keep their order
     return [{c: _plain(r.get(c)) for c in COLUMNS} for r in rows]
@@ -385,8 +394,9 @@ def run_fleet(args: argparse.Namespace) -> int:
         where = "in this process"
     else:
         require("ray")
-        if options.threads is None:
-            options = ReplayOptions(options.engine, options.tol, options.salvage, 1)  # a core per actor
+        # a core per actor; the bundle by its absolute path, as actors need not share our working directory
+        options = ReplayOptions(str(Path(options.engine).resolve()), options.tol, options.salvage,
+                                1 if options.threads is None else options.threads)
         started = start_ray(args.ray, workers)
         up = time.perf_counter() - t0
         t0 += up  # throughput is the fleet's: Ray's start-up is said apart
