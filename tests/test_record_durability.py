@@ -71,7 +71,10 @@ def start_recording(bundle: Path, out: Path, stderr: IO[str]) -> tuple[subproces
 
 def recovered_ticks(path: Path) -> tuple[list[dict[str, Any]], bool, Exception | None]:
     """The /tick messages a sequential read gets out of ``path``, whether it reached the file's end
-    records (data end, footer), and the error the read stopped on at a cut (None: it did not stop)."""
+    records (data end, footer), and the error the read stopped on at a cut (None: it did not stop).
+
+    Sequential because a cut file has no footer to seek from: ``make_reader(...).get_summary()``
+    raises on one (it reads the footer at the end) rather than returning None."""
     topics: dict[int, str] = {}
     ticks: list[dict[str, Any]] = []
     finished, cut = False, None

@@ -6,8 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -61,11 +61,18 @@ bool overlaps(const ArrayArg& a, const ArrayArg& b) {
   return na > 0 && nb > 0 && a0 < b0 + static_cast<uint64_t>(nb) && b0 < a0 + static_cast<uint64_t>(na);
 }
 
+// A number as iostreams print it by default (%g), without iostreams: on an H200 machine (CuPy and PyTorch
+// loaded in the same process) the errors formatted through std::ostringstream crashed the process, the
+// others did not; snprintf keeps no locale state that another C++ runtime could disagree with.
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 float positive_limit(double v, const char* name) {
   if (!(v > 0.0)) {  // also NaN
-    std::ostringstream s;
-    s << "must be > 0, got " << v;
-    throw arg_error(name, s.str());
+    throw arg_error(name, "must be > 0, got " + num(v));
   }
   return static_cast<float>(v);
 }
@@ -92,9 +99,7 @@ void decode_trajectory_py(py::handle trajectory, py::handle score, py::handle ti
   }
 
   if (!(dt > 0.0) || !std::isfinite(dt)) {
-    std::ostringstream s;
-    s << "must be a finite number > 0 (seconds between waypoints), got " << dt;
-    throw arg_error("dt", s.str());
+    throw arg_error("dt", "must be a finite number > 0 (seconds between waypoints), got " + num(dt));
   }
 
   DecodeParams p{};
@@ -137,9 +142,8 @@ void decode_trajectory_py(py::handle trajectory, py::handle score, py::handle ti
       for (int64_t i = 0; i < M; ++i) {
         const float t = p.times[i];
         if (!time_in_range(t, p.T, p.dt)) {
-          std::ostringstream s;
-          s << "times[" << i << "] = " << t << " s is outside the trajectory [0, " << horizon << "] s";
-          throw arg_error("times", s.str());
+          throw arg_error("times", "times[" + std::to_string(i) + "] = " + num(t) +
+                                       " s is outside the trajectory [0, " + num(horizon) + "] s");
         }
       }
     }
@@ -218,14 +222,10 @@ void integrate_controls_py(py::handle controls, py::handle out, double v0, doubl
 
   // The float casts must stay finite too: 1e300 is a finite double but an infinite float.
   if (!(dt > 0.0) || !std::isfinite(static_cast<float>(dt))) {
-    std::ostringstream s;
-    s << "must be a finite number > 0 (seconds per control step), got " << dt;
-    throw arg_error("dt", s.str());
+    throw arg_error("dt", "must be a finite number > 0 (seconds per control step), got " + num(dt));
   }
   if (!(v0 >= 0.0) || !std::isfinite(static_cast<float>(v0))) {
-    std::ostringstream s;
-    s << "must be a finite number >= 0 (the ego's current speed, m/s), got " << v0;
-    throw arg_error("v0", s.str());
+    throw arg_error("v0", "must be a finite number >= 0 (the ego's current speed, m/s), got " + num(v0));
   }
 
   IntegrateParams p{};

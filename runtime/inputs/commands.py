@@ -145,6 +145,10 @@ class CommandEncoder:
             return fit_words(text, vocab, self.length)
         if not text.strip():  # not ``_words``: a tokenizer reads text that has no ASCII word ("直行")
             raise VlaError(f"route command {text!r} is empty")
+        try:  # argv's undecodable bytes arrive as lone surrogates, which a tokenizer refuses with a TypeError
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise VlaError(f"route command {text!r} is not valid text (undecodable bytes); retype it") from None
         words = _words(text)
         cmd = _match(words, vocab) if vocab else None
         if self.command_inputs and cmd is None:

@@ -197,6 +197,8 @@ class Shadow:
         self._counts = {"runs": 0, "skipped": 0, "errors": 0}  # since the last record
         self.totals = {"runs": 0, "skipped": 0, "errors": 0}
         self.skips: Counter[str] = Counter()  # why, for the summary
+        self.overlaps = 0  # runs that ended after the next tick was due (the plan was wrong: they shared its time)
+        self._ends_by = 0.0  # when the running job must end: the next tick's due time, on the wall clock
         self.ades = Window(cfg.stats_window)
         self.run_ms = Window(cfg.stats_window)  # every finished run's job time, for the summary
         self.last_error: str | None = None
@@ -318,6 +320,7 @@ class Shadow:
         self._pinned = snap.context_run
         points = record["trajectory"]  # the published list: never changed after publishing
         self._result = None
+        self._ends_by = time.monotonic() + (self.runner.next_due - now)  # (the loop's clock may be simulated)
         self.worker.submit(lambda: self._job(snap, slow, points, record["tick"]))
         self._job_started = True
         self._w ^= 1
@@ -377,6 +380,7 @@ class Shadow:
         self._job_started = False
         self._pinned = None
         run_ms = (self.worker.finished - self.worker.started) * 1000.0
+        self.overlaps += self.worker.finished > self._ends_by
         self.run_ms.append(run_ms)
         self._recent.append((time.monotonic(), run_ms))
         exc, result = self.worker.error, self._result
@@ -443,6 +447,7 @@ class Shadow:
                 + (f"p50 {ades['median']:.3f} m, p99 {ades['p99']:.3f} m, max {ades['max']:.3f} m"
                    if ades["count"] else "-")
                 + (f"; run p50 {percentile(runs, 50):.1f} ms, p99 {percentile(runs, 99):.1f} ms" if runs else ""))
+        line += f"; {self.overlaps} runs ended after the next tick was due"
         return line + (f"; last error: {self.last_error}" if t["errors"] and self.last_error else "")
 
     def close(self, timeout: float = 0.5) -> None:

@@ -246,7 +246,8 @@ class LogReplayer:
             self.backend = open_engine(options.engine, threads=options.threads, backend="ort", device="cpu")
             self.replayer = Replayer(self.backend, options.engine, tolerances)
         except VlaError as exc:
-            self.problem = f"--engine {options.engine}: {one_line(str(exc))}"
+            msg = one_line(str(exc))
+            self.problem = msg if msg.startswith("--engine") else f"--engine {options.engine}: {msg}"
 
     def rows(self, path: str, name: str) -> list[dict[str, Any]]:
         """Replay one log: its rows, or its error row (any failure stays with this log)."""
@@ -290,6 +291,8 @@ class ReplayActor:
 def replay_here(logs: Sequence[Path], options: ReplayOptions) -> list[dict[str, Any]]:
     """Every log in this process, one after another, with one engine."""
     replayer = LogReplayer(options)
+    if replayer.problem is not None:  # here, unlike in an actor, the fleet can stop with one line at once
+        raise VlaError(replayer.problem)
     try:
         rows: list[dict[str, Any]] = []
         for p in logs:
@@ -308,6 +311,7 @@ def start_ray(address: str | None, workers: int) -> bool:
     if ray.is_initialized():
         return False
     if address and address != "local":
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -318,6 +322,21 @@ def start_ray(address: str | None, workers: int) -> bool:
         ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  object_store_memory=_OBJECT_STORE_BYTES, configure_logging=False)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` nobody listens on is a one-line error in seconds: ``ray.init`` would retry for
+    minutes. Other forms (``auto``, ``ray://…``) are Ray's to resolve."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=3.0).close()
+    except OSError as exc:
+        raise VlaError(f"--ray {address}: no Ray head answers there ({exc.strerror or exc}); give the head's "
+                       "address (ray start --head prints it), or --ray alone for a local Ray") from None
 
 
 def _quiet_ray() -> None:
@@ -369,7 +388,7 @@ def _plain(value: Any) -> Any:
 # ---- the command -----------------------------------------------------------------------------------
 def run_fleet(args: argparse.Namespace) -> int:
     """``vla-replay LOGS_DIR --engine BUNDLE [--ray [ADDRESS]] [--workers N] [--out TABLE]``."""
-    from ..bundle import must_exist
+    from ..bundle import must_exist, resolve, staged_manifest
     from ..cli_support import require
     from .compare import Tolerances
 
@@ -378,10 +397,13 @@ def run_fleet(args: argparse.Namespace) -> int:
         raise VlaError(f"{folder} is a folder of logs: give --engine BUNDLE, the bundle to replay every log with")
     if getattr(args, "update", None):
         raise VlaError("--update writes one new reference log: give one LOG.mcap, not a folder")
-    workers = getattr(args, "workers", 2) or 2
+    workers = getattr(args, "workers", None)
+    workers = 2 if workers is None else workers
     if workers < 1:
         raise VlaError(f"--workers {workers}: at least 1")
     must_exist(args.engine)
+    if staged_manifest(args.engine) is None:  # the bundle's form, checked without opening it: said once
+        resolve(args.engine)
     Tolerances.parse(args.tol)  # a bad --tol is the user's one line now, not an error row per log
     logs = list_logs(folder)
     out = table_path(folder, getattr(args, "out", None))
