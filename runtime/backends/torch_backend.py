@@ -39,6 +39,7 @@ means "I am writing this", and the host values, not the device's, are used next.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,11 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.threads)
         origin = str(self.program_path)
         try:
-            ep = torch.export.load(origin)
+            with warnings.catch_warnings():
+                # Some PyTorch releases (2.11) warn that the archive's read-only buffer is not writable as
+                # they load it: nothing a user can act on, and it would precede vla-run's own first lines.
+                warnings.filterwarnings("ignore", message="The given buffer is not writable")
+                ep = torch.export.load(origin)
         except Exception as exc:
             raise VlaError(f"{origin}: PyTorch {torch_version()} cannot load this torch.export program "
                            f"({_first_line(exc)}); re-export it with this vla-export") from None
