@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--foxglove", nargs="?", type=int, const=8765, metavar="PORT",
                      help="serve the same channels live to Foxglove (WebSocket, default port 8765)")
     p.add_argument("--shadow", metavar="BUNDLE",
-                   help="run a candidate bundle on the same inputs whenever the engine is idle (never delaying it) "
-                   "and publish its disagreement with the primary (ADE, metres) in each record")
+                   help="run a candidate bundle (ONNX Runtime, one thread) on the same inputs whenever the engine is "
+                   "idle (never delaying it) and publish its disagreement with the primary (ADE, metres) in each "
+                   "record")
     p.add_argument("--context-max-age", type=float, metavar="MS",
                    help="a bundle of stages: the oldest slow-stage context a tick may use, capture to capture; "
                    "older falls back (default: the manifest's max_age_ms)")
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         if args.shadow:
             from .loop.shadow import Shadow
 
-            shadow = Shadow.open(args.shadow, runner, threads=args.threads)
+            shadow = Shadow.open(args.shadow, runner, threads=None)  # one thread: the primary keeps its cores
         if args.record or args.record_on or args.foxglove is not None:
             from .record.session import RecordingSession, RecordOptions
 

@@ -242,6 +242,30 @@ def test_a_dual_rate_primary_is_shadowed_by_the_whole_model(stages_bundle):
     assert "dual-rate primary" in shadow.describe()
 
 
+def test_a_dual_rate_primary_s_slow_stages_are_waited_for_never_run_alongside(stages_bundle):
+    """Slow stages taking 60 ms are still running when each tick is published: the candidate waits for them on
+    its own thread and runs after them (never alongside), instead of giving the tick up."""
+    seen: list[bool] = []
+
+    def wait_for_slow(runner):
+        slow = runner.backend.backends["vision"]
+        slow.run = paced(slow.run, 60.0)
+        shadow = Shadow.open(str(stages_bundle), runner)
+        real = shadow.backend.run
+
+        def run():
+            seen.append(runner._slow.worker.busy)  # the primary's slow stages, as the candidate starts
+            return real()
+
+        shadow.backend.run = run  # after its warm-up
+        return shadow
+
+    records, shadow, _ = _loop(stages_bundle, wait_for_slow, 10, context_max_age_ms=1000.0)
+    assert shadow.totals["runs"] >= 3, (shadow.totals, dict(shadow.skips))
+    assert seen and not any(seen)
+    assert all(r["shadow"]["ade_m"] in (None, 0.0) for r in records)
+
+
 def test_a_candidate_that_cannot_fit_the_idle_time_never_runs(tiny_bundle, monkeypatch):
     """A candidate taking 80 ms (warm-up median, doubled: 160 ms) never fits a 100 ms tick: skipped, never started,
     so it never competes with the primary."""

@@ -11,13 +11,14 @@ The primary must never wait for it. So, per tick, on the loop thread and never b
   copied, the candidate keeps its own (committed whenever its trajectory is usable);
 - ``on_tick`` (the record is published): if the primary published its own trajectory (``ok``), ask the pure
   ``should_run`` whether the candidate's run (the p99 of its recent runs, ``expected_ms``) plus a margin ends
-  before the next tick is due (``Runner.next_due``) with every primary worker idle; if so hand the snapshot to
+  before the next tick is due (``Runner.next_due``) with the primary's engine idle; if so hand the snapshot to
   the shadow's own ``EngineWorker``, else count a skip ("no idle time");
-- the shadow's thread copies the snapshot into the candidate's inputs, runs it, decodes its trajectory with
-  the primary's decoder settings (limits, controls integrated from the primary's start speed), compares it
-  with the points the primary published for that tick (``ade_fde``, on the published 1 mm grid, so the
-  same bundle gives exactly 0) and commits its state when usable. All of that is timed as the run: it is
-  what has to fit in the idle time;
+- the shadow's thread first waits for the primary's slow stages if they are still running (dual rate: they
+  often end a few ms after the tick is published) and skips if the run then no longer fits; then it copies the
+  snapshot into the candidate's inputs, runs it, decodes its trajectory with the primary's decoder settings
+  (limits, controls integrated from the primary's start speed), compares it with the points the primary
+  published for that tick (``ade_fde``, on the published 1 mm grid, so the same bundle gives exactly 0) and
+  commits its state when usable. All of that is timed as the run: it is what has to fit in the idle time;
 - ``annotate`` (each record, before it is published): take in a finished run, add ``record["shadow"]``.
 
 Snapshots are double-buffered: the running job reads one while ``on_run`` fills the other, so no buffer is
@@ -148,14 +149,16 @@ class _Snapshot:
 
 @dataclass(frozen=True)
 class Result:
-    """A finished candidate run: for which tick, its disagreement, how long the whole job took, and what
-    went wrong (engine error or a non-finite trajectory; then no ADE)."""
+    """A finished candidate job: for which tick, its disagreement, how long its work took (inputs, run, decode,
+    comparison: what has to fit the idle time), and what went wrong (engine error or a non-finite trajectory;
+    then no ADE)."""
 
     tick: int
     ade_m: float | None
     fde_m: float | None
     run_ms: float
     error: str | None = None
+    skipped: bool = False  # it waited for the primary's slow stages, and then the run no longer fitted
 
 
 class Shadow:
@@ -310,32 +313,48 @@ class Shadow:
         if snap.tick != record["tick"]:
             return  # this tick's run was not seen (the shadow joined late): nothing to compare
         now = self._clock.now() if self._clock is not None else time.monotonic()
-        mine, primary = self.worker.busy, self._primary_busy()
-        if not should_run(now, self.runner.next_due, self.planned_ms(), self.margin_ms, mine or primary):
-            self._count("skipped")
-            self.skips["candidate still running" if mine else "primary busy" if primary else "too little time"] += 1
+        mine, engine, slow = self.worker.busy, self._engine_busy(), self._slow_worker_busy()
+        planned = self.planned_ms()
+        # Dual rate: slow stages started this tick often end a few ms after it is published; the job waits for
+        # them on its own thread (when their worker runs on the wall clock) instead of giving up the tick.
+        waitable = slow is not None and slow.clock.run_s is None
+        if not should_run(now, self.runner.next_due, planned, self.margin_ms,
+                          mine or engine or (slow is not None and not waitable)):
+            self._skip("candidate still running" if mine else "primary busy" if engine or slow else "too little time")
             return
         snap.tick = -2  # taken: the next on_run fills the other one
-        slow = self._slow.get(snap.context_run) if snap.context_run is not None else None
+        slow_inputs = self._slow.get(snap.context_run) if snap.context_run is not None else None
         self._pinned = snap.context_run
         points = record["trajectory"]  # the published list: never changed after publishing
         self._result = None
         self._ends_by = time.monotonic() + (self.runner.next_due - now)  # (the loop's clock may be simulated)
-        self.worker.submit(lambda: self._job(snap, slow, points, record["tick"]))
+        ends_by, tick = self._ends_by, record["tick"]
+        self.worker.submit(lambda: self._job(snap, slow_inputs, points, tick, slow, ends_by, planned))
         self._job_started = True
         self._w ^= 1
 
-    def _primary_busy(self) -> bool:
-        """The primary's engine or, dual rate, its slow stages are running (they need the cores)."""
-        workers = [getattr(self.runner, "_worker", None)]
+    def _engine_busy(self) -> bool:
+        """The primary's engine is running (a late run still going)."""
+        worker = getattr(self.runner, "_worker", None)
+        return worker is not None and worker.busy
+
+    def _slow_worker_busy(self) -> EngineWorker | None:
+        """Dual rate: the primary's slow stages' worker while it is running (it needs the cores), else None."""
         slow = getattr(self.runner, "_slow", None)
-        if slow is not None:
-            workers.append(slow.worker)
-        return any(w is not None and w.busy for w in workers)
+        return slow.worker if slow is not None and slow.worker.busy else None
 
     # ---- the job (the shadow's thread) --------------------------------------------------------------------------
-    def _job(self, snap: _Snapshot, slow: dict[str, np.ndarray] | None, points: list, tick: int) -> dict:
-        """Candidate inputs <- snapshot, run, decode, compare, commit its state when usable."""
+    def _job(self, snap: _Snapshot, slow: dict[str, np.ndarray] | None, points: list, tick: int,
+             wait_for: EngineWorker | None, ends_by: float, planned: float) -> dict:
+        """Wait for the primary's slow stages if they are still running (and give up if the run then no longer
+        fits), then: candidate inputs <- snapshot, run, decode, compare, commit its state when usable."""
+        if wait_for is not None:
+            left = ends_by - (planned + self.margin_ms) / 1000.0 - time.monotonic()
+            if left <= 0 or not wait_for.wait(left) or not should_run(time.monotonic(), ends_by, planned,
+                                                                       self.margin_ms, False):
+                self._result = Result(tick, None, None, 0.0, skipped=True)
+                return {}
+        t0 = time.perf_counter()
         feed = self.backend.feed
         for n in snap.names:
             np.copyto(feed(n), snap.arrays[n])
@@ -343,6 +362,7 @@ class Shadow:
             for n in self._needed:
                 if n not in snap.names:
                     np.copyto(feed(n), slow[n])
+        self._result = Result(tick, None, None, 0.0, "no result")  # until the run below gets further
         out = self.backend.run()
         decoded = self._decode(out, snap.v0)
         judged = judge_decoded(decoded, self._mode)
@@ -355,7 +375,7 @@ class Shadow:
             error = f"unusable trajectory: {judged.problem}"
         if judged.usable:
             self._commit_state(out)
-        self._result = Result(tick, ade, fde, 0.0, error)
+        self._result = Result(tick, ade, fde, (time.perf_counter() - t0) * 1000.0, error)
         return {}
 
     def _decode(self, out: Mapping[str, np.ndarray], v0: float) -> DecodedTrajectory:
@@ -379,16 +399,17 @@ class Shadow:
             return
         self._job_started = False
         self._pinned = None
-        run_ms = (self.worker.finished - self.worker.started) * 1000.0
-        self.overlaps += self.worker.finished > self._ends_by
-        self.run_ms.append(run_ms)
-        self._recent.append((time.monotonic(), run_ms))
         exc, result = self.worker.error, self._result
+        if result is not None and result.skipped:
+            self._skip("primary busy")  # its slow stages did not end in time
+            return
+        self.overlaps += self.worker.finished > self._ends_by
         if exc is not None or result is None:
+            run_ms = (self.worker.finished - self.worker.started) * 1000.0
             text = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}" if exc is not None else "no result"
-            result = Result(-1, None, None, run_ms, text)
-        else:
-            result = Result(result.tick, result.ade_m, result.fde_m, run_ms, result.error)
+            result = Result(-1 if result is None else result.tick, None, None, run_ms, text)
+        self.run_ms.append(result.run_ms)
+        self._recent.append((time.monotonic(), result.run_ms))
         if result.error is not None:
             self._count("errors")
             if self.last_error is None and self.runner.cfg.log is not None:
@@ -398,6 +419,10 @@ class Shadow:
             self._count("runs")
             self.ades.append(result.ade_m)  # type: ignore[arg-type]
         self._new.append(result)
+
+    def _skip(self, why: str) -> None:
+        self._count("skipped")
+        self.skips[why] += 1
 
     def _count(self, what: str) -> None:
         self._counts[what] += 1
