@@ -15,6 +15,7 @@ normally, loses nothing.
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -103,6 +104,16 @@ class McapSink:
             return 0
 
 
+def _normal_priority() -> None:
+    """Under ``vla-run --rt-priority`` every thread inherits SCHED_FIFO; the recorder's must not compete with
+    the loop at that priority: this thread goes back to normal scheduling (Linux: per thread; best effort)."""
+    try:
+        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
 class Dispatcher:
     """Runs recording jobs on one thread and hands their messages to the destinations."""
 
@@ -133,6 +144,7 @@ class Dispatcher:
         return True
 
     def _run(self) -> None:
+        _normal_priority()
         next_flush = time.monotonic() + self.flush_s
         while True:
             try:
