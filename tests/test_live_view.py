@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import VLA_RUN
 from vla.runtime.errors import VlaError
 from vla.runtime.record import format as fmt
 
@@ -351,3 +354,43 @@ def test_layout_names_only_recorded_topics():
         "/tick.status"]
     assert [configs[p]["topicPath"] for p, k in kinds.items() if k == "RawMessages"] == [fmt.TICK]
     assert [configs[p]["topicToRender"] for p, k in kinds.items() if k == "RosOut"] == [fmt.HEALTH]  # the Log panel
+
+
+def test_vla_run_serves_its_channels_live(tiny_bundle):
+    """``vla-run --foxglove 0``: a WebSocket client sees the loop's channels advertised and its tick records
+    arrive live, while the run goes on."""
+    proc = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_bundle), "--camera", "synthetic://", "--frames", "600",
+                             "--foxglove", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            if "Foxglove live view on ws://localhost:" in line:
+                port = int(line.split("ws://localhost:")[1].split()[0])
+                break
+        assert port, "vla-run did not say where the live view is"
+        client = WsClient(port)
+        try:
+            assert client.recv_json()["op"] == "serverInfo"
+            channels: dict[str, dict[str, Any]] = {}
+            want = {fmt.TICK, fmt.TRAJECTORY, fmt.SCENE, fmt.EGO, "/camera/front", "/camera/front/calibration", fmt.TF}
+            while not want <= set(channels):
+                msg = client.recv_json()
+                if msg["op"] == "advertise":
+                    channels.update({c["topic"]: c for c in msg["channels"]})
+            tensors = [t for t in channels if t.startswith(("/engine/input/", "/engine/output/", "/engine/state/"))]
+            assert not tensors, f"tensors are not served live: {tensors}"
+            client.send_json({"op": "subscribe", "subscriptions": [{"id": 7, "channelId": channels[fmt.TICK]["id"]}]})
+            ticks = []
+            while len(ticks) < 3:
+                op, data = client.recv()
+                if op == 0x2 and data[0] == 0x01:
+                    assert struct.unpack_from("<I", data, 1)[0] == 7
+                    ticks.append(json.loads(data[13:]))
+            assert all(t["schema"] == "vla.tick/2" for t in ticks)
+            assert [t["tick"] for t in ticks] == sorted(t["tick"] for t in ticks)
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
