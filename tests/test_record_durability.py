@@ -92,13 +92,14 @@ def recovered_ticks(path: Path) -> tuple[list[dict[str, Any]], bool, Exception |
     return ticks, finished, cut
 
 
-def test_sigterm_finishes_the_file_with_every_printed_tick(tiny_bundle, tmp_path):
+def record_then_signal(bundle, tmp_path, ticks: int, sig: int):
+    """Record until ``ticks`` lines are printed, send ``sig``: (file, exit code, the ticks printed, stderr)."""
     out = tmp_path / "run.mcap"
     with (tmp_path / "stderr").open("w+") as err:
-        proc, reader = start_recording(tiny_bundle, out, err)
+        proc, reader = start_recording(bundle, out, err)
         try:
-            reader.until(20, START_TIMEOUT_S)
-            proc.send_signal(signal.SIGTERM)
+            reader.until(ticks, START_TIMEOUT_S)
+            proc.send_signal(sig)
             rc = proc.wait(STOP_TIMEOUT_S)
             reader.rest(STOP_TIMEOUT_S)
         finally:
@@ -106,7 +107,11 @@ def test_sigterm_finishes_the_file_with_every_printed_tick(tiny_bundle, tmp_path
                 proc.kill()
                 proc.wait()
         err.seek(0)
-        stderr = err.read()
+        return out, rc, reader, err.read()
+
+
+def test_sigterm_finishes_the_file_with_every_printed_tick(tiny_bundle, tmp_path):
+    out, rc, reader, stderr = record_then_signal(tiny_bundle, tmp_path, 20, signal.SIGTERM)
     assert rc == 0, stderr
     assert "ended: signal SIGTERM" in stderr, stderr
     printed = reader.records
@@ -133,20 +138,7 @@ def test_kill_9_keeps_all_but_the_last_second(tiny_bundle, tmp_path):
     allowance is ``JITTER_S`` (under one tick period) for ticks that follow frames rather than an
     exact 100 ms grid, so 1 s of loss means about 10 ticks, never 11 or more.
     """
-    out = tmp_path / "run.mcap"
-    with (tmp_path / "stderr").open("w+") as err:
-        proc, reader = start_recording(tiny_bundle, out, err)
-        try:
-            reader.until(30, START_TIMEOUT_S)
-            proc.send_signal(signal.SIGKILL)
-            rc = proc.wait(STOP_TIMEOUT_S)
-            reader.rest(STOP_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        err.seek(0)
-        stderr = err.read()
+    out, rc, reader, stderr = record_then_signal(tiny_bundle, tmp_path, 30, signal.SIGKILL)
     assert rc == -signal.SIGKILL, stderr
     printed = reader.records
     ticks, finished, _cut = recovered_ticks(out)

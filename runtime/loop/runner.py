@@ -233,11 +233,11 @@ class Runner:
         self.warmup_engine_ms: list[float] = []  # the timed warm-up runs
         self.slow_warmup_ms: dict[str, float] | None = None  # dual rate: the slow stages' warm-up run, per stage
         self.budget_fit: BudgetFit | None = None  # those runs against the budget (judge_budget)
-        # The world model's surprise (world_model.py).
         self._runs = 0  # engine runs started, numbered for the taps
         self._flight_run = self._slow_run = -1  # the run in flight on the engine worker, on the slow worker
         self._slow_published = -1  # the slow run whose context is published
         self.last_ego = None  # the vehicle state the last tick read
+        # The world model's surprise (world_model.py): a declared prediction checked at the next run.
         self.world = WorldModel.for_manifest(m, self._world_values_available(backend))
         self.surprise: float | None = None  # the newest surprise, for the tick that computed it
         if self.world.unavailable and config.log is not None:
