@@ -40,6 +40,8 @@ examples:
           --camera right=/dev/video4 --ego udp://0.0.0.0:9871 --output udp://127.0.0.1:9870
   vla-run --engine bundles/reference --backend torch --device cuda   # the bundle's program.pt2 on the GPU
   vla-run --list-cameras
+  vla-run --engine bundles/reference --camera synthetic:// --duration 10 --record run.mcap   # vla-replay run.mcap
+  vla-run --engine bundles/reference --record logs/ --record-on fault,late-streak:3 --foxglove
 
 Each tick prints one JSON line (schema vla.tick/2): tick, status (ok | late | fallback | fault)
 and reason, deadline_missed (the engine's result was not in hand by the deadline, whatever was
