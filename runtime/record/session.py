@@ -18,7 +18,6 @@ from ..errors import VlaError
 from .recorder import Recorder, recording_metadata
 from .writer import Dispatcher, McapSink
 
-
 SWITCH_INTERVAL_S = 0.0005
 
 
