@@ -31,7 +31,8 @@ from typing import Any
 
 from machine import describe
 
-from vla.runtime.replay.fleet import ReplayOptions, log_status, replay_here, replay_on_ray, start_ray
+from vla.runtime.ray_start import start_ray
+from vla.runtime.replay.fleet import ReplayOptions, log_status, replay_here, replay_on_ray
 
 VLA_RUN = [sys.executable, "-m", "vla.runtime.cli"]
 

@@ -1,7 +1,7 @@
 """Scenarios in parallel on Ray: one actor per worker opens each bundle once and drives scenarios.
 
-An embedded local Ray by default (``ray.init`` with as many CPUs as workers, no dashboard); a cluster
-with ``address``. Results come back as they finish (``on_result`` drives the progress bar), then in
+An embedded local Ray by default (``vla.runtime.ray_start``: as many CPUs as workers, no dashboard); a
+cluster with ``address``. Results come back as they finish (``on_result`` drives the progress bar), then in
 task order.
 """
 
@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from vla.runtime.ray_start import start_ray
+
 from .closed_loop import SimOptions
 from .sweep import Task, options_for
-
-#: Local Ray's object store: results are small dicts, so a small store (Ray's default takes 30 % of RAM).
-_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
 class ScenarioWorker:
@@ -46,12 +45,7 @@ def run_on_ray(tasks: Sequence[Task], options: SimOptions, *, address: str | Non
     """Drive every task on Ray; the results in task order."""
     import ray
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                     object_store_memory=_OBJECT_STORE_BYTES, configure_logging=False)
+    start_ray(address, workers, flag="--ray-address", local="no --ray-address")
     remote = ray.remote(num_cpus=1)(ScenarioWorker)
     actors = [remote.remote(backend, threads) for _ in range(max(1, workers))]
     pool = ray.util.ActorPool(actors)

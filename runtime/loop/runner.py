@@ -234,6 +234,7 @@ class Runner:
         self.slow_warmup_ms: dict[str, float] | None = None  # dual rate: the slow stages' warm-up run, per stage
         self.budget_fit: BudgetFit | None = None  # those runs against the budget (judge_budget)
         self._runs = 0  # engine runs started, numbered for the taps
+        self._reads: dict[str, tuple[tuple[str, ...], ...]] = {}  # what each kind of run shows the taps
         self._flight_run = self._slow_run = -1  # the run in flight on the engine worker, on the slow worker
         self._slow_published = -1  # the slow run whose context is published
         self.last_ego = None  # the vehicle state the last tick read
@@ -744,6 +745,22 @@ class Runner:
         self._runs += 1
         if not self.taps:
             return run
+        reads = self._reads.get(kind)
+        if reads is None:
+            reads = self._reads[kind] = self._run_reads(kind)
+        inputs, states, device_cameras = reads
+        context: dict[str, np.ndarray] = {}
+        if kind == "fast":
+            store = self._slow.published.store.values
+            context = {n: store[n] for s in self._slow.fast for n in s.inputs if n in store}
+        event = RunEvent(run, kind, tick, inputs, states, self._slow_published if kind == "fast" else None,
+                         device_cameras)
+        self._tap("on_run", event, self.backend.feed, context)
+        return run
+
+    def _run_reads(self, kind: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """What a run of ``kind`` shows its taps (fixed for the run): (model inputs, state inputs, camera inputs
+        made on the GPU)."""
         m = self.backend.manifest
         if kind == "model":
             reads = m.inputs
@@ -756,15 +773,7 @@ class Runner:
         # A GPU backend keeps state on the device and feed() would make the host copy the next upload: only
         # host backends show their state (a GPU recording starts from the manifest's initial state).
         states = tuple(t.name for t in reads if t.role == "state" and self._host_state)
-        device_cameras = tuple(t.name for t in reads if on_device and t.role == "camera")
-        context: dict[str, np.ndarray] = {}
-        if kind == "fast":
-            store = self._slow.published.store.values
-            context = {n: store[n] for s in self._slow.fast for n in s.inputs if n in store}
-        event = RunEvent(run, kind, tick, inputs, states, self._slow_published if kind == "fast" else None,
-                         device_cameras)
-        self._tap("on_run", event, self.backend.feed, context)
-        return run
+        return inputs, states, tuple(t.name for t in reads if on_device and t.role == "camera")
 
     def _world_values_available(self, backend: Backend) -> set[str]:
         """The tensors a run hands back: the model's outputs, and a bundle of stages' intermediates."""

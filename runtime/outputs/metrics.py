@@ -162,7 +162,8 @@ class Metrics:
             if (ade := shadow.get("ade_m")) is not None:
                 self._shadow_ade.set(ade)
             for outcome, n in (shadow.get("counts") or {}).items():
-                self._shadow_runs.labels(outcome=outcome).inc(n)
+                if n:
+                    self._shadow_runs.labels(outcome=outcome).inc(n)
 
     def dropped_totals(self, totals: Mapping[str, int]) -> None:
         """Bring ``vla_dropped_frames_total`` up to the loop's running per-camera counts."""

@@ -283,9 +283,6 @@ def calibration_message(time_ns: int, mount: Mount, width: int, height: int) -> 
     return _proto(CALIBRATION.format(mount.name), time_ns, msg)
 
 
-LOG_LEVELS = {"fault": "Error", "recovered": "Info"}
-
-
 def health_message(time_ns: int, event: str) -> Message:
     """A health event (``fault: …``, ``recovered …``) as foxglove.Log."""
     fg = _fg()

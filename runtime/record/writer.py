@@ -31,9 +31,9 @@ Job = Callable[[], Iterable[Message]]
 
 
 class Destination(Protocol):
-    def write(self, msg: Message) -> None: ...
+    """A file, the live view or the trigger ring; one with a ``flush()`` is flushed every ``flush_s``."""
 
-    def flush(self) -> None: ...
+    def write(self, msg: Message) -> None: ...
 
     def close(self) -> None: ...
 
@@ -117,7 +117,7 @@ def _normal_priority() -> None:
 class Dispatcher:
     """Runs recording jobs on one thread and hands their messages to the destinations."""
 
-    def __init__(self, destinations: list[Any], flush_s: float = 0.5, max_queue_bytes: int = 256 << 20,
+    def __init__(self, destinations: list[Destination], flush_s: float = 0.5, max_queue_bytes: int = 256 << 20,
                  log: Callable[[str], None] | None = None) -> None:
         self.destinations = list(destinations)
         self.flush_s, self.max_queue_bytes = flush_s, max_queue_bytes
@@ -187,7 +187,7 @@ class Dispatcher:
 
     def _fail(self, dest: Any, exc: Exception) -> None:
         what = f"{type(exc).__name__}: {exc}"
-        where = getattr(dest, "path", None) or type(dest).__name__ if dest is not None else "encoding"
+        where = "encoding" if dest is None else (getattr(dest, "path", None) or type(dest).__name__)
         self.errors.append(f"{where}: {what}")
         if dest is not None and dest in self.destinations:
             self.destinations.remove(dest)

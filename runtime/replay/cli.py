@@ -89,8 +89,10 @@ def _open(engine: str, threads: int | None) -> Any:
     return open_engine(engine, threads=threads, backend="ort", device="cpu")
 
 
-def replay_one(log: Path, engine: str | None, tol: list[str], salvage: bool, threads: int | None) -> Any:
-    """Read, open the engine (the log's own unless given), replay: the report."""
+def replay_one(log: Path, engine: str | None, tol: list[str], salvage: bool, threads: int | None,
+               keep_outputs: bool = False) -> Any:
+    """Read, open the engine (the log's own unless given), replay: the recording and the report
+    (``keep_outputs``: with every run's replayed outputs, for ``--update``)."""
     from .compare import Tolerances
     from .reader import read_recording
     from .replayer import Replayer
@@ -103,7 +105,7 @@ def replay_one(log: Path, engine: str | None, tol: list[str], salvage: bool, thr
             raise VlaError(f"{log}: recorded with bundle '{engine or '?'}', which is not here; give --engine BUNDLE")
     backend = _open(engine, threads)
     try:
-        return rec, Replayer(backend, engine, tolerances).replay(rec)
+        return rec, Replayer(backend, engine, tolerances, keep_outputs).replay(rec)
     finally:
         backend.close()
 
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return run_fleet(args)
     if args.ray is not None:
         raise VlaError("--ray replays a folder of logs: give LOG_DIR")
-    rec, report = replay_one(log, args.engine, args.tol, args.salvage, args.threads)
+    rec, report = replay_one(log, args.engine, args.tol, args.salvage, args.threads, keep_outputs=bool(args.update))
     print(format_report(report), file=sys.stderr)
     if args.json:
         text = json.dumps(report.as_dict(), indent=2)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VlaError
+from ..ray_start import quiet_ray, start_ray
 
 #: The table's columns, in order: what a row says about one output of one log.
 COLUMNS = ("log", "status", "output", "tol", "runs", "max_abs", "bad_values", "first_bad_tick", "error", "seconds")
@@ -39,8 +40,6 @@ OK, REGRESSION, ERROR = "ok", "regression", "error"
 #: Worst first: a log's status is the worst of its rows'.
 _SEVERITY = {OK: 0, REGRESSION: 1, ERROR: 2}
 TABLE_SUFFIXES = (".csv", ".parquet")
-#: Local Ray's object store: rows are small, so a small store (Ray's default takes 30 % of RAM).
-_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -302,61 +301,15 @@ def replay_here(logs: Sequence[Path], options: ReplayOptions) -> list[dict[str, 
         replayer.close()
 
 
-def start_ray(address: str | None, workers: int) -> bool:
-    """Connect to Ray: a cluster at ``address``, else an embedded local one with a CPU per worker, no
-    dashboard, quiet. True when this call started it (the caller shuts it down)."""
-    import ray
-
-    _quiet_ray()
-    if ray.is_initialized():
-        return False
-    if address and address != "local":
-        _check_reachable(address)
-        try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise VlaError(f"--ray {address}: cannot connect to a Ray cluster there ({one_line(str(exc))[:200]}); "
-                           "give the head's address (ray start --head prints it), or --ray alone for a local "
-                           "Ray") from None
-    else:
-        ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 object_store_memory=_OBJECT_STORE_BYTES, configure_logging=False)
-    return True
-
-
-def _check_reachable(address: str) -> None:
-    """A ``HOST:PORT`` nobody listens on is a one-line error in seconds: ``ray.init`` would retry for
-    minutes. Other forms (``auto``, ``ray://…``) are Ray's to resolve."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=3.0).close()
-    except OSError as exc:
-        raise VlaError(f"--ray {address}: no Ray head answers there ({exc.strerror or exc}); give the head's "
-                       "address (ray start --head prints it), or --ray alone for a local Ray") from None
-
-
-def _quiet_ray() -> None:
-    """Ray's and Ray Data's notices (start-up, deprecations, execution plans) off the user's stderr: the
-    fleet's own summary is what they read, and only a real failure there may say "error"."""
-    import logging
-
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def replay_on_ray(logs: Sequence[Path], options: ReplayOptions, workers: int) -> list[dict[str, Any]]:
-    """Every log on Ray Data (Ray must be up: ``start_ray``): ``workers`` actors, a log per batch, so a
+    """Every log on Ray Data (Ray must be up: ``ray_start.start_ray``): ``workers`` actors, a log per batch, so a
     slow log holds up one actor only. Rows in log order, each log's in its report's order."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    _quiet_ray()  # Ray Data sets its loggers up when first imported
+    quiet_ray()  # Ray Data sets its loggers up when first imported
     items = [{"path": str(p.resolve()), "name": p.name} for p in logs]
     with warnings.catch_warnings():
         # max_restarts goes through ray_remote_args, deprecated but the only way in Ray 2.60. Ray Data's

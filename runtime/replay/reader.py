@@ -56,9 +56,7 @@ class Recording:
     runs: list[RunRecord]
     ticks: list[dict[str, Any]]
     raw_frames: dict[int, dict[str, tuple[np.ndarray, str]]]  # tick -> camera -> (data, pixel format)
-    commands: list[dict[str, Any]]
     topics: set[str]
-    messages: int
     truncated: str | None = None  # where and why reading stopped early
 
     @property
@@ -100,7 +98,6 @@ def read_recording(path: str | Path, salvage: bool = False) -> Recording:
     runs: dict[int, RunRecord] = {}
     ticks: list[dict[str, Any]] = []
     raw: dict[int, dict[str, tuple[np.ndarray, str]]] = {}
-    commands: list[dict[str, Any]] = []
     topics: set[str] = set()
     count = 0
     truncated = None
@@ -117,7 +114,7 @@ def read_recording(path: str | Path, salvage: bool = False) -> Recording:
                     raise VlaError(f"{p}: corrupt recording (message on unknown channel {rec.channel_id})")
                 count += 1
                 topics.add(ch.topic)
-                _take(p, ch, rec, runs, ticks, raw, commands)
+                _take(p, ch, rec, runs, ticks, raw)
             elif type(rec).__name__ == "Footer":
                 ended = True
     except VlaError:
@@ -150,7 +147,7 @@ def read_recording(path: str | Path, salvage: bool = False) -> Recording:
         if needed not in topics:
             raise VlaError(f"{p}: channel {needed} missing: not a vla-run recording, or one with no ticks")
     ordered = [runs[k] for k in sorted(runs)]
-    return Recording(p, meta, manifest_raw, ordered, ticks, raw, commands, topics, count, truncated)
+    return Recording(p, meta, manifest_raw, ordered, ticks, raw, topics, truncated)
 
 
 def _tensor(p: Path, topic: str, data: bytes) -> np.ndarray:
@@ -168,7 +165,7 @@ def _json(p: Path, topic: str, data: bytes) -> dict[str, Any]:
 
 
 def _take(p: Path, ch: Any, rec: Any, runs: dict[int, RunRecord], ticks: list[dict[str, Any]],
-          raw: dict[int, dict[str, tuple[np.ndarray, str]]], commands: list[dict[str, Any]]) -> None:
+          raw: dict[int, dict[str, tuple[np.ndarray, str]]]) -> None:
     """File one message where replay looks for it."""
     topic, seq = ch.topic, rec.sequence
     if topic == fmt.TICK:
@@ -188,8 +185,6 @@ def _take(p: Path, ch: Any, rec: Any, runs: dict[int, RunRecord], ticks: list[di
                     runs[run].outputs = {}
         except (KeyError, TypeError, ValueError) as exc:
             raise VlaError(f"{p}: corrupt run record on {topic} ({exc})") from None
-    elif topic == fmt.COMMAND:
-        commands.append(_json(p, topic, rec.data))
     elif topic.startswith("/engine/"):
         kind, _, name = topic[len("/engine/"):].partition("/")
         run = runs.get(seq)

@@ -76,7 +76,7 @@ class ReplayReport:
     preprocess: OutputDiff | None = None
     seconds: float = 0.0
     truncated: str | None = None
-    outputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # run -> replayed (for --update)
+    outputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # run -> replayed (keep_outputs)
 
     @property
     def regressions(self) -> list[OutputDiff]:
@@ -112,8 +112,10 @@ class ReplayReport:
 class Replayer:
     """One engine, opened once, that replays any number of recordings of its model (fleet replay's actor)."""
 
-    def __init__(self, backend: Backend, engine: str = "", tolerances: Tolerances | None = None) -> None:
+    def __init__(self, backend: Backend, engine: str = "", tolerances: Tolerances | None = None,
+                 keep_outputs: bool = False) -> None:
         self.backend, self.engine = backend, engine
+        self.keep_outputs = keep_outputs  # the report holds every run's outputs (for --update)
         self.tolerances = tolerances or Tolerances()
         m = backend.manifest
         self._m = m
@@ -135,7 +137,8 @@ class Replayer:
         mode = check_mode(settings.get("limits", "enforce"))
         limits = decoder_limits(mode, *(float(settings.get(k, d)) for k, d in
                                         (("max_curvature", 0.3), ("max_accel", 8.0), ("max_speed", 60.0))))
-        decoder = TrajectoryDecoder(dt, points, **limits)
+        # Two decoders: a decode's points live in its decoder until the next call.
+        decoder, rec_decoder = TrajectoryDecoder(dt, points, **limits), TrajectoryDecoder(dt, points, **limits)
         outputs_by_name = {t["name"]: t for t in m.raw.get("outputs", [])}
         diffs: dict[str, OutputDiff] = {}
 
@@ -177,9 +180,8 @@ class Replayer:
                                   out[self._score] if self._score else None)
                 usable = judge_decoded(decoded, mode).usable
                 if run.outputs and self._traj.name in run.outputs:
-                    rec_decoded = TrajectoryDecoder(dt, points, **limits)(
-                        self._poses(run.outputs[self._traj.name], v0, dt),
-                        run.outputs.get(self._score) if self._score else None)
+                    rec_decoded = rec_decoder(self._poses(run.outputs[self._traj.name], v0, dt),
+                                              run.outputs.get(self._score) if self._score else None)
                     diff(DECODED).add(run.run, run.tick, rec_decoded.points[:, :3], decoded.points[:, :3])
                 if usable:
                     self._commit(run, fast, out)
@@ -188,7 +190,8 @@ class Replayer:
                 for name, value in run.outputs.items():
                     if name in out:
                         diff(name).add(run.run, run.tick, value, out[name])
-            report.outputs[run.run] = {n: np.array(v, copy=True) for n, v in out.items()}
+            if self.keep_outputs:
+                report.outputs[run.run] = {n: np.array(v, copy=True) for n, v in out.items()}
         report.seconds = time.perf_counter() - t0
         return report
 
