@@ -238,6 +238,10 @@ def test_bad_trigger_spec_and_record_on_without_folder_are_one_line(tiny_bundle,
     assert_one_line_error(proc, "nope")
     proc = run_cli(VLA_RUN, "--engine", tiny_bundle, "--frames", 3, "--record-on", "fault")
     assert_one_line_error(proc, "--record DIR")
+    proc = run_cli(VLA_RUN, "--engine", tiny_bundle, "--frames", 3, "--record", tmp_path)
+    assert_one_line_error(proc, "is a folder")
+    proc = run_cli(VLA_RUN, "--engine", tiny_bundle, "--frames", 3, "--record", "/proc/no-such/run.mcap")
+    assert_one_line_error(proc, "cannot open for writing")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
