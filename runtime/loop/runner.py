@@ -100,6 +100,7 @@ from .tap import LoopTap, RunEvent
 from .world_model import WorldModel
 
 RECORD_SCHEMA = "vla.tick/2"
+CLOSE_WAIT_MAX_S = 2.0  # the longest close() waits for an engine run in flight before leaving it to the exit
 STAGES = ("acquire", "preprocess", "engine", "decode", "e2e")
 
 
@@ -875,15 +876,23 @@ class Runner:
             "failure": self.failure,
         }
 
+    def _close_wait_s(self) -> float:
+        """How long ``close`` waits for a run in flight: the budget, or twice the slowest warm-up run when that is
+        longer (an engine slower than its budget is still finishing a run at the end: a process that exits under
+        it can abort in the engine's own threads), never more than ``CLOSE_WAIT_MAX_S`` (a hung engine)."""
+        slowest = max(self.warmup_engine_ms, default=0.0) / 1000.0
+        return min(max(self.cfg.budget_ms / 1000.0, 2.0 * slowest), CLOSE_WAIT_MAX_S)
+
     def close(self, keep_backend: bool = False) -> None:
         """Release cameras, ego input and engine (``keep_backend``: not the engine, which the caller runs
         again, e.g. vla-sim's next scenario); never blocks on a hung engine for long."""
         for src in self.cameras.values():
             src.close()
         self.ego_input.close()
-        if self._slow is not None and not self._slow.close(timeout=self.cfg.budget_ms / 1000.0):
+        wait = self._close_wait_s()
+        if self._slow is not None and not self._slow.close(timeout=wait):
             return  # a slow stage is stuck in a run: as below
-        if self._worker is not None and not self._worker.close(timeout=self.cfg.budget_ms / 1000.0):
+        if self._worker is not None and not self._worker.close(timeout=wait):
             return  # the engine is stuck in a run: closing it under the run could crash; exit reclaims it
         if self._device_tick is not None:
             self._device_tick.close()
