@@ -163,3 +163,64 @@ def test_a_run_nobody_waits_on_is_in_hand_once_the_clock_passes_its_end():
     assert not worker.busy  # ends at once on this clock: busy waits for the real run
     assert worker.outputs is not None
     worker.close(1.0)
+
+
+def test_a_measured_idle_wait_is_real_while_a_run_is_in_flight():
+    """Measured time: skipping idle time while a worker still computes would let the clock run ahead of
+    the run (it would end long after it really took on this clock). The wait is real up to the run's
+    end, and the rest of it passes at once."""
+    clock = SimClock()
+    worker = EngineWorker(clock=clock)
+    start, t0 = clock.now(), time.perf_counter()
+    worker.submit(_sleepy(50))
+    assert clock.wait(threading.Event(), 1.0) is False
+    real = time.perf_counter() - t0
+    assert 0.045 <= real < 0.9  # waited for the run, not for the whole second
+    assert worker.finished - start < 0.5  # ~50 ms on this clock, not after the skipped second
+    assert clock.now() - start == pytest.approx(1.0, abs=0.05)
+    t1 = time.perf_counter()
+    clock.sleep(5.0)  # nothing in flight: at once
+    assert time.perf_counter() - t1 < 0.5 and clock.now() - start == pytest.approx(6.0, abs=0.05)
+    worker.close(1.0)
+
+
+def test_a_measured_wait_sees_its_event_while_a_run_is_in_flight():
+    clock = SimClock()
+    worker = EngineWorker(clock=clock)
+    worker.submit(_sleepy(400))
+    event = threading.Event()
+    threading.Timer(0.05, event.set).start()
+    t0 = time.perf_counter()
+    assert clock.wait(event, 10.0) is True
+    assert time.perf_counter() - t0 < 0.3  # seen when set, not after the run
+    worker.close(2.0)
+
+
+def test_a_slow_context_on_the_measured_clock_is_as_old_as_it_really_took(tmp_path):
+    """vla-sim's default clock and a dual-rate bundle: the slow stages (really 30 ms here: the wrapper
+    below sleeps inside the backend's run, as a heavier VLM would compute) run on their own worker while
+    the loop idles to the next tick. Their context must be about one tick old when used, as it would be
+    on a vehicle; it used to age by a whole tick for every tick they ran (the loop skipped its idle
+    time meanwhile) and the fast path fell back with "context too old"."""
+    bundle = write_bundle(tmp_path / "async", rate="async", max_age_ms=300.0)
+    clock = SimClock()
+    backend = open_engine(str(bundle), threads=1, backend="ort")
+    execute = backend.execute
+
+    def slow_vision(stages, store):
+        if any(s.name == "vision" for s in stages):
+            time.sleep(0.03)
+        return execute(stages, store)
+
+    backend.execute = slow_vision
+    cfg = RunConfig(sync="clock", max_ticks=25, budget_ms=100.0, warmup_runs=2, warmup_s=0.0, seed=3)
+    camera = ClockedCamera(clock)
+    runner = Runner(backend, {"front": camera}, cfg, clock=clock)
+    camera.runner = runner
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+    assert [r["status"] for r in records] == ["ok"] * 25, [r.get("problem") for r in records]
+    ages = [r["context_age_ms"] for r in records if r["context_age_ms"] is not None]
+    assert ages and max(ages) < 250.0, ages

@@ -11,6 +11,15 @@ with time goes through one of these, so the simulator swaps the clock, not the l
   exactly ``run_s`` per engine run (``--latency-ms``: the clock stands still while the loop computes
   and every engine run ends ``run_s`` after it started, whatever the machine is doing, so a run is
   reproducible on any machine).
+
+Measured time and concurrent work: the loop is idle while an engine run it does not wait on (the
+dual-rate slow stages) is still computing on its worker. Skipping that idle time would let
+simulated time run ahead of the run: a 1 ms context run that the OS scheduled a few real
+milliseconds late would finish several 100 ms ticks later on this clock, and the fast path would
+fall back with "context too old" that no vehicle would see. So engine workers tell the clock when a
+run starts and ends (``work_started``/``work_ended``), and a measured clock's idle wait passes at
+once only when no run is in flight; otherwise it waits in real time (the clock following the wall)
+until the runs are over, then skips the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +52,12 @@ class Clock(Protocol):
     def paused(self) -> contextlib.AbstractContextManager[None]:
         """Work done inside does not move this clock (the simulator rendering its world)."""
 
+    def work_started(self) -> None:
+        """An engine run started on a worker thread (a measured clock's idle waits then take real time)."""
+
+    def work_ended(self) -> None:
+        """That run ended."""
+
 
 class WallClock:
     run_s = None
@@ -62,9 +77,19 @@ class WallClock:
     def paused(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    def work_started(self) -> None:
+        pass
+
+    def work_ended(self) -> None:
+        pass
+
 
 #: The clock every Runner gets unless it is given one.
 WALL = WallClock()
+
+
+#: How often a measured clock's real wait (an engine run in flight) looks at the event it waits for.
+_EVENT_POLL_S = 0.002
 
 
 class SimClock:
@@ -75,6 +100,9 @@ class SimClock:
             raise ValueError(f"run_s must be >= 0, got {run_s}")
         self.run_s = run_s
         self._lock = threading.Lock()
+        self._runs_ended = threading.Condition(self._lock)
+        self._in_flight = 0  # engine runs computing on worker threads (see the module docstring)
+        self._never = threading.Event()
         self._offset = start - (0.0 if run_s is not None else time.perf_counter())
 
     def now(self) -> float:
@@ -88,18 +116,36 @@ class SimClock:
             if ahead > 0:
                 self._offset += ahead
 
+    def work_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def work_ended(self) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._runs_ended.notify_all()
+
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         """Idle time passes at once: the event is judged after the timeout has passed. A wait for
-        good (None) waits in real time for the event (something else must set it)."""
+        good (None) waits in real time for the event (something else must set it). On measured time,
+        while an engine run is in flight the wait is real, up to the run's end (module docstring)."""
         if event.is_set():
             return True
         if timeout is None:
             return event.wait()
-        self.advance_to(self.now() + max(0.0, timeout))
+        end = self.now() + max(0.0, timeout)
+        if self.run_s is None:
+            with self._lock:
+                while self._in_flight and (left := end - self.now()) > 0:
+                    # Woken when a run ends; the slice bounds how late a set ``event`` is seen.
+                    self._runs_ended.wait(min(left, _EVENT_POLL_S))
+                    if event.is_set():
+                        return True
+        self.advance_to(end)
         return event.is_set()
 
     def sleep(self, seconds: float) -> None:
-        self.advance_to(self.now() + max(0.0, seconds))
+        self.wait(self._never, seconds)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

@@ -65,6 +65,7 @@ class EngineWorker:
         self.started = self.clock.now()
         run_s = self.clock.run_s
         self._finish_at = self.started + (run_s or 0.0)  # a fixed run time: known when it starts
+        self.clock.work_started()
         self._request.set()
 
     def wait(self, timeout: float | None) -> bool:
@@ -93,6 +94,7 @@ class EngineWorker:
             run_s = self.clock.run_s
             self.finished = self.clock.now() if run_s is None else self.started + run_s
             self._done.set()
+            self.clock.work_ended()  # after ``_done``: whoever it wakes sees the run finished
 
     def close(self, timeout: float) -> bool:
         """Stop the thread; False if a run is still in flight after ``timeout`` s (a hung engine:
