@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 from test_export_staged import TINY_V2
 
 from conftest import TINY_REFERENCE, VLA_EXPORT, VLA_RUN, assert_one_line_error, run_cli
+from vla.runtime.engine import open_engine
 from vla.runtime.errors import VlaError
+from vla.runtime.inputs.sources import open_cameras
+from vla.runtime.loop.runner import RunConfig, Runner
 from vla.runtime.loop.world_model import WorldModel, surprise
 from vla.runtime.manifest import parse_manifest
 from vla.runtime.record import format as fmt
@@ -162,6 +165,71 @@ def test_other_weights_are_a_regression_then_update_makes_the_new_reference(tiny
     assert proc.returncode == 0 and report["ok"], proc.stderr
     assert read_recording(new).bundle["updated_from"]
     assert replay(new, "--engine", tiny_bundle)[0].returncode == 1  # and the old bundle now regresses
+
+
+def _record_with_a_failing_run(bundle: Path, log: Path, fail_at: int, ticks: int = 12,
+                               slow: bool = False) -> list[dict]:
+    """Record the loop in-process while the engine raises on its ``fail_at``-th run (counting the warm-up's; with
+    ``slow``, the ``fail_at``-th run of a dual-rate schedule's slow stages)."""
+    from vla.runtime.record.session import RecordingSession, RecordOptions
+
+    backend = open_engine(str(bundle), backend="ort")
+    calls = [0]
+
+    def failing(real):
+        def run(*args):
+            if slow and not any(s.slow for s in args[0]):
+                return real(*args)
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise RuntimeError("injected: CUDA error 700 (an illegal memory access)")
+            return real(*args)
+        return run
+
+    if slow:
+        backend.execute = failing(backend.execute)
+    else:
+        backend.run = failing(backend.run)
+    cams = open_cameras(["synthetic://"], backend.manifest.camera_names, backend.manifest.camera_sizes)
+    runner = Runner(backend, cams, RunConfig(max_ticks=ticks, budget_ms=1000.0, warmup_runs=3))
+    session = RecordingSession(runner, RecordOptions(path=str(log), engine=str(bundle)), log=lambda _line: None)
+    try:
+        records = list(runner)
+    finally:
+        runner.close()
+        session.close()
+    return records
+
+
+def test_a_run_that_failed_live_is_replayed_as_failed_and_its_state_not_committed(tiny_bundle, tmp_path):
+    """An engine error live (injected by a wrapper: ONNX Runtime on a CPU has no way to fail one run of a good
+    model, a GPU fault does) commits nothing, so the recurrent state goes on from the run before. Replay must
+    do the same: re-running that run and committing its state made every later run a false regression."""
+    log = tmp_path / "fault.mcap"
+    records = _record_with_a_failing_run(tiny_bundle, log, fail_at=3 + 6)
+    failed = [r for r in records if "engine error" in (r["problem"] or "")]
+    assert len(failed) == 1 and "CUDA error 700" in failed[0]["problem"]
+    rec = read_recording(log)
+    lost = [r for r in rec.runs if r.error]
+    assert len(lost) == 1 and lost[0].tick == failed[0]["tick"] and lost[0].outputs == {}
+    proc, report = replay(log, "--tol", "0")
+    assert proc.returncode == 0 and report["ok"], proc.stderr
+    assert report["failed_live"] == 1 and report["replayed"] == report["runs"] - 1
+    assert "1 failed live" in proc.stderr and all(o["max_abs"] == 0.0 for o in report["outputs"])
+
+
+def test_a_slow_run_that_failed_live_is_not_replayed_and_the_fast_path_reads_the_context_before(staged, tmp_path):
+    """Dual rate: a slow run (vision, context) whose engine raised publishes nothing; the fast runs after it read
+    the previous context, and replay must give them that one (injected failure, as above)."""
+    log = tmp_path / "slow-fault.mcap"
+    _record_with_a_failing_run(staged, log, fail_at=4, ticks=15, slow=True)
+    rec = read_recording(log)
+    lost = [r for r in rec.runs if r.error]
+    assert len(lost) == 1 and lost[0].kind == "slow" and "CUDA error 700" in lost[0].error
+    assert all(r.context_run != lost[0].run for r in rec.runs if r.kind == "fast")
+    proc, report = replay(log, "--tol", "0")
+    assert proc.returncode == 0 and report["ok"], proc.stderr
+    assert report["failed_live"] == 1 and all(o["max_abs"] == 0.0 for o in report["outputs"])
 
 
 # ---- the dual-rate schedule and the world model ------------------------------------------------------------

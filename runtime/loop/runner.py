@@ -715,7 +715,10 @@ class Runner:
         """Dual rate: publish the slow stages' run if it finished (their times, else None)."""
         if self._slow is None:
             return None
+        errors = self._slow.errors
         ms = self._slow.collect()
+        if self._slow.errors > errors:  # it failed: nothing published, no state committed
+            self._tap("on_outputs", self._slow_run, {}, False, self._slow.last_error)
         self._slow_finished(ms)
         return ms
 
@@ -800,7 +803,9 @@ class Runner:
         lat["engine"] = (worker.finished - worker.started) * 1000.0
         if worker.error is not None:
             exc = worker.error
-            return None, f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}", None
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            self._tap("on_outputs", self._flight_run, {}, False, error)  # replay must not use it either
+            return None, f"engine error: {error}", None
         t = self._clock.now()
         out = worker.outputs
         decoded = self._decode(out)

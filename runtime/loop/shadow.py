@@ -298,7 +298,8 @@ class Shadow:
             np.copyto(arrays[n], read(n))
         self._slow[run] = arrays
 
-    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None) -> None:
+    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None,
+                   error: str | None = None) -> None:
         """Not needed: the candidate compares with what the primary published, in ``on_tick``."""
 
     def on_command(self, text: str, name: str) -> None:

@@ -45,9 +45,11 @@ class LoopTap(Protocol):
         """A run is about to start: ``read(name)`` gives an input's buffer (inputs and states of the
         event); ``context`` the slow stages' outputs a fast run reads."""
 
-    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None) -> None:
+    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None,
+                   error: str | None = None) -> None:
         """Run ``run`` finished: its outputs (a slow run's include its intermediates); ``usable``: its
-        trajectory passed the checks and its state was committed (None for a slow run)."""
+        trajectory passed the checks and its state was committed (None for a slow run). A run whose engine
+        raised comes with ``error`` (one line), no outputs and ``usable`` False: nothing of it was used."""
 
     def on_tick(self, record: dict[str, Any], frames: Mapping[str, Frame], ego: EgoReading | None) -> None:
         """A tick's record was published, with the frames it grouped and the vehicle state it read."""

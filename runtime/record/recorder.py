@@ -120,13 +120,16 @@ class Recorder:
 
         self.dispatcher.submit(job, size)
 
-    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None) -> None:
+    def on_outputs(self, run: int, outputs: Mapping[str, np.ndarray], usable: bool | None,
+                   error: str | None = None) -> None:
         copies = {n: np.array(v, copy=True) for n, v in outputs.items()}
         t = self._now()
 
         def job() -> list[fmt.Message]:
-            msgs = [fmt.json_message(fmt.RUN, t, {"run": run, "phase": "done", "usable": usable,
-                                                  "outputs": list(copies)}, "vla.run/1", run)]
+            done = {"run": run, "phase": "done", "usable": usable, "outputs": list(copies)}
+            if error is not None:
+                done["error"] = error
+            msgs = [fmt.json_message(fmt.RUN, t, done, "vla.run/1", run)]
             msgs += [fmt.tensor_message(fmt.OUTPUT.format(n), t, a, run) for n, a in copies.items()]
             return msgs
 

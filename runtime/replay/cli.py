@@ -60,6 +60,8 @@ def format_report(report: Any) -> str:
     rec, new = report.recorded_identity, report.bundle_identity
     lines = [f"vla-replay: {d['log']}: {d['replayed']} of {d['runs']} engine runs replayed"
              + (f" ({d['skipped']} skipped: their inputs begin before the file does)" if d["skipped"] else "")
+             + (f" ({d['failed_live']} failed live: the engine raised, so the loop used nothing of them)"
+                if d["failed_live"] else "")
              + f", {d['compared']} compared, in {d['seconds']:.1f} s",
              f"vla-replay: recorded with {rec.get('model', '?')} {rec.get('precision', '?')} on "
              f"{rec.get('backend', '?')}; replayed with {new['model']} {new['precision']} on {new['backend']}"

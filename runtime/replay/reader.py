@@ -41,6 +41,7 @@ class RunRecord:
     device_cameras: tuple[str, ...] = ()  # camera inputs made on the GPU: preprocess the tick's raw frames
     outputs: dict[str, np.ndarray] | None = None  # None: never collected (the run ended first)
     usable: bool | None = None
+    error: str | None = None  # the engine raised live: nothing of this run was used
 
     @property
     def complete(self) -> bool:
@@ -181,6 +182,7 @@ def _take(p: Path, ch: Any, rec: Any, runs: dict[int, RunRecord], ticks: list[di
                                       device_cameras=tuple(ev.get("device_cameras") or ()))
             elif run in runs:
                 runs[run].usable = ev.get("usable")
+                runs[run].error = None if ev.get("error") is None else str(ev["error"])
                 if runs[run].outputs is None:
                     runs[run].outputs = {}
         except (KeyError, TypeError, ValueError) as exc:

@@ -9,6 +9,8 @@ two replays of a file are identical. What was timing in the live run is data her
   file; the recorded context when that run began before a snippet did);
 - recurrent state starts from the recorded state (else the manifest's initial value) and is
   committed after each run whose trajectory is usable by the recorded limits, as the loop does;
+- a run whose engine raised live (a GPU fault, say) is not replayed: the loop used nothing of it
+  (no trajectory, state or context), and re-running it would commit what the loop never did;
 - with raw frames recorded (``--record-raw``), the preprocessing is replayed too: the frames go
   through the runtime's own preprocessing and must give the recorded camera inputs.
 
@@ -72,6 +74,7 @@ class ReplayReport:
     runs: int = 0
     replayed: int = 0
     skipped: int = 0  # runs whose inputs are not all in the file (a snippet's first)
+    failed_live: int = 0  # runs whose engine raised live: not replayed, nothing committed (as live)
     compared: int = 0
     preprocess: OutputDiff | None = None
     seconds: float = 0.0
@@ -97,7 +100,8 @@ class ReplayReport:
     def as_dict(self) -> dict[str, Any]:
         first = self.first_regression()
         return {"log": self.log, "engine": self.engine, "ok": self.ok, "runs": self.runs, "replayed": self.replayed,
-                "skipped": self.skipped, "compared": self.compared, "seconds": round(self.seconds, 3),
+                "skipped": self.skipped, "failed_live": self.failed_live, "compared": self.compared,
+                "seconds": round(self.seconds, 3),
                 "truncated": self.truncated, "same_bundle": self.same_bundle,
                 "first_regression": None if first is None else {"output": first.name, "run": first.first_bad[0],
                                                                  "tick": first.first_bad[1]},
@@ -158,6 +162,9 @@ class Replayer:
         contexts: dict[int, dict[str, np.ndarray]] = {}
         pre = self._preprocessor(rec)
         for run in rec.runs:
+            if run.error is not None:  # live, the engine raised: no outputs, no state, no context were used
+                report.failed_live += 1
+                continue
             raw_missing = run.device_cameras and run.tick not in rec.raw_frames
             if not run.complete or raw_missing or (run.kind == "fast" and run.context_run not in contexts
                                                    and not run.context):
