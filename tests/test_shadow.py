@@ -1,6 +1,7 @@
 """Shadow mode (``vla-run --shadow``): the pure decisions, then real loops (tiny bundle, synthetic cameras) with a
 real candidate: the same bundle agrees to the millimetre, one with other weights does not, a contract that differs is
-refused in one line, a dual-rate primary is shadowed by the candidate's whole model, a candidate with no idle
+refused in one line, a dual-rate primary is shadowed by the candidate's stages run as the primary's (the same
+bundle agrees exactly) or by its whole model, a candidate with no idle
 time to run in never runs, a failing candidate never stops the loop, and the command line end to end."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from stage_models import manifest as stage_manifest
 from stage_models import write_bundle
 
 import vla.runtime.engine as engine_module
-from conftest import VLA_RUN, assert_one_line_error, paced, run_cli
+import vla.runtime.loop.shadow as shadow_module
+from conftest import VLA_EXPORT, VLA_RUN, assert_one_line_error, paced, run_cli
 from vla.runtime.engine import open_engine
 from vla.runtime.errors import VlaError
 from vla.runtime.inputs.sources import open_cameras
@@ -231,7 +233,7 @@ def test_a_candidate_with_another_contract_is_refused_in_one_line(tiny_bundle, s
     assert runner.taps == [] and runner.annotators == []
 
 
-def test_a_dual_rate_primary_is_shadowed_by_the_whole_model(stages_bundle):
+def test_a_dual_rate_primary_is_shadowed_on_the_tick_s_noise_and_the_slow_run_s_frames(stages_bundle):
     """The test stages' trajectory depends on the noise only: the candidate must get this tick's noise (which
     only the fast run reads) and the slow run's frames, and then agrees exactly."""
     records, shadow, runner = _loop(stages_bundle, stages_bundle, 12, stage_rate=3, context_max_age_ms=1000.0)
@@ -240,6 +242,35 @@ def test_a_dual_rate_primary_is_shadowed_by_the_whole_model(stages_bundle):
     assert len(compared) >= 5, [r["shadow"] for r in records]
     assert all(s["ade_m"] == 0.0 and s["fde_m"] == 0.0 for s in compared), compared
     assert "dual-rate primary" in shadow.describe()
+
+
+@pytest.fixture(scope="module")
+def v2_bundle(tmp_path_factory):
+    """Reference 2, tiny: its context stage and its action expert both read the ego history."""
+    from test_export_staged import TINY_V2
+
+    out = tmp_path_factory.mktemp("shadow") / "v2"
+    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_a_staged_candidate_runs_as_the_dual_rate_primary_and_the_same_bundle_agrees_exactly(v2_bundle, monkeypatch):
+    """Reference 2's context reads the ego history as the slow run saw it, its expert as the tick sees it. Run as
+    the primary runs (slow stages on the slow run's inputs, once per slow run; fast stages on the tick's), the
+    same bundle agrees to the published millimetre from tick 0; as one whole model per tick (the context remade
+    from the tick's ego history) it does not, which is why the staged way exists."""
+    records, shadow, _ = _loop(v2_bundle, v2_bundle, 15, context_max_age_ms=1000.0)
+    assert "the candidate's stages as the primary's" in shadow.describe()
+    compared = [r["shadow"] for r in records if r["shadow"]["ade_m"] is not None]
+    assert len(compared) >= 8 and compared[0]["tick"] <= 1, [r["shadow"] for r in records]
+    assert all(s["ade_m"] == 0.0 and s["fde_m"] == 0.0 for s in compared), compared
+
+    monkeypatch.setattr(shadow_module, "staged_split", lambda *_: None)
+    records, shadow, _ = _loop(v2_bundle, v2_bundle, 15, context_max_age_ms=1000.0)
+    assert "whole model once per tick" in shadow.describe()
+    whole = [r["shadow"]["ade_m"] for r in records if r["shadow"]["ade_m"] is not None]
+    assert whole and max(whole) > 0.0, whole
 
 
 def test_a_dual_rate_primary_s_slow_stages_are_waited_for_never_run_alongside(stages_bundle):
@@ -251,13 +282,13 @@ def test_a_dual_rate_primary_s_slow_stages_are_waited_for_never_run_alongside(st
         slow = runner.backend.backends["vision"]
         slow.run = paced(slow.run, 60.0)
         shadow = Shadow.open(str(stages_bundle), runner)
-        real = shadow.backend.run
+        real = shadow.backend.execute  # a staged candidate runs its stages as the primary's
 
-        def run():
-            seen.append(runner._slow.worker.busy)  # the primary's slow stages, as the candidate starts
-            return real()
+        def execute(stages, store):
+            seen.append(runner._slow.worker.busy)  # the primary's slow stages, as the candidate's stages start
+            return real(stages, store)
 
-        shadow.backend.run = run  # after its warm-up
+        shadow.backend.execute = execute  # after its warm-up
         return shadow
 
     records, shadow, _ = _loop(stages_bundle, wait_for_slow, 10, context_max_age_ms=1000.0)

@@ -24,11 +24,15 @@ The primary must never wait for it. So, per tick, on the loop thread and never b
 Snapshots are double-buffered: the running job reads one while ``on_run`` fills the other, so no buffer is
 shared between threads. The candidate runs on ONNX Runtime on the CPU, one thread unless told otherwise.
 
-Dual rate (a primary whose slow stages run on their own worker): the candidate runs its *whole* model,
-at most once per tick, on the union of the fast run's inputs and those only the slow stages read, as the
-slow run whose context that fast run used (``RunEvent.context_run``) saw them (its frames). An input both
-read (the ego history) is the fast run's, the newest. So the comparison includes the primary's context age:
-on a dual-rate primary even the same bundle disagrees a little.
+Dual rate (a primary whose slow stages run on their own worker): the candidate sees what the primary's
+decision saw. Its inputs are the fast run's, and those only the slow stages read as the slow run whose
+context that fast run used (``RunEvent.context_run``) saw them (its frames).
+- A candidate that is a bundle of stages split the same way (its slow stages read only what the primary's
+  slow run read) runs like the primary: its slow stages on that slow run's inputs (an input both read, the
+  ego history, as the slow run saw it), once per slow run (kept for the next ticks on the same context, its
+  state committed then), and its fast stages on this tick's. The same bundle then agrees exactly.
+- Any other candidate runs its *whole* model once per tick, an input both read being the fast run's (the
+  newest): the comparison then includes the primary's context age, so even the same model disagrees a little.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ import numpy as np
 
 from vla.kernels.decode import DecodedTrajectory, TrajectoryDecoder, integrate_controls
 
+from ..backends.staged import StagedBackend, StageStore
 from ..errors import VlaError
 from ..manifest import Manifest
+from ..stages import Stage, split, with_rate
 from .engine_worker import EngineWorker
 from .limits import check_mode, decoder_limits, judge_decoded
 from .stats import Window, median, percentile, summarize
@@ -135,6 +141,21 @@ def contract_problem(primary: Manifest, candidate: Manifest) -> str | None:
     return None
 
 
+def staged_split(candidate: Backend, primary_slow_reads: set[str] | None,
+                 stage_rate: str | int | None) -> tuple[tuple[Stage, ...], tuple[Stage, ...]] | None:
+    """The candidate's (slow, fast) stages when it can run like a dual-rate primary: it is a bundle of stages
+    whose rate (``stage_rate``, the primary's setting) splits it, and its slow stages read no model input the
+    primary's slow run did not read (``primary_slow_reads``; None: the primary is not dual rate). Else None."""
+    if primary_slow_reads is None or not isinstance(candidate, StagedBackend):
+        return None
+    slow, fast = split(with_rate(candidate.stages, stage_rate))
+    if not slow or not fast:
+        return None
+    model_inputs = {t.name for t in candidate.manifest.inputs if t.role != "state"}
+    reads = {n for s in slow for n in (*s.inputs, *((s.repeat.init,) if s.repeat else ()))} & model_inputs
+    return (slow, fast) if reads <= primary_slow_reads else None
+
+
 # ---- the tap ------------------------------------------------------------------------------------------------------
 @dataclass
 class _Snapshot:
@@ -190,6 +211,11 @@ class Shadow:
         self._w = 0  # the snapshot on_run fills; a job takes it and the other becomes this
         self._slow: dict[int, dict[str, np.ndarray]] = {}
         self._pinned: int | None = None  # the slow snapshot a running job reads
+        primary_slow = getattr(runner, "_slow", None)
+        slow_reads = None if primary_slow is None else set(runner._run_reads("slow")[0])
+        self._staged = staged_split(backend, slow_reads, cfg.stage_rate)  # (slow, fast) or None: whole model
+        self._context = StageStore()  # staged: the candidate's context, made from slow run ``_context_run``
+        self._context_run: int | None = None
         self.worker = EngineWorker(name="vla-shadow")  # wall clock: its runs are real, whatever the loop's clock
         self._job_started = False
         self._result: Result | None = None  # written by the job, read once it is done
@@ -356,15 +382,13 @@ class Shadow:
                 self._result = Result(tick, None, None, 0.0, skipped=True)
                 return {}
         t0 = time.perf_counter()
-        feed = self.backend.feed
-        for n in snap.names:
-            np.copyto(feed(n), snap.arrays[n])
-        if slow is not None:
-            for n in self._needed:
-                if n not in snap.names:
-                    np.copyto(feed(n), slow[n])
         self._result = Result(tick, None, None, 0.0, "no result")  # until the run below gets further
-        out = self.backend.run()
+        staged = self._staged is not None and slow is not None
+        if staged:
+            out = self._run_staged(snap, slow)  # type: ignore[arg-type]
+        else:
+            self._feed(snap, slow, slow_first=False)
+            out = self.backend.run()
         decoded = self._decode(out, snap.v0)
         judged = judge_decoded(decoded, self._mode)
         error = None
@@ -375,9 +399,39 @@ class Shadow:
         else:
             error = f"unusable trajectory: {judged.problem}"
         if judged.usable:
-            self._commit_state(out)
+            self._commit_state(out, staged)
         self._result = Result(tick, ade, fde, (time.perf_counter() - t0) * 1000.0, error)
         return {}
+
+    def _feed(self, snap: _Snapshot, slow: dict[str, np.ndarray] | None, slow_first: bool) -> None:
+        """The candidate's inputs: the tick's snapshot, and the slow run's for the rest; with ``slow_first`` every
+        input the slow run read is its value (its stages are about to run), else the tick's where both read it."""
+        feed = self.backend.feed
+        for n in snap.names:
+            if not (slow_first and slow is not None and n in slow):
+                np.copyto(feed(n), snap.arrays[n])
+        if slow is not None:
+            for n in self._needed:
+                if (slow_first and n in slow) or n not in snap.names:
+                    np.copyto(feed(n), slow[n])
+
+    def _run_staged(self, snap: _Snapshot, slow: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a staged candidate as the primary ran: its slow stages on the slow run's inputs (once per slow
+        run, their state committed as the loop does when it publishes a context), its fast stages on the tick's."""
+        backend: StagedBackend = self.backend  # type: ignore[assignment]
+        cslow, cfast = self._staged  # type: ignore[misc]
+        if self._context_run != snap.context_run:
+            self._context_run = None  # until made: a failed run leaves no context behind
+            self._feed(snap, slow, slow_first=True)
+            backend.prepare(cslow, None)
+            backend.execute(cslow, self._context)
+            backend.commit_state(cslow)
+            self._context_run = snap.context_run
+        self._feed(snap, slow, slow_first=False)
+        backend.prepare(cfast, self._context)
+        store = StageStore()
+        backend.execute(cfast, store)
+        return {t.name: store.values[t.name] for t in backend.manifest.outputs if t.name in store.values}
 
     def _decode(self, out: Mapping[str, np.ndarray], v0: float) -> DecodedTrajectory:
         traj = out[self._traj_name]
@@ -386,8 +440,10 @@ class Shadow:
             traj = self._poses
         return self._decoder(traj, out[self._score_name] if self._score_name else None)
 
-    def _commit_state(self, out: Mapping[str, np.ndarray]) -> None:
-        if self._commit is not None:
+    def _commit_state(self, out: Mapping[str, np.ndarray], staged: bool = False) -> None:
+        if staged:  # the fast stages' (the slow stages' was committed when they ran)
+            self.backend.commit_state(self._staged[1])  # type: ignore[attr-defined,index]
+        elif self._commit is not None:
             self._commit()
         else:
             for dst, src in self._states:
@@ -460,7 +516,8 @@ class Shadow:
         return (f"shadow: candidate {self.backend.manifest.name} ({self.label}) on {self.backend.describe()}; "
                 f"run p50 {percentile(w, 50):.1f} ms, p99 {percentile(w, 99):.1f} ms (warm-up); runs only when the "
                 f"engine is idle and its p99 run + {self.margin_ms:g} ms ends before the next tick"
-                + ("; dual-rate primary: the candidate's whole model once per tick" if dual else ""))
+                + ("" if not dual else "; dual-rate primary: the candidate's stages as the primary's" if self._staged
+                   else "; dual-rate primary: the candidate's whole model once per tick"))
 
     def summary(self) -> str:
         """The exit summary's line."""
