@@ -30,6 +30,10 @@ VLA_RUN = [sys.executable, "-m", "vla.runtime.cli"]
 TINY_REFERENCE = ("image_height=32", "image_width=64", "vit_dim=32", "vit_depth=1", "vit_heads=1", "dim=32",
                   "heads=1", "resampler_depth=1", "fusion_depth=1", "world_depth=1", "action_depth=1",
                   "scene_tokens=8", "memory_pool=2", "euler_steps=1")
+#: Reference model 2 at a size that exports in seconds.
+TINY_V2 = ("image_height=32", "image_width=64", "vit_dim=32", "vit_depth=1", "vit_heads=1", "dim=32", "heads=1",
+           "context_tokens=4", "context_depth=1", "expert_dim=32", "expert_heads=1", "expert_depth=1",
+           "waypoints=16")
 
 
 def run_cli(cmd: list[str], *args: str, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
@@ -83,6 +87,16 @@ def tiny_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     proc = run_cli(VLA_EXPORT, "reference-v1", "-o", out, *(a for kv in TINY_REFERENCE for a in ("--config", kv)))
     assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_v2_bundle(tmp_path_factory) -> Path:
+    """Reference model 2 (a bundle of stages: vision + context async, the action expert every tick) in its tiny
+    configuration (``TINY_V2``), exported as a user would; shared, so tests must not write into it."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-v2"
+    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_REFERENCE
+from conftest import TINY_REFERENCE, TINY_V2
 from vla.export.cli import main
 from vla.export.load import build_from_factory
 from vla.export.staged import Declared, compose_torch
@@ -129,10 +129,6 @@ TWO_STAGES = {"encoder": {"module": "encoder", "rate": "async", "max_age_ms": 20
 FLOW_STAGES = {"encoder": "encoder",
                "action": {"module": "expert", "repeat": 4, "sample": {"input": "sample", "output": "next_sample"},
                           "time": "t"}}
-#: Reference model 2 at a size that exports in seconds.
-TINY_V2 = ("image_height=32", "image_width=64", "vit_dim=32", "vit_depth=1", "vit_heads=1", "dim=32", "heads=1",
-           "context_tokens=4", "context_depth=1", "expert_dim=32", "expert_heads=1", "expert_depth=1",
-           "waypoints=16")
 
 
 @pytest.fixture

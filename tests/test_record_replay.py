@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_export_staged import TINY_V2
 
 from conftest import TINY_REFERENCE, VLA_EXPORT, VLA_RUN, assert_one_line_error, run_cli
 from vla.runtime.engine import open_engine
@@ -38,15 +37,6 @@ from vla.runtime.replay.reader import read_recording
 VLA_REPLAY = [sys.executable, "-m", "vla.runtime.replay.cli"]
 DATA = Path(__file__).parent / "data"
 COMMITTED_LOG = DATA / "reference-v2.mcap"
-
-
-@pytest.fixture(scope="module")
-def staged(tmp_path_factory) -> Path:
-    """Reference 2 in a tiny configuration: vision + context async, the action expert every tick."""
-    out = tmp_path_factory.mktemp("rr") / "v2"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +208,12 @@ def test_a_run_that_failed_live_is_replayed_as_failed_and_its_state_not_committe
     assert "1 failed live" in proc.stderr and all(o["max_abs"] == 0.0 for o in report["outputs"])
 
 
-def test_a_slow_run_that_failed_live_is_not_replayed_and_the_fast_path_reads_the_context_before(staged, tmp_path):
+def test_a_slow_run_that_failed_live_is_not_replayed_and_the_fast_path_reads_the_context_before(tiny_v2_bundle,
+                                                                                               tmp_path):
     """Dual rate: a slow run (vision, context) whose engine raised publishes nothing; the fast runs after it read
     the previous context, and replay must give them that one (injected failure, as above)."""
     log = tmp_path / "slow-fault.mcap"
-    _record_with_a_failing_run(staged, log, fail_at=4, ticks=15, slow=True)
+    _record_with_a_failing_run(tiny_v2_bundle, log, fail_at=4, ticks=15, slow=True)
     rec = read_recording(log)
     lost = [r for r in rec.runs if r.error]
     assert len(lost) == 1 and lost[0].kind == "slow" and "CUDA error 700" in lost[0].error
@@ -233,9 +224,9 @@ def test_a_slow_run_that_failed_live_is_not_replayed_and_the_fast_path_reads_the
 
 
 # ---- the dual-rate schedule and the world model ------------------------------------------------------------
-def test_dual_rate_replays_the_recorded_schedule_with_surprise(staged, tmp_path):
+def test_dual_rate_replays_the_recorded_schedule_with_surprise(tiny_v2_bundle, tmp_path):
     log = tmp_path / "dual.mcap"
-    ticks = record(staged, log, frames=20)
+    ticks = record(tiny_v2_bundle, log, frames=20)
     assert any(t["surprise"] is not None for t in ticks), "the world model's surprise is published"
     rec = read_recording(log)
     kinds = {r.kind for r in rec.runs}
@@ -248,8 +239,8 @@ def test_dual_rate_replays_the_recorded_schedule_with_surprise(staged, tmp_path)
     assert all(o["max_abs"] == 0.0 for o in report["outputs"])
 
 
-def test_prometheus_publishes_the_surprise(staged):
-    proc = subprocess.Popen([*VLA_RUN, "--engine", str(staged), "--camera", "synthetic://", "--frames", "400",
+def test_prometheus_publishes_the_surprise(tiny_v2_bundle):
+    proc = subprocess.Popen([*VLA_RUN, "--engine", str(tiny_v2_bundle), "--camera", "synthetic://", "--frames", "400",
                              "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = None
@@ -331,7 +322,7 @@ def test_truncated_log_is_refused_then_salvaged(good_log, tmp_path):
     assert "warning: the log is truncated" in proc.stderr
 
 
-def test_corrupt_foreign_and_incomplete_logs_are_one_line(good_log, staged, tmp_path):
+def test_corrupt_foreign_and_incomplete_logs_are_one_line(good_log, tiny_v2_bundle, tmp_path):
     junk = tmp_path / "junk.mcap"
     junk.write_bytes(b"\x00garbage" * 100)
     assert_one_line_error(run_cli(VLA_REPLAY, junk), "not an MCAP")
@@ -342,12 +333,12 @@ def test_corrupt_foreign_and_incomplete_logs_are_one_line(good_log, staged, tmp_
     flipped.write_bytes(bytes(data))
     err = assert_one_line_error(run_cli(VLA_REPLAY, flipped), str(flipped))
     assert "corrupt" in err or "truncated" in err or "not an MCAP" in err
-    assert_one_line_error(run_cli(VLA_REPLAY, good_log, "--engine", staged), "manifest mismatch")
+    assert_one_line_error(run_cli(VLA_REPLAY, good_log, "--engine", tiny_v2_bundle), "manifest mismatch")
     bare = tmp_path / "bare.mcap"
     sink = McapSink(bare, {fmt.META_MANIFEST: {"json": "{}"}})
     sink.write(fmt.json_message(fmt.COMMAND, 1, {"text": "x", "name": "x"}, "vla.command/1"))
     sink.close()
-    assert_one_line_error(run_cli(VLA_REPLAY, bare, "--engine", staged), "channel /tick missing")
+    assert_one_line_error(run_cli(VLA_REPLAY, bare, "--engine", tiny_v2_bundle), "channel /tick missing")
     assert_one_line_error(run_cli(VLA_REPLAY, tmp_path / "none.mcap"), "no such recording")
 
 

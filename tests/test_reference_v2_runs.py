@@ -9,29 +9,20 @@ import sys
 
 import numpy as np
 import pytest
-from test_export_staged import TINY_V2
 from trt_standin import install
 
-from conftest import VLA_EXPORT, VLA_RUN, run_cli
+from conftest import TINY_V2, VLA_EXPORT, VLA_RUN, run_cli
 from vla.runtime.engine import open_engine
 from vla.runtime.inputs.feeds import example_feeds
 
 VLA_BENCH = [sys.executable, "-m", "vla.runtime.bench.cli"]
 
 
-@pytest.fixture(scope="module")
-def v2(tmp_path_factory):
-    out = tmp_path_factory.mktemp("v2") / "reference"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 @pytest.mark.parametrize("backend", ["ort", "torch"])
-def test_vla_run_drives_reference_2_dual_rate(v2, backend):
+def test_vla_run_drives_reference_2_dual_rate(tiny_v2_bundle, backend):
     # A budget and a context age no machine misses with this tiny model, busy or not: not a speed test.
-    proc = run_cli(VLA_RUN, "--engine", v2, "--camera", "synthetic://", "--frames", "8", "--backend", backend,
-                   "--budget-ms", "1000", "--context-max-age", "2000")
+    proc = run_cli(VLA_RUN, "--engine", tiny_v2_bundle, "--camera", "synthetic://", "--frames", "8",
+                   "--backend", backend, "--budget-ms", "1000", "--context-max-age", "2000")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == 8 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
@@ -42,20 +33,20 @@ def test_vla_run_drives_reference_2_dual_rate(v2, backend):
     assert "dual rate: slow stages (vision" in proc.stderr and "vision+context async" in proc.stderr
 
 
-def test_vla_bench_times_the_action_stage_alone(v2):
-    proc = run_cli(VLA_BENCH, "--engine", v2, "--stage", "action", "--iterations", "5", "--duration", "0.2",
+def test_vla_bench_times_the_action_stage_alone(tiny_v2_bundle):
+    proc = run_cli(VLA_BENCH, "--engine", tiny_v2_bundle, "--stage", "action", "--iterations", "5", "--duration", "0.2",
                    "--warmup", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stage:action" in proc.stdout
 
 
-def test_reference_2_on_tensorrt_equals_onnx_runtime(v2, monkeypatch, tmp_path):
+def test_reference_2_on_tensorrt_equals_onnx_runtime(tiny_v2_bundle, monkeypatch, tmp_path):
     """On the TensorRT stand-in (a plan per stage, built into the bundle's cache on first open)."""
     import shutil
 
     import vla.kernels
 
-    bundle = shutil.copytree(v2, tmp_path / "copy")
+    bundle = shutil.copytree(tiny_v2_bundle, tmp_path / "copy")
     monkeypatch.setattr(vla.kernels, "cuda_available", lambda: False)
     install(monkeypatch)
     ort_b, trt_b = open_engine(str(bundle), backend="ort"), open_engine(str(bundle), backend="trt")

@@ -38,9 +38,8 @@ from carla_driver_interface.protocol import (
     channel_options,
 )
 from carla_driver_interface.testing import FakeCamera, FakeLoop
-from test_export_staged import TINY_V2
 
-from conftest import VLA_EXPORT, run_cli
+from conftest import run_cli
 from vla.runtime.cli_support import EXIT_USER_ERROR
 from vla.runtime.engine import open_engine
 from vla.serve.cli import main as serve_main
@@ -118,16 +117,8 @@ class Recorder(grpc.UnaryUnaryClientInterceptor):
 
 
 @pytest.fixture(scope="module")
-def tiny_v2(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "tiny-v2"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(tiny_v2):
-    srv = Server(tiny_v2)
+def server(tiny_v2_bundle):
+    srv = Server(tiny_v2_bundle)
     yield srv
     srv.terminate()
 
@@ -376,8 +367,8 @@ def test_each_session_carries_its_own_recurrent_state_and_falls_back_on_its_own_
 
 
 # ---- lifecycle ------------------------------------------------------------------------------------------------------
-def test_camera_map_is_obeyed_and_sigterm_ends_the_server_cleanly(tiny_v2):
-    srv = Server(tiny_v2, "--camera-map", "front=camera_wide")
+def test_camera_map_is_obeyed_and_sigterm_ends_the_server_cleanly(tiny_v2_bundle):
+    srv = Server(tiny_v2_bundle, "--camera-map", "front=camera_wide")
     try:
         assert any("warm-up: decision" in ln for ln in srv.startup), srv.startup  # warmed before the port opened
         channel = grpc.insecure_channel(srv.target, options=channel_options())
@@ -400,7 +391,7 @@ def test_camera_map_is_obeyed_and_sigterm_ends_the_server_cleanly(tiny_v2):
             srv.proc.kill()
 
 
-def test_command_line_mistakes_are_one_line_errors(tiny_v2, tmp_path, capsys):
+def test_command_line_mistakes_are_one_line_errors(tiny_v2_bundle, tmp_path, capsys):
     def refused(*args: object) -> str:
         assert serve_main([str(a) for a in args]) == EXIT_USER_ERROR
         err = capsys.readouterr().err
@@ -409,12 +400,13 @@ def test_command_line_mistakes_are_one_line_errors(tiny_v2, tmp_path, capsys):
         return errors[0]
 
     assert "missing" in refused("--engine", tmp_path / "missing")
-    assert "no camera 'rear'" in refused("--engine", tiny_v2, "--camera-map", "rear=camera_rear")
-    assert "['fly', 'moon'] are not in the model's vocabulary" in refused("--engine", tiny_v2, "--command",
+    assert "no camera 'rear'" in refused("--engine", tiny_v2_bundle, "--camera-map", "rear=camera_rear")
+    assert "['fly', 'moon'] are not in the model's vocabulary" in refused("--engine", tiny_v2_bundle, "--command",
                                                                            "fly to the moon")
-    assert "--port must be 0-65535" in refused("--engine", tiny_v2, "--port", 70000)
+    assert "--port must be 0-65535" in refused("--engine", tiny_v2_bundle, "--port", 70000)
     with socket.socket() as taken:  # a port another program listens on is refused, not shared
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert f"cannot listen on 127.0.0.1:{port}" in refused("--engine", tiny_v2, "--port", port, "--warmup-runs", 1)
+        assert f"cannot listen on 127.0.0.1:{port}" in refused("--engine", tiny_v2_bundle, "--port", port,
+                                                               "--warmup-runs", 1)

@@ -20,7 +20,7 @@ from stage_models import write_bundle
 
 import vla.runtime.engine as engine_module
 import vla.runtime.loop.shadow as shadow_module
-from conftest import VLA_EXPORT, VLA_RUN, assert_one_line_error, paced, run_cli
+from conftest import VLA_RUN, assert_one_line_error, paced, run_cli
 from vla.runtime.engine import open_engine
 from vla.runtime.errors import VlaError
 from vla.runtime.inputs.sources import open_cameras
@@ -244,30 +244,20 @@ def test_a_dual_rate_primary_is_shadowed_on_the_tick_s_noise_and_the_slow_run_s_
     assert "dual-rate primary" in shadow.describe()
 
 
-@pytest.fixture(scope="module")
-def v2_bundle(tmp_path_factory):
-    """Reference 2, tiny: its context stage and its action expert both read the ego history."""
-    from test_export_staged import TINY_V2
-
-    out = tmp_path_factory.mktemp("shadow") / "v2"
-    proc = run_cli(VLA_EXPORT, "reference", "-o", out, *(a for kv in TINY_V2 for a in ("--config", kv)))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
-def test_a_staged_candidate_runs_as_the_dual_rate_primary_and_the_same_bundle_agrees_exactly(v2_bundle, monkeypatch):
+def test_a_staged_candidate_runs_as_the_dual_rate_primary_and_the_same_bundle_agrees_exactly(tiny_v2_bundle,
+                                                                                            monkeypatch):
     """Reference 2's context reads the ego history as the slow run saw it, its expert as the tick sees it. Run as
     the primary runs (slow stages on the slow run's inputs, once per slow run; fast stages on the tick's), the
     same bundle agrees to the published millimetre from tick 0; as one whole model per tick (the context remade
     from the tick's ego history) it does not, which is why the staged way exists."""
-    records, shadow, _ = _loop(v2_bundle, v2_bundle, 15, context_max_age_ms=1000.0)
+    records, shadow, _ = _loop(tiny_v2_bundle, tiny_v2_bundle, 15, context_max_age_ms=1000.0)
     assert "the candidate's stages as the primary's" in shadow.describe()
     compared = [r["shadow"] for r in records if r["shadow"]["ade_m"] is not None]
     assert len(compared) >= 8 and compared[0]["tick"] <= 1, [r["shadow"] for r in records]
     assert all(s["ade_m"] == 0.0 and s["fde_m"] == 0.0 for s in compared), compared
 
     monkeypatch.setattr(shadow_module, "staged_split", lambda *_: None)
-    records, shadow, _ = _loop(v2_bundle, v2_bundle, 15, context_max_age_ms=1000.0)
+    records, shadow, _ = _loop(tiny_v2_bundle, tiny_v2_bundle, 15, context_max_age_ms=1000.0)
     assert "whole model once per tick" in shadow.describe()
     whole = [r["shadow"]["ade_m"] for r in records if r["shadow"]["ade_m"] is not None]
     assert whole and max(whole) > 0.0, whole
