@@ -204,6 +204,11 @@ def split(stages: tuple[Stage, ...]) -> tuple[tuple[Stage, ...], tuple[Stage, ..
     return tuple(s for s in stages if s.slow), tuple(s for s in stages if not s.slow)
 
 
+def stage_reads(stages: tuple[Stage, ...]) -> set[str]:
+    """Every tensor ``stages`` read: their inputs, and a repeat stage's initial sample (the noise input)."""
+    return {n for s in stages for n in (*s.inputs, *((s.repeat.init,) if s.repeat else ()))}
+
+
 def slow_due(rate: str | int, tick: int, busy: bool) -> bool:
     """Whether slow stages at ``rate`` start at tick index ``tick``: async whenever their worker is free,
     every N on ticks 0, N, 2N ... when it is free (a run still going at its tick is skipped, not queued)."""

@@ -143,7 +143,7 @@ def first_messages() -> list[fmt.Message]:
     pts = np.array([[1.0, 0.0, 0.0], [2.0, 0.2, 0.1], [3.0, 0.5, 0.2]])
     img = np.zeros((24, 32, 3), np.uint8)
     img[:, :16] = (0, 128, 255)
-    mount = fmt.rig_mounts(["front"])[0]
+    cam = fmt.rig_cameras(["front"], {"front": (32, 24)})[0]
     return [
         fmt.tensor_message(fmt.INPUT.format("x"), T0, np.arange(6, dtype=np.float32).reshape(2, 3)),
         fmt.tensor_message(fmt.CAMERA_RAW.format("front"), T0, img),
@@ -152,8 +152,8 @@ def first_messages() -> list[fmt.Message]:
         fmt.poses_message(T0, pts),
         fmt.scene_message(T0, pts, "ok"),
         fmt.jpeg_message("front", T0, img),
-        fmt.calibration_message(T0, mount, 32, 24),
-        fmt.tf_message(T0, [mount]),
+        fmt.calibration_message(T0, cam),
+        fmt.tf_message(T0, [cam]),
         fmt.health_message(T0, "fault: camera front stalled"),
     ]
 

@@ -80,7 +80,11 @@ class StagedBackend(Backend):
         """The whole decision: every stage in order, on the current inputs."""
         self.prepare(self.stages, None)
         self.execute(self.stages, self._decision)
-        return {n: self._decision.values[n] for n in self._model_outputs}
+        return self.model_outputs(self._decision)
+
+    def model_outputs(self, store: StageStore) -> dict[str, np.ndarray]:
+        """The model's outputs among what ``store`` holds (a part of the decision, e.g. the fast stages, gives some)."""
+        return {n: store.values[n] for n in self._model_outputs if n in store.values}
 
     def commit_state(self, stages: Iterable[Stage] | None = None) -> None:
         """The last run's state outputs become the next run's inputs, for ``stages`` (default all)."""

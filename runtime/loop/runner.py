@@ -82,7 +82,7 @@ from ..inputs.ego import EgoFeed
 from ..inputs.ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
 from ..inputs.preprocess import RigPreprocessor
 from ..inputs.sources.base import CameraSource, Frame
-from ..stages import split, with_rate
+from ..stages import split, stage_reads, with_rate
 from .budget import BudgetFit, judge_budget
 from .camera_group import GroupVerdict, judge_group
 from .clock import WALL, Clock
@@ -261,11 +261,11 @@ class Runner:
         self._slow = SlowPath(backend, slow, fast, config.context_max_age_ms, clock=self._clock)
         cameras = {t.name for t in backend.manifest.inputs_with("camera")}
         self._fast_reads_cameras = any(n in cameras for s in fast for n in s.inputs)
-        store, outputs = StageStore(), [t.name for t in backend.manifest.outputs]
+        store = StageStore()
 
         def fast_run() -> dict[str, np.ndarray]:
             backend.execute(fast, store)
-            return {n: store.values[n] for n in outputs if n in store.values}
+            return backend.model_outputs(store)
 
         self._fast_store = store
         self._engine_run = fast_run
@@ -770,7 +770,7 @@ class Runner:
             reads = m.inputs
         else:  # what the stages read, a repeat's initial sample (the noise) included
             stages = self._slow.slow if kind == "slow" else self._slow.fast
-            names = {n for st in stages for n in (*st.inputs, *((st.repeat.init,) if st.repeat else ()))}
+            names = stage_reads(stages)
             reads = tuple(t for t in m.inputs if t.name in names)
         on_device = self._device_tick is not None  # camera inputs preprocessed on the GPU: raw frames instead
         inputs = tuple(t.name for t in reads if t.role != "state" and not (on_device and t.role == "camera"))

@@ -51,7 +51,7 @@ from vla.kernels.decode import DecodedTrajectory, TrajectoryDecoder, integrate_c
 from ..backends.staged import StagedBackend, StageStore
 from ..errors import VlaError
 from ..manifest import Manifest
-from ..stages import Stage, split, with_rate
+from ..stages import Stage, split, stage_reads, with_rate
 from .engine_worker import EngineWorker
 from .limits import check_mode, decoder_limits, judge_decoded
 from .stats import Window, median, percentile, summarize
@@ -152,8 +152,7 @@ def staged_split(candidate: Backend, primary_slow_reads: set[str] | None,
     if not slow or not fast:
         return None
     model_inputs = {t.name for t in candidate.manifest.inputs if t.role != "state"}
-    reads = {n for s in slow for n in (*s.inputs, *((s.repeat.init,) if s.repeat else ()))} & model_inputs
-    return (slow, fast) if reads <= primary_slow_reads else None
+    return (slow, fast) if stage_reads(slow) & model_inputs <= primary_slow_reads else None
 
 
 # ---- the tap ------------------------------------------------------------------------------------------------------
@@ -431,7 +430,7 @@ class Shadow:
         backend.prepare(cfast, self._context)
         store = StageStore()
         backend.execute(cfast, store)
-        return {t.name: store.values[t.name] for t in backend.manifest.outputs if t.name in store.values}
+        return backend.model_outputs(store)
 
     def _decode(self, out: Mapping[str, np.ndarray], v0: float) -> DecodedTrajectory:
         traj = out[self._traj_name]

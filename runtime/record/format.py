@@ -40,12 +40,14 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
+
+from ..inputs.sources.scene import Camera, Rig
 
 PROFILE = "vla"  # the MCAP header's profile
 FORMAT_VERSION = "vla.recording/1"
@@ -224,41 +226,28 @@ def jpeg_message(name: str, time_ns: int, bgr: np.ndarray, quality: int = 85) ->
     return _proto(CAMERA.format(name), time_ns, msg)
 
 
-@dataclass(frozen=True)
-class Mount:
-    """A camera on the ego: where (metres, ego frame) and which way it looks (yaw, pitch; radians), and its
-    horizontal field of view. The reference rig's mounts are the default (``rig_mounts``)."""
-
-    name: str
-    x: float
-    y: float
-    z: float
-    yaw: float
-    pitch: float = 0.0
-    hfov_deg: float = 100.0
+def rig_cameras(names: Sequence[str], sizes: Mapping[str, tuple[int, int]]) -> list[Camera]:
+    """Where each camera sits and looks, for projecting the trajectory into its image: the synthetic and
+    simulated rig's own geometry (``scene.Rig``: known names at their yaws, 1.5 m up, 100 degree field of
+    view), each at its input size. A real rig's mounts are not in the manifest: for it this is a view, not
+    a measurement."""
+    return [Rig(names, *sizes[n]).cameras[i] for i, n in enumerate(names)]
 
 
-def rig_mounts(names: Sequence[str]) -> list[Mount]:
-    """The reference rig (``synthetic://``, ``sim://``): front, then left and right turned by 60 degrees,
-    1.5 m up. Other camera names get the front mount (a view, not a measurement)."""
-    yaws = {"front": 0.0, "left": math.radians(60.0), "right": math.radians(-60.0),
-            "rear": math.pi, "back": math.pi}
-    return [Mount(n, 1.5, 0.0, 1.5, yaws.get(n, 0.0)) for n in names]
-
-
-def tf_message(time_ns: int, mounts: Iterable[Mount]) -> Message:
+def tf_message(time_ns: int, cameras: Iterable[Camera]) -> Message:
     """Ego -> each camera's optical frame (x right, y down, z forward), for image projection."""
     fg = _fg()
     transforms = []
-    for m in mounts:
-        # Optical frame in the ego frame: z_opt = forward(yaw), x_opt = right(yaw), y_opt = down.
-        cy, sy = math.cos(m.yaw), math.sin(m.yaw)
+    for c in cameras:
+        # Optical frame in the ego frame: z_opt = forward(yaw), x_opt = right(yaw), y_opt = down; then the
+        # camera's pitch (down positive) turns z_opt towards the ground.
+        cy, sy = math.cos(c.yaw), math.sin(c.yaw)
         rot = np.array([[sy, 0.0, cy], [-cy, 0.0, sy], [0.0, -1.0, 0.0]])  # columns: x_opt, y_opt, z_opt
-        rot = rot @ np.array([[1, 0, 0], [0, math.cos(m.pitch), -math.sin(m.pitch)],
-                              [0, math.sin(m.pitch), math.cos(m.pitch)]])
+        cp, sp = math.cos(c.pitch), math.sin(c.pitch)
+        rot = rot @ np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])
         q = _rotation_quaternion(rot)
-        transforms.append(fg.FrameTransform(timestamp=_stamp(time_ns), parent_frame_id=EGO_FRAME, child_frame_id=m.name,
-                                            translation=fg.Vector3(x=m.x, y=m.y, z=m.z),
+        transforms.append(fg.FrameTransform(timestamp=_stamp(time_ns), parent_frame_id=EGO_FRAME, child_frame_id=c.name,
+                                            translation=fg.Vector3(x=0.0, y=0.0, z=c.mount_height),
                                             rotation=fg.Quaternion(x=q[0], y=q[1], z=q[2], w=q[3])))
     return _proto(TF, time_ns, fg.FrameTransforms(transforms=transforms))
 
@@ -272,15 +261,15 @@ def _rotation_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
     return x, y, z, w
 
 
-def calibration_message(time_ns: int, mount: Mount, width: int, height: int) -> Message:
-    """A pinhole model of ``mount`` at the image size the model sees (square pixels, centred)."""
+def calibration_message(time_ns: int, cam: Camera) -> Message:
+    """``cam``'s pinhole model at the image size the model sees (square pixels, centred)."""
     fg = _fg()
-    f = (width / 2.0) / math.tan(math.radians(mount.hfov_deg) / 2.0)
-    cx, cy = width / 2.0, height / 2.0
-    msg = fg.CameraCalibration(timestamp=_stamp(time_ns), frame_id=mount.name, width=width, height=height,
+    f, w, h = cam.focal, cam.width, cam.height
+    cx, cy = w / 2.0, h / 2.0
+    msg = fg.CameraCalibration(timestamp=_stamp(time_ns), frame_id=cam.name, width=w, height=h,
                                distortion_model="plumb_bob", D=[0.0] * 5, K=[f, 0, cx, 0, f, cy, 0, 0, 1],
                                R=[1, 0, 0, 0, 1, 0, 0, 0, 1], P=[f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0])
-    return _proto(CALIBRATION.format(mount.name), time_ns, msg)
+    return _proto(CALIBRATION.format(cam.name), time_ns, msg)
 
 
 def health_message(time_ns: int, event: str) -> Message:

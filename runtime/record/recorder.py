@@ -82,8 +82,7 @@ class Recorder:
         # Monotonic seconds (capture and publish times) -> epoch ns, fixed once, for the messages' log times.
         self._epoch_offset_ns = now_ns() - time.monotonic_ns()
         self._cameras = {t.name: t.detail for t in manifest.inputs_with("camera")}
-        self._mounts = fmt.rig_mounts(manifest.camera_names)
-        self._sizes = manifest.camera_sizes
+        self._rig = fmt.rig_cameras(manifest.camera_names, manifest.camera_sizes)
         self._state_done = False
         self._raw_tick = False  # this tick's run preprocessed its cameras on the GPU: keep its raw frames
         self.ticks = 0
@@ -159,10 +158,8 @@ class Recorder:
             if ego_sample is not None:
                 msgs.append(fmt.json_message(fmt.EGO, t, ego_sample, "vla.ego-sample/1", tick))
             if first or tick % TF_EVERY == 0:
-                msgs.append(fmt.tf_message(t, self._mounts))
-                for mount in self._mounts:
-                    w, h = self._sizes.get(mount.name, (0, 0))
-                    msgs.append(fmt.calibration_message(t, mount, w, h))
+                msgs.append(fmt.tf_message(t, self._rig))
+                msgs += [fmt.calibration_message(t, cam) for cam in self._rig]
             for name, (data, pixfmt, w, h, _seq, cap) in raw.items():
                 meta = {"format": pixfmt, "width": str(w), "height": str(h)}
                 msgs.append(fmt.tensor_message(fmt.CAMERA_RAW.format(name), self._ns(cap), data, tick, meta))

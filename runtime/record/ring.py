@@ -58,14 +58,6 @@ class Ring:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def oldest_ns(self) -> int | None:
-        return self._items[0][0] if self._items else None
-
-    @property
-    def newest_ns(self) -> int | None:
-        return self._newest_ns
-
     def push(self, time_ns: int, item: Any) -> None:
         """Keep ``item`` (stamped ``time_ns``), then forget what the window or the byte cap no longer holds."""
         size = _size(item)
@@ -119,7 +111,6 @@ class Snippet:
     last trigger plus ``post_s``, within ``max_s`` of the first), and why (``reasons``: distinct, in
     order, at most ``MAX_REASONS``; ``triggers``: how many fired into it)."""
 
-    first_ns: int
     start_ns: int
     end_ns: int
     reasons: tuple[str, ...]
@@ -159,7 +150,7 @@ class Snippets:
         """Record ``reason`` at ``now_ns``; True when this opens a new snippet."""
         cur = self.current
         if cur is None:
-            self.current = Snippet(now_ns, now_ns - self.pre_ns, now_ns + self.post_ns, (reason,))
+            self.current = Snippet(now_ns - self.pre_ns, now_ns + self.post_ns, (reason,))
             return True
         end = max(cur.end_ns, now_ns + self.post_ns)
         if self.max_ns is not None:
@@ -167,7 +158,7 @@ class Snippets:
         reasons = cur.reasons
         if reason not in reasons and len(reasons) < MAX_REASONS:
             reasons = (*reasons, reason)
-        self.current = Snippet(cur.first_ns, cur.start_ns, end, reasons, cur.triggers + 1)
+        self.current = Snippet(cur.start_ns, end, reasons, cur.triggers + 1)
         return False
 
     def state(self, now_ns: int) -> SnippetState:

@@ -58,7 +58,7 @@ class McapSink:
         self._writer.flush()
         self._schemas: dict[str, int] = {}
         self._channels: dict[str, int] = {}
-        self.messages = self.bytes_in = 0
+        self.messages = 0
         self.closed = False
 
     def _channel(self, msg: Message) -> int:
@@ -78,7 +78,6 @@ class McapSink:
         self._writer.add_message(self._channel(msg), msg.time_ns, msg.data, msg.time_ns,
                                  sequence=msg.sequence & 0xFFFFFFFF)
         self.messages += 1
-        self.bytes_in += len(msg.data)
 
     def add_metadata(self, name: str, data: dict[str, str]) -> None:
         self._writer.add_metadata(name, data)

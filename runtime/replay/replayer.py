@@ -224,7 +224,7 @@ class Replayer:
             ctx.put(name, value)
         backend.prepare(fast, ctx)
         backend.execute(fast, store)
-        return {t.name: store.values[t.name] for t in self._m.outputs if t.name in store.values}
+        return backend.model_outputs(store)
 
     def _poses(self, traj: np.ndarray, v0: float, dt: float) -> np.ndarray:
         if not self._m.controls:
