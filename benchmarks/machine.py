@@ -14,6 +14,15 @@ from vla.runtime.bench import environment
 CAMERA_720P = "synthetic://?size=1280x720"
 
 
+def abba(rounds: int) -> list[bool]:
+    """A feature off/on per run for an A/B comparison on a shared machine: off,on then on,off, ... (ABBA),
+    so neither arm always goes first and a machine that gets busier weighs on both alike."""
+    order: list[bool] = []
+    for i in range(rounds):
+        order += [False, True] if i % 2 == 0 else [True, False]
+    return order
+
+
 def describe() -> str:
     """e.g. 'AMD EPYC, 2 cores, Linux 6.18.44, Python 3.11.7'."""
     return environment.describe(environment.collect())

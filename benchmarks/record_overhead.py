@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from machine import describe
+from machine import abba, describe
 
 from vla.runtime.engine import open_engine
 from vla.runtime.inputs.sources import open_cameras
@@ -92,14 +92,6 @@ class TapTimer:
         return ms
 
 
-def block_order(blocks: int) -> list[bool]:
-    """Recording on/off per block: off,on then on,off, ... (ABBA), so neither arm always goes first."""
-    order: list[bool] = []
-    for i in range(blocks):
-        order += [False, True] if i % 2 == 0 else [True, False]
-    return order
-
-
 def set_loop_policy(fifo: int | None) -> None:
     """This thread (the loop's) under SCHED_FIFO at ``fifo``, or back to SCHED_OTHER (None).
 
@@ -129,7 +121,7 @@ def measure(engine: str, camera: str, raw: bool, blocks: int, ticks: int, settle
     dropped = 0
     records: Iterator[dict[str, Any]] = iter(runner)
     try:
-        for i, on in enumerate(block_order(blocks)):
+        for i, on in enumerate(abba(blocks)):  # recording off/on per block
             session = None
             if on:
                 if loop_fifo is not None:

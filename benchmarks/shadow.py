@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from machine import CAMERA_720P, describe
+from machine import CAMERA_720P, abba, describe
 
 from vla.runtime.engine import open_engine
 from vla.runtime.inputs.sources import open_cameras
@@ -75,17 +75,16 @@ def main() -> int:
     candidate = args.shadow or args.engine
 
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for i in range(args.rounds):
-        order = ("off", "on") if i % 2 == 0 else ("on", "off")
-        for mode in order:
-            r = run_once(args.engine, args.camera, args.ticks, args.rate, args.budget_ms,
-                         candidate if mode == "on" else None)
-            r["load"] = os.getloadavg()[0]  # other work on the machine: the figures mean little when it is high
-            runs[mode].append(r)
-            e2e = summarize(r["e2e"])
-            print(f"round {i + 1} shadow {mode:>3}: e2e p50 {e2e['median']:.2f} ms, p99 {e2e['p99']:.2f} ms; "
-                  f"load average {r['load']:.2f}" + (f"; shadow {r['totals']}" if mode == "on" else ""),
-                  file=sys.stderr, flush=True)
+    for k, on in enumerate(abba(args.rounds)):
+        i, mode = k // 2, "on" if on else "off"
+        r = run_once(args.engine, args.camera, args.ticks, args.rate, args.budget_ms,
+                     candidate if mode == "on" else None)
+        r["load"] = os.getloadavg()[0]  # other work on the machine: the figures mean little when it is high
+        runs[mode].append(r)
+        e2e = summarize(r["e2e"])
+        print(f"round {i + 1} shadow {mode:>3}: e2e p50 {e2e['median']:.2f} ms, p99 {e2e['p99']:.2f} ms; "
+              f"load average {r['load']:.2f}" + (f"; shadow {r['totals']}" if mode == "on" else ""),
+              file=sys.stderr, flush=True)
 
     def pooled(mode: str, key: str) -> dict[str, float]:
         return summarize([v for r in runs[mode] for v in r[key]])

@@ -3,7 +3,7 @@ cluster or start an embedded local one, quietly, with one-line errors."""
 
 from __future__ import annotations
 
-from .errors import VlaError
+from .errors import VlaError, one_line
 
 #: Local Ray's object store: results are small, so a small store (Ray's default takes 30 % of RAM).
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -25,7 +25,7 @@ def start_ray(address: str | None, workers: int, flag: str = "--ray", local: str
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise VlaError(f"{flag} {address}: cannot connect to a Ray cluster there "
-                           f"({' '.join(str(exc).split())[:200]}); give the head's address (ray start --head "
+                           f"({one_line(exc, 200)}); give the head's address (ray start --head "
                            f"prints it), or {local} for a local Ray") from None
     else:
         ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False,

@@ -32,7 +32,7 @@ import numpy as np
 
 from vla.kernels.decode import TrajectoryDecoder, integrate_controls
 from vla.runtime.backends.base import Backend
-from vla.runtime.errors import VlaError
+from vla.runtime.errors import VlaError, describe_error
 from vla.runtime.inputs.commands import CommandEncoder, EncodedCommand
 from vla.runtime.inputs.ego import EgoFeed
 from vla.runtime.inputs.preprocess import CameraPreprocessing, RigPreprocessor
@@ -208,7 +208,7 @@ class Decider:
                 out = self.backend.run()
             except Exception as exc:  # the engine's own failure: this drive falls back, the server goes on
                 engine_ms = (time.perf_counter() - engine_start) * 1000.0
-                reason = f"engine error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+                reason = f"engine error: {describe_error(exc)}"
                 return self._fallback(inputs, now_us, reason, engine_ms, start, speed, enc)
             engine_ms = (time.perf_counter() - engine_start) * 1000.0
             traj = out[self._traj_name]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..backends.staged import StagedBackend, StageStore
+from ..errors import describe_error
 from ..stages import Stage, context_problem, slow_due
 from .clock import WALL, Clock
 from .engine_worker import EngineWorker
@@ -64,7 +65,7 @@ class SlowPath:
         if self.worker.error is not None:
             exc = self.worker.error
             self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            self.last_error = describe_error(exc)
             return None
         self.last_error = None
         for name, value in self._running.values.items():

@@ -76,7 +76,7 @@ from vla.kernels.decode import COLUMNS, DecodedTrajectory, TrajectoryDecoder, in
 
 from ..backends.base import Backend
 from ..backends.staged import StagedBackend, StageStore
-from ..errors import CameraError, VlaError
+from ..errors import CameraError, VlaError, describe_error
 from ..inputs.commands import CommandEncoder, EncodedCommand
 from ..inputs.ego import EgoFeed
 from ..inputs.ego_input import ConstantEgoInput, EgoInput, FrameEgoInput, ego_staleness
@@ -354,8 +354,7 @@ class Runner:
             if worker.error is not None:
                 exc = worker.error
                 which = "first run" if n == 0 else f"warm-up run {n + 1}"
-                raise VlaError(f"the engine failed its {which}: {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:200]}")
+                raise VlaError(f"the engine failed its {which}: {describe_error(exc, 200)}")
             if n == 0:
                 self._warm_up_context(announce=False)
                 run = self._timed_warm_up_run()
@@ -802,8 +801,7 @@ class Runner:
         self._in_flight = None
         lat["engine"] = (worker.finished - worker.started) * 1000.0
         if worker.error is not None:
-            exc = worker.error
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            error = describe_error(worker.error)
             self._tap("on_outputs", self._flight_run, {}, False, error)  # replay must not use it either
             return None, f"engine error: {error}", None
         t = self._clock.now()

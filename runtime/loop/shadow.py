@@ -49,7 +49,7 @@ import numpy as np
 from vla.kernels.decode import DecodedTrajectory, TrajectoryDecoder, integrate_controls
 
 from ..backends.staged import StagedBackend, StageStore
-from ..errors import VlaError
+from ..errors import VlaError, describe_error
 from ..manifest import Manifest
 from ..stages import Stage, split, stage_reads, with_rate
 from .engine_worker import EngineWorker
@@ -268,8 +268,8 @@ class Shadow:
             self.worker.wait(None)
             if self.worker.error is not None:
                 exc = self.worker.error
-                raise VlaError(f"--shadow {self.label}: the candidate failed its warm-up run: {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:200]}")
+                raise VlaError(f"--shadow {self.label}: the candidate failed its warm-up run: "
+                               f"{describe_error(exc, 200)}")
             if n:  # the first run allocates: not what a tick's run takes
                 self.warmup_ms.append((self.worker.finished - self.worker.started) * 1000.0)
         self.baseline_ms = BASELINE_FACTOR * median(sorted(self.warmup_ms))
@@ -462,7 +462,7 @@ class Shadow:
         self.overlaps += self.worker.finished > self._ends_by
         if exc is not None or result is None:
             run_ms = (self.worker.finished - self.worker.started) * 1000.0
-            text = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}" if exc is not None else "no result"
+            text = describe_error(exc) if exc is not None else "no result"
             result = Result(-1 if result is None else result.tick, None, None, run_ms, text)
         self.run_ms.append(result.run_ms)
         self._recent.append((time.monotonic(), result.run_ms))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends.staged import StageStore
 from ..manifest import Manifest
 
 
@@ -41,7 +42,7 @@ class WorldModel:
 
     pairs: tuple[tuple[str, str], ...] = ()
     unavailable: str | None = None  # why a declared prediction cannot be checked (said once at start)
-    _last: dict[str, np.ndarray] = field(default_factory=dict)
+    _last: StageStore = field(default_factory=StageStore)  # the last run's predictions (copies, reused)
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, available: Collection[str]) -> WorldModel:
@@ -68,13 +69,9 @@ class WorldModel:
         largest surprise of the pairs, or None when there is nothing to compare yet."""
         worst = None
         for pred, obs in self.pairs:
-            if obs in values and pred in self._last:
-                s = surprise(self._last[pred], values[obs])
+            if obs in values and pred in self._last.values:
+                s = surprise(self._last.values[pred], values[obs])
                 worst = s if worst is None else max(worst, s)
             if pred in values:
-                held = self._last.get(pred)
-                if held is None or held.shape != values[pred].shape:
-                    self._last[pred] = np.array(values[pred], copy=True)
-                else:
-                    np.copyto(held, values[pred])
+                self._last.put(pred, values[pred])
         return worst

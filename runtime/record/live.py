@@ -87,10 +87,10 @@ class LiveView:
     def __init__(self, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> None:
         """Start serving on ``host:port`` (``port`` 0: any free port, see ``port``). A port that cannot
         be bound raises a one-line ``VlaError``."""
-        try:
-            import foxglove
-        except ImportError:
-            raise VlaError("--foxglove needs foxglove-sdk (pip install foxglove-sdk)") from None
+        from ..cli_support import require
+
+        require("foxglove")  # the project's one-line install hint (the record extra)
+        import foxglove
         self._fg = foxglove
         self._context = foxglove.Context()
         self._subs = _Subscriptions()

@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_json(obj: Any, dest: str) -> None:
+    """``--json DEST``: the report as indented JSON into a file, or on stdout for ``-``."""
+    text = json.dumps(obj, indent=2)
+    if dest == "-":
+        print(text)
+    else:
+        Path(dest).write_text(text + "\n")
+
+
 def format_report(report: Any) -> str:
     """The report for people: identity, counts, per-output worst differences, the first regression."""
     d = report.as_dict()
@@ -85,19 +94,13 @@ def format_report(report: Any) -> str:
     return "\n".join(lines)
 
 
-def _open(engine: str, threads: int | None) -> Any:
-    from ..engine import open_engine
-
-    return open_engine(engine, threads=threads, backend="ort", device="cpu")
-
-
 def replay_one(log: Path, engine: str | None, tol: list[str], salvage: bool, threads: int | None,
                keep_outputs: bool = False) -> Any:
     """Read, open the engine (the log's own unless given), replay: the recording and the report
     (``keep_outputs``: with every run's replayed outputs, for ``--update``)."""
     from .compare import Tolerances
     from .reader import read_recording
-    from .replayer import Replayer
+    from .replayer import Replayer, open_for_replay
 
     tolerances = Tolerances.parse(tol)
     rec = read_recording(log, salvage=salvage)
@@ -105,7 +108,7 @@ def replay_one(log: Path, engine: str | None, tol: list[str], salvage: bool, thr
         engine = rec.bundle.get("engine")
         if not engine or not Path(engine).exists():
             raise VlaError(f"{log}: recorded with bundle '{engine or '?'}', which is not here; give --engine BUNDLE")
-    backend = _open(engine, threads)
+    backend = open_for_replay(engine, threads)
     try:
         return rec, Replayer(backend, engine, tolerances, keep_outputs).replay(rec)
     finally:
@@ -123,11 +126,7 @@ def run(args: argparse.Namespace) -> int:
     rec, report = replay_one(log, args.engine, args.tol, args.salvage, args.threads, keep_outputs=bool(args.update))
     print(format_report(report), file=sys.stderr)
     if args.json:
-        text = json.dumps(report.as_dict(), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(report.as_dict(), args.json)
     if args.update:
         from .update import write_updated
 

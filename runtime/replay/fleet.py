@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import VlaError
+from ..errors import VlaError, one_line
 from ..ray_start import quiet_ray, start_ray
 
 #: The table's columns, in order: what a row says about one output of one log.
@@ -53,9 +52,9 @@ class ReplayOptions:
 
 
 # ---- pure: rows and the summary -------------------------------------------------------------------
-def one_line(message: str, path: str | None = None) -> str:
+def error_text(message: str, path: str | None = None) -> str:
     """An error as one line, without the log's path in front (the row's ``log`` column names it)."""
-    text = " ".join(str(message).split())
+    text = one_line(message, limit=10_000)  # the table keeps the whole message
     if path and text.startswith(path + ": "):
         text = text[len(path) + 2:]
     return text
@@ -232,7 +231,7 @@ class LogReplayer:
 
     def __init__(self, options: ReplayOptions) -> None:
         from .compare import Tolerances
-        from .replayer import Replayer
+        from .replayer import Replayer, open_for_replay
 
         self.options = options
         self.problem: str | None = None
@@ -240,12 +239,10 @@ class LogReplayer:
         self.replayer: Any = None
         try:
             tolerances = Tolerances.parse(options.tol)
-            from ..engine import open_engine
-
-            self.backend = open_engine(options.engine, threads=options.threads, backend="ort", device="cpu")
+            self.backend = open_for_replay(options.engine, options.threads)
             self.replayer = Replayer(self.backend, options.engine, tolerances)
         except VlaError as exc:
-            msg = one_line(str(exc))
+            msg = error_text(str(exc))
             self.problem = msg if msg.startswith("--engine") else f"--engine {options.engine}: {msg}"
 
     def rows(self, path: str, name: str) -> list[dict[str, Any]]:
@@ -259,9 +256,9 @@ class LogReplayer:
             rec = read_recording(path, salvage=self.options.salvage)
             report = self.replayer.replay(rec)
         except VlaError as exc:
-            return [error_row(name, one_line(str(exc), str(path)), time.perf_counter() - t0)]
+            return [error_row(name, error_text(str(exc), str(path)), time.perf_counter() - t0)]
         except Exception as exc:  # a bug or a file no check foresaw: this log's row, not the fleet's end
-            return [error_row(name, f"{type(exc).__name__}: {one_line(str(exc), str(path))} (a bug in vla "
+            return [error_row(name, f"{type(exc).__name__}: {error_text(str(exc), str(path))} (a bug in vla "
                                     "or an unforeseen damage; replay this log alone with VLA_DEBUG=1)",
                               time.perf_counter() - t0)]
         return report_rows(name, report.as_dict(), time.perf_counter() - t0)
@@ -322,7 +319,7 @@ def replay_on_ray(logs: Sequence[Path], options: ReplayOptions, workers: int) ->
     try:
         rows = ds.take_all()
     except Exception as exc:  # an actor that died (its engine crashed the process), a cluster lost
-        raise VlaError(f"the fleet replay on Ray failed: {type(exc).__name__}: {one_line(str(exc))[:300]}; "
+        raise VlaError(f"the fleet replay on Ray failed: {type(exc).__name__}: {error_text(str(exc))[:300]}; "
                        "replay the folder without --ray to see which log") from None
     order = {p.name: i for i, p in enumerate(logs)}
     rows.sort(key=lambda r: order[r["log"]])  # stable: each log's rows keep their order
@@ -343,6 +340,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     """``vla-replay LOGS_DIR --engine BUNDLE [--ray [ADDRESS]] [--workers N] [--out TABLE]``."""
     from ..bundle import must_exist, resolve, staged_manifest
     from ..cli_support import require
+    from .cli import write_json
     from .compare import Tolerances
 
     folder = Path(args.log)
@@ -390,11 +388,7 @@ def run_fleet(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(f"vla-replay: table: {out} ({len(rows)} rows)", file=sys.stderr)
     if args.json:
-        text = json.dumps({"summary": summary.as_dict(), "rows": rows}, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json({"summary": summary.as_dict(), "rows": rows}, args.json)
     first = summary.first_error
     if first is not None:
         raise VlaError(f"{summary.error} of {summary.logs} logs could not be replayed; first: {first['log']}: "

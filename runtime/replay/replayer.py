@@ -113,6 +113,14 @@ class ReplayReport:
         return self.bundle_identity.get("manifest_sha256") == self.recorded_identity.get("manifest_sha256")
 
 
+def open_for_replay(engine: str, threads: int | None = None) -> Backend:
+    """A bundle opened the way replay runs it: ONNX Runtime on the CPU, whatever the log was recorded on
+    (a GPU recording is checked against the reference arithmetic)."""
+    from ..engine import open_engine
+
+    return open_engine(engine, threads=threads, backend="ort", device="cpu")
+
+
 class Replayer:
     """One engine, opened once, that replays any number of recordings of its model (fleet replay's actor)."""
 
